@@ -1,0 +1,210 @@
+"""Pure conversions between OpenAI wire types and engine types.
+
+`to_generation_request` is where every request field is either mapped onto the engine or refused
+by name; nothing is dropped silently. The stream converter turns engine events into OpenAI chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+from server.api.errors import APIError, error_body
+from server.api.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessageIn,
+    Choice,
+    ChunkChoice,
+    Delta,
+    TextPart,
+    Usage,
+)
+from server.engine.types import (
+    ChatMessage,
+    Event,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+)
+from server.engine.types import Usage as EngineUsage
+
+log = logging.getLogger("gemma_serve.api")
+
+DONE = "[DONE]"
+
+
+def _unsupported(param: str, what: str) -> APIError:
+    return APIError(
+        400,
+        f"{what} is not supported by gemma-serve yet.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _message_text(message: ChatMessageIn, index: int) -> str:
+    param = f"messages[{index}].content"
+    if message.content is None:
+        if message.role == "assistant":
+            return ""
+        raise APIError(
+            400,
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for part_index, part in enumerate(message.content):
+        if not isinstance(part, TextPart):
+            kind = {"image_url": "images", "input_audio": "audio", "file": "files"}[part.type]
+            raise APIError(
+                400,
+                f"This model does not accept {kind}; send text parts only.",
+                param=f"{param}[{part_index}]",
+                code="unsupported_content",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _messages(request: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    messages = []
+    for index, message in enumerate(request.messages):
+        role = message.role
+        if role == "tool" or role == "function":
+            raise _unsupported(f"messages[{index}].role", f"The '{role}' role")
+        if message.tool_calls:
+            raise _unsupported(f"messages[{index}].tool_calls", "Tool calling")
+        messages.append(ChatMessage(role, _message_text(message, index)))
+    return tuple(messages)
+
+
+def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+    if request.n is not None and request.n > 1:
+        raise _unsupported("n", "More than one choice (n > 1)")
+    if request.logprobs or request.top_logprobs:
+        raise _unsupported("logprobs", "Returning log probabilities")
+    if request.logit_bias:
+        raise _unsupported("logit_bias", "logit_bias")
+    if request.response_format and request.response_format.get("type", "text") != "text":
+        raise _unsupported(
+            "response_format", f"response_format {request.response_format.get('type')!r}"
+        )
+    if request.tools or request.functions:
+        raise _unsupported("tools", "Tool calling")
+    if request.tool_choice not in (None, "none", "auto") or request.function_call not in (
+        None,
+        "none",
+        "auto",
+    ):
+        raise _unsupported("tool_choice", "Tool calling")
+
+
+def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
+    """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour."""
+    _refuse_unsupported(request)
+    defaults = SamplingParams()
+    sampling = SamplingParams(
+        temperature=defaults.temperature if request.temperature is None else request.temperature,
+        top_p=defaults.top_p if request.top_p is None else request.top_p,
+        top_k=defaults.top_k if request.top_k is None else request.top_k,
+        min_p=defaults.min_p if request.min_p is None else request.min_p,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        seed=request.seed,
+    )
+    stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    return GenerationRequest(
+        messages=_messages(request),
+        sampling=sampling,
+        max_tokens=request.max_completion_tokens or request.max_tokens,
+        stop=tuple(s for s in stop if s),
+    )
+
+
+def _usage(usage: EngineUsage) -> Usage:
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+async def to_chat_completion(
+    events: AsyncGenerator[Event, None], *, completion_id: str, created: int, model: str
+) -> ChatCompletion:
+    """Collect a whole generation into one `chat.completion`."""
+    parts: list[str] = []
+    finished: Finished | None = None
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+            else:
+                finished = event
+    if finished is None:
+        raise RuntimeError("the engine ended a generation without finishing it")
+    return ChatCompletion(
+        id=completion_id,
+        created=created,
+        model=model,
+        choices=[
+            Choice(
+                index=0,
+                message=AssistantMessage(content="".join(parts)),
+                finish_reason=finished.reason,
+            )
+        ],
+        usage=_usage(finished.usage),
+    )
+
+
+async def to_stream_chunks(
+    events: AsyncGenerator[Event, None],
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """Engine events -> the `data:` payloads of an OpenAI chat stream, `[DONE]` always last.
+
+    The first chunk carries the role, `finish_reason` appears only on the last choice chunk, the
+    usage chunk (empty `choices`) follows when asked for. An error after the stream has started
+    cannot change the HTTP status any more, so it is sent as one `error` event before `[DONE]`.
+    """
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        body = ChatCompletionChunk(
+            id=completion_id, created=created, model=model, choices=choices, usage=usage
+        )
+        return body.model_dump_json(exclude=None if include_usage else {"usage"})
+
+    try:
+        yield chunk([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    yield chunk([ChunkChoice(index=0, delta=Delta(content=event.text))])
+                    continue
+                yield chunk([ChunkChoice(index=0, delta=Delta(), finish_reason=event.reason)])
+                if include_usage:
+                    yield chunk([], usage=_usage(event.usage))
+    except Exception:
+        log.exception("generation failed after the stream started")
+        yield json.dumps(
+            error_body(
+                "The server had an error while generating the response.",
+                type="server_error",
+                code="internal_error",
+            )
+        )
+    yield DONE

@@ -1,0 +1,56 @@
+"""Request dependencies: the server's runtime state and the ready engine, from `app.state`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.api.errors import APIError
+from server.engine.types import Engine
+from server.registry import ModelSpec
+
+
+@dataclass
+class Runtime:
+    """What the routes need to know about the server: the model and whether it is loaded."""
+
+    spec: ModelSpec
+    engine: Engine | None = None
+    load_error: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def not_ready_error(self) -> APIError:
+        if self.load_error:
+            return APIError(
+                503,
+                f"The model failed to load: {self.load_error}",
+                type="server_error",
+                code="model_load_failed",
+            )
+        return APIError(
+            503,
+            f"The model {self.spec.id} is loading; try again in a few seconds.",
+            type="server_error",
+            code="model_loading",
+            headers={"Retry-After": "2"},
+        )
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_engine(runtime: RuntimeDep) -> Engine:
+    if runtime.engine is None:
+        raise runtime.not_ready_error()
+    return runtime.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]

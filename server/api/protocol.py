@@ -1,0 +1,161 @@
+"""OpenAI wire types (requests and responses) as pydantic models: the one schema system.
+
+Requests ignore unknown top-level fields (clients send vendor extras) but bound every known one,
+so out-of-range values are refused with the field named. Fields gemma-serve cannot honour yet are
+declared here too, so that `converters` can refuse them instead of silently dropping them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+
+class WireModel(BaseModel):
+    """Base of every request type: unknown fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(WireModel):
+    type: Literal["image_url"]
+    image_url: Any = None
+
+
+class AudioPart(WireModel):
+    type: Literal["input_audio"]
+    input_audio: Any = None
+
+
+class FilePart(WireModel):
+    type: Literal["file"]
+    file: Any = None
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+
+
+class ChatMessageIn(WireModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(WireModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(WireModel):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, description="Not in OpenAI's API; as llama.cpp's.")
+    min_p: float | None = Field(None, ge=0, le=1, description="Not in OpenAI's API.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Declared so they can be refused by name until gemma-serve supports them.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Delta(BaseModel):
+    """A stream delta; unset fields are left out, as OpenAI sends them (`{}` on the last)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer
+    def _without_unset(self) -> dict[str, Any]:
+        return {
+            key: value
+            for key, value in (("role", self.role), ("content", self.content))
+            if value is not None
+        }
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gemma-serve"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,110 @@
+"""Thin routers: fetch state, convert, hand to the engine, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from contextlib import suppress
+from typing import TypeVar
+
+from fastapi import APIRouter, Request, Response
+from sse_starlette import EventSourceResponse
+
+from server.api.converters import to_chat_completion, to_generation_request, to_stream_chunks
+from server.api.deps import EngineDep, RuntimeDep
+from server.api.errors import APIError
+from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
+from server.engine.types import RequestRejected
+
+router = APIRouter()
+
+T = TypeVar("T")
+
+# An SSE comment every so often keeps proxies from closing a stream during a long prefill.
+_PING_SECONDS = 15
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and so the generation) if the client hangs up first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    raise _ClientGone
+
+
+@router.get("/health", response_model=Health)
+async def health(runtime: RuntimeDep) -> Health:
+    if runtime.engine is None:
+        raise runtime.not_ready_error()
+    return Health()
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=runtime.spec.id, created=runtime.created)])
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelCard)
+async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
+    if model_id != runtime.spec.id:
+        raise _model_not_found(model_id, runtime.spec.id)
+    return ModelCard(id=runtime.spec.id, created=runtime.created)
+
+
+def _model_not_found(asked: str, served: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{asked}' does not exist. This server serves '{served}'.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
+) -> Response | ChatCompletion:
+    if body.model != runtime.spec.id:
+        raise _model_not_found(body.model, runtime.spec.id)
+    try:
+        prepared = await engine.prepare(to_generation_request(body))
+    except RequestRejected as exc:
+        raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        chunks = to_stream_chunks(
+            prepared.events(),
+            completion_id=completion_id,
+            created=created,
+            model=body.model,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
+        return EventSourceResponse(chunks, sep="\n", ping=_PING_SECONDS)
+    work = to_chat_completion(
+        prepared.events(), completion_id=completion_id, created=created, model=body.model
+    )
+    try:
+        return await _unless_disconnected(request, work)
+    except _ClientGone:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
