@@ -1,0 +1,238 @@
+"""Chat completions end to end: the real server, the real engine and the bundled Gemma 3 270M,
+driven by the official OpenAI SDK and by raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID
+
+HI = [{"role": "user", "content": "Hi"}]
+# A prompt the bundled base model keeps writing on for hundreds of tokens at temperature 0
+# (checked by `test_long_prompt_really_runs_long`), for tests that need a long generation.
+LONG = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+def test_non_streaming_completion_with_the_sdk(openai_client) -> None:  # type: ignore[no-untyped-def]
+    completion = openai_client.chat.completions.create(model=MODEL_ID, messages=HI, max_tokens=16)
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == MODEL_ID
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert "<end_of_turn>" not in choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert (
+        usage.prompt_tokens == 10
+    )  # <bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n
+    assert 0 < usage.completion_tokens <= 16
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streaming_completion_with_the_sdk(openai_client) -> None:  # type: ignore[no-untyped-def]
+    stream = openai_client.chat.completions.create(
+        model=MODEL_ID,
+        messages=HI,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert len({chunk.id for chunk in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert all(reason is None for reason in finishes[:-1])
+    assert finishes[-1] in ("stop", "length")
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_sse_wire_format_line_by_line(http: httpx.Client) -> None:
+    body = {
+        "model": MODEL_ID,
+        "messages": HI,
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if not line.startswith(":")]
+    events = [line for line in lines if line]
+    assert all(line.startswith("data: ") for line in events), events
+    # every event is followed by a blank line
+    assert all(lines[i + 1] == "" for i, line in enumerate(lines[:-1]) if line), lines
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(line[len("data: ") :]) for line in events[:-1]]
+    assert {chunk["id"] for chunk in chunks} == {chunks[0]["id"]}
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    choice_chunks = [chunk for chunk in chunks if chunk["choices"]]
+    assert all(c["choices"][0]["finish_reason"] is None for c in choice_chunks[:-1])
+    assert choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert choice_chunks[-1]["choices"][0]["delta"] == {}
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["completion_tokens"] == 8
+    assert all(chunk["usage"] is None for chunk in chunks[:-1])
+
+
+def test_stream_without_include_usage_has_no_usage(http: httpx.Client) -> None:
+    body = {"model": MODEL_ID, "messages": HI, "max_tokens": 4, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(line[6:]) for line in events[:-1]]
+    assert all("usage" not in chunk and chunk["choices"] for chunk in chunks)
+
+
+def test_stream_and_non_stream_give_the_same_text_at_temperature_0(openai_client) -> None:  # type: ignore[no-untyped-def]
+    args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 40, "temperature": 0}
+    whole = openai_client.chat.completions.create(**args).choices[0].message.content
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in openai_client.chat.completions.create(**args, stream=True)
+        if c.choices
+    )
+    assert whole and streamed == whole
+
+
+def test_long_prompt_really_runs_long(openai_client) -> None:  # type: ignore[no-untyped-def]
+    completion = openai_client.chat.completions.create(
+        model=MODEL_ID, messages=LONG, max_tokens=150, temperature=0
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 150
+
+
+def test_max_tokens_and_max_completion_tokens_are_honoured(openai_client) -> None:  # type: ignore[no-untyped-def]
+    for field in ("max_tokens", "max_completion_tokens"):
+        completion = openai_client.chat.completions.create(
+            model=MODEL_ID, messages=LONG, temperature=0, **{field: 5}
+        )
+        assert completion.usage.completion_tokens == 5
+        assert completion.choices[0].finish_reason == "length"
+
+
+def test_same_seed_gives_the_same_text(openai_client) -> None:  # type: ignore[no-untyped-def]
+    def sample(seed: int) -> str:
+        return (
+            openai_client.chat.completions.create(
+                model=MODEL_ID, messages=LONG, max_tokens=24, temperature=1.0, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
+
+    first = sample(1234)
+    assert sample(1234) == first
+    assert sample(99) != first
+
+
+def test_top_p_is_honoured(openai_client) -> None:  # type: ignore[no-untyped-def]
+    # top_p close to 0 keeps only the most likely token: sampling becomes greedy.
+    args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 24}
+    greedy = openai_client.chat.completions.create(**args, temperature=0)
+    nucleus = openai_client.chat.completions.create(**args, temperature=1.5, top_p=0.0001, seed=5)
+    assert nucleus.choices[0].message.content == greedy.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_spanning_tokens_ends_generation_and_is_not_emitted(
+    openai_client,
+    stream: bool,  # type: ignore[no-untyped-def]
+) -> None:
+    args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 60, "temperature": 0}
+    baseline = openai_client.chat.completions.create(**args).choices[0].message.content
+    stop = baseline[20:27]
+    assert len(stop) == 7
+    if stream:
+        chunks = list(openai_client.chat.completions.create(**args, stop=[stop], stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    else:
+        choice = openai_client.chat.completions.create(**args, stop=stop).choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+    assert text == baseline[: baseline.index(stop)]
+    assert finish == "stop"
+
+
+def test_health_answers_quickly_while_a_long_generation_streams(
+    http: httpx.Client, base_url: str
+) -> None:
+    body = {
+        "model": MODEL_ID,
+        "messages": LONG,
+        "max_tokens": 150,
+        "temperature": 0,
+        "stream": True,
+    }
+    latencies = []
+    with (
+        httpx.Client(base_url=base_url, timeout=5) as probe,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)  # the stream is flowing
+            start = time.perf_counter()
+            assert probe.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - start)
+        assert max(latencies) < 0.1, latencies
+        assert sum(1 for line in lines if line.startswith("data: ")) > 50  # still generating
+
+
+def test_disconnecting_from_a_stream_stops_its_generation(http: httpx.Client) -> None:
+    # LONG runs for well over 150 tokens (see above); at max_tokens 4000 it would hold the
+    # engine for over a minute if the disconnect did not stop it.
+    body = {
+        "model": MODEL_ID,
+        "messages": LONG,
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        data = (line for line in response.iter_lines() if line.startswith("data: "))
+        for _ in range(3):
+            next(data)
+    start = time.perf_counter()
+    quick = http.post(
+        "/v1/chat/completions", json={"model": MODEL_ID, "messages": HI, "max_tokens": 2}
+    )
+    assert quick.status_code == 200
+    assert time.perf_counter() - start < 3
+
+
+def test_disconnecting_from_a_non_streaming_request_stops_its_generation(
+    http: httpx.Client, base_url: str
+) -> None:
+    body = {"model": MODEL_ID, "messages": LONG, "max_tokens": 4000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=1.5)
+    start = time.perf_counter()
+    quick = http.post(
+        "/v1/chat/completions", json={"model": MODEL_ID, "messages": HI, "max_tokens": 2}
+    )
+    assert quick.status_code == 200
+    assert time.perf_counter() - start < 3
+
+
+def test_models_lists_the_loaded_model(openai_client) -> None:  # type: ignore[no-untyped-def]
+    models = openai_client.models.list()
+    assert [model.id for model in models.data] == [MODEL_ID]
+    assert models.data[0].object == "model"
+    assert openai_client.models.retrieve(MODEL_ID).id == MODEL_ID
+
+
+def test_health_is_ok_when_ready(http: httpx.Client) -> None:
+    response = http.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})

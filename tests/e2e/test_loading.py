@@ -1,0 +1,77 @@
+"""The port opens before the model is loaded: `/health` and the API answer 503 (OpenAI-shaped,
+with Retry-After) while the real engine loads, then 200; a model that fails to load is reported."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app, default_engine_loader
+from server.engine.types import Engine
+from server.registry import load_registry
+from server.settings import Settings
+
+from .test_errors import GOOD, assert_error
+
+
+def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
+    settings = Settings(ctx=1024, cache_dir=tmp_path)
+    spec = load_registry().get("gemma-3-270m")
+    real_loader = default_engine_loader(settings, spec)
+    release = threading.Event()
+
+    def slow_loader() -> Engine:
+        # Hold the load back so the test can look at the server while it is "loading".
+        assert release.wait(timeout=60)
+        return real_loader()
+
+    with TestClient(create_app(settings, spec, load_engine=slow_loader)) as client:
+        health = client.get("/health")
+        assert_error(health, 503, code="model_loading")
+        assert health.headers["retry-after"]
+        assert_error(client.post("/v1/chat/completions", json=GOOD), 503, code="model_loading")
+        assert client.get("/v1/models").json()["data"][0]["id"] == "gemma-3-270m"
+        release.set()
+        for _ in range(300):
+            if client.get("/health").status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert client.get("/health").json() == {"status": "ok"}
+        completion = client.post("/v1/chat/completions", json=GOOD).json()
+        assert completion["choices"][0]["message"]["content"]
+
+
+def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
+    settings = Settings(ctx=1024, cache_dir=tmp_path)
+    spec = load_registry().get("gemma-3-270m")
+    reported: list[str] = []
+
+    def broken_loader() -> Engine:
+        raise RuntimeError("no such file")
+
+    app = create_app(settings, spec, load_engine=broken_loader, on_fatal=reported.append)
+    with TestClient(app) as client:
+        for _ in range(100):
+            if reported:
+                break
+            threading.Event().wait(0.05)
+        error = assert_error(client.get("/health"), 503, code="model_load_failed")
+        assert "no such file" in error["message"]
+    assert reported == ["cannot serve gemma-3-270m: no such file"]
+
+
+def test_a_corrupted_model_file_is_refused_before_llama_cpp_sees_it(tmp_path: Path) -> None:
+    from server.fetch import FetchError, verify_gguf
+
+    spec = load_registry().get("gemma-3-270m")
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"<html>login</html>")
+    with pytest.raises(FetchError, match="not a GGUF file"):
+        verify_gguf(not_gguf, spec)
+    truncated = tmp_path / "y.gguf"
+    truncated.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(FetchError, match="incomplete"):
+        verify_gguf(truncated, spec)
