@@ -36,7 +36,8 @@ class HuggingFaceSource(_Strict):
     kind: Literal["huggingface"]
     repo: str
     file: str
-    gated: bool = False
+    vision_projector: str | None = Field(None, description="mmproj file for image input.")
+    gated: bool = Field(False, description="Needs an accepted license and HF_TOKEN.")
 
 
 Source = Annotated[PypiSource | HuggingFaceSource, Field(discriminator="kind")]
