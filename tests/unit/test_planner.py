@@ -1,0 +1,181 @@
+"""The planner as tables of numbers: which model, which context, which offload, for GPUs that are
+not here. Each row is a GPU (or GPUs) with all its memory free, as `--gpu-memory` plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.planner import (
+    Device,
+    GiB,
+    MiB,
+    PlanOptions,
+    compute_buffer,
+    estimate,
+    global_layers,
+    kv_cache,
+    plan,
+)
+from server.registry import Registry, load_registry
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry()
+
+
+def gpus(*sizes: float) -> list[Device]:
+    return [Device(f"GPU {i}", int(s * GiB), int(s * GiB)) for i, s in enumerate(sizes)]
+
+
+# The issue's hardware table (also in the README): GiB free per GPU -> model, context, layers.
+HARDWARE_TABLE = [
+    ((), "gemma-3-270m", 8192, 0),  # no GPU: the bundled model on the CPU
+    ((4,), "gemma-3-1b-it-qat", 32768, -1),
+    ((6,), "gemma-3-4b-it-qat", 32768, -1),
+    ((8,), "gemma-3-4b-it-qat", 32768, -1),  # RTX 4060 laptop: 12B needs 8.2 GiB at 8K
+    ((12,), "gemma-3-12b-it-qat", 32768, -1),
+    ((16,), "gemma-3-12b-it-qat", 32768, -1),
+    ((24,), "gemma-3-27b-it-qat", 32768, -1),  # RTX 3090
+    ((48,), "gemma-3-27b-it-qat", 32768, -1),
+    ((24, 24), "gemma-3-27b-it-qat", 32768, -1),
+    ((80,), "gemma-3-27b-it-qat", 32768, -1),  # H100
+]
+
+
+@pytest.mark.parametrize(("sizes", "model", "ctx", "layers"), HARDWARE_TABLE)
+def test_hardware_table(
+    registry: Registry, sizes: tuple[float, ...], model: str, ctx: int, layers: int
+) -> None:
+    chosen = plan(gpus(*sizes), registry, PlanOptions())
+    assert (chosen.model.id, chosen.n_ctx, chosen.n_gpu_layers) == (model, ctx, layers)
+    assert chosen.warnings == ()
+    if sizes:
+        assert chosen.needed <= chosen.available
+        assert "largest model that fits" in chosen.reason
+    else:
+        assert "no NVIDIA GPU found" in chosen.reason
+
+
+# Boundaries: where the context is limited by memory, not by the cap.
+BOUNDARIES = [
+    ((1,), {}, "gemma-3-270m", 8192, 0),  # nothing fits a 1 GiB card: CPU
+    ((2,), {}, "gemma-3-270m", 32768, -1),  # the bundled model is the last GPU candidate
+    ((2.5,), {}, "gemma-3-1b-it-qat", 32768, -1),
+    ((4.5,), {}, "gemma-3-4b-it-qat", 21504, -1),
+    ((9.5,), {}, "gemma-3-12b-it-qat", 13312, -1),
+    ((18,), {}, "gemma-3-27b-it-qat", 12288, -1),
+    ((19,), {}, "gemma-3-27b-it-qat", 25600, -1),
+    ((18,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 31744, -1),  # q8_0 halves the KV cache
+    ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 91136, -1),
+    ((80,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 131072, -1),  # up to the trained context
+    ((24,), {"ctx": 4096}, "gemma-3-27b-it-qat", 4096, -1),  # --ctx is used as given
+    ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 32768, 10),  # --gpu-layers too
+    ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 32768, -1),  # 16 GiB left: no 27B
+    ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
+]
+
+
+@pytest.mark.parametrize(("sizes", "options", "model", "ctx", "layers"), BOUNDARIES)
+def test_boundaries(
+    registry: Registry,
+    sizes: tuple[float, ...],
+    options: dict[str, object],
+    model: str,
+    ctx: int,
+    layers: int,
+) -> None:
+    chosen = plan(gpus(*sizes), registry, PlanOptions(**options))  # type: ignore[arg-type]
+    assert (chosen.model.id, chosen.n_ctx, chosen.n_gpu_layers) == (model, ctx, layers)
+
+
+def test_the_chosen_context_is_the_largest_that_fits(registry: Registry) -> None:
+    chosen = plan(gpus(19), registry, PlanOptions())
+    spec = chosen.model
+    assert estimate(spec, chosen.n_ctx).total <= chosen.available
+    assert estimate(spec, chosen.n_ctx + 1024).total > chosen.available
+
+
+def test_two_gpus_split_in_proportion_to_free_memory(registry: Registry) -> None:
+    chosen = plan(gpus(12, 8), registry, PlanOptions())
+    assert chosen.model.id == "gemma-3-27b-it-qat"
+    assert chosen.tensor_split == (0.6111, 0.3889)  # (12 - 1) : (8 - 1)
+    assert "2 GPUs" in chosen.reason
+    assert plan(gpus(24), registry, PlanOptions()).tensor_split is None
+
+
+def test_a_forced_model_that_does_not_fit_is_partially_offloaded_with_a_warning(
+    registry: Registry,
+) -> None:
+    chosen = plan(gpus(8), registry, PlanOptions(model="gemma-3-27b-it-qat"))
+    assert chosen.model.id == "gemma-3-27b-it-qat"
+    assert 0 < chosen.n_gpu_layers < 62
+    assert len(chosen.warnings) == 1
+    assert "offloading" in chosen.warnings[0] and "16.6 GiB" in chosen.warnings[0]
+
+
+def test_no_gpu_lists_every_model(registry: Registry) -> None:
+    chosen = plan([], registry, PlanOptions())
+    assert {row.model_id for row in chosen.candidates} == {m.id for m in registry.models}
+    assert not chosen.on_gpu
+
+
+# --- the memory estimate ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_ctx", "swa_full", "global_mib", "swa_mib"),
+    [  # what llama.cpp reports for the bundled 270M (docs: shared/REFERENCE.md; test_memory.py)
+        (2048, True, 6.0, 30.0),
+        (2048, False, 6.0, 15.0),
+        (8192, True, 24.0, 120.0),
+        (8192, False, 24.0, 15.0),
+        (32768, True, 96.0, 480.0),
+        (32768, False, 96.0, 15.0),
+    ],
+)
+def test_kv_cache_of_the_bundled_model(
+    registry: Registry, n_ctx: int, swa_full: bool, global_mib: float, swa_mib: float
+) -> None:
+    kv = kv_cache(registry.get("gemma-3-270m").architecture, n_ctx, swa_full=swa_full)
+    assert (kv.global_bytes / MiB, kv.swa_bytes / MiB) == (global_mib, swa_mib)
+
+
+@pytest.mark.parametrize(
+    ("model", "n_global", "kv_mib_8k"),
+    [
+        ("gemma-3-1b-it-qat", 4, 4 * 8 + 22 * 1 * 1024 / 1024),  # 1 KiB/cell/layer, SWA 1024 cells
+        ("gemma-3-4b-it-qat", 5, 5 * 32 + 29 * 4 * 1536 / 1024),  # 4 KiB, SWA 1536 cells
+        ("gemma-3-12b-it-qat", 8, 8 * 64 + 40 * 8 * 1536 / 1024),  # 8 KiB
+        ("gemma-3-27b-it-qat", 10, 10 * 64 + 52 * 8 * 1536 / 1024),  # 8 KiB (128-dim heads)
+    ],
+)
+def test_kv_cache_of_the_qat_models(
+    registry: Registry, model: str, n_global: int, kv_mib_8k: float
+) -> None:
+    arch = registry.get(model).architecture
+    assert global_layers(arch) == n_global
+    assert kv_cache(arch, 8192).total / MiB == kv_mib_8k
+
+
+def test_q8_0_kv_cache_is_17_32nds_of_f16(registry: Registry) -> None:
+    arch = registry.get("gemma-3-12b-it-qat").architecture
+    f16, q8 = kv_cache(arch, 8192).total, kv_cache(arch, 8192, kv_type="q8_0").total
+    assert q8 / f16 == pytest.approx(17 / 32)
+
+
+def test_context_is_padded_to_256_cells(registry: Registry) -> None:
+    arch = registry.get("gemma-3-270m").architecture
+    assert kv_cache(arch, 1000).global_bytes == kv_cache(arch, 1024).global_bytes
+
+
+def test_compute_buffer_is_dominated_by_the_logits(registry: Registry) -> None:
+    arch = registry.get("gemma-3-270m").architecture
+    assert compute_buffer(arch) == 512 * MiB + 64 * MiB  # llama.cpp reports 514.5 MiB on CPU
+    assert compute_buffer(arch, n_ubatch=256) == 256 * MiB + 64 * MiB
+
+
+def test_each_gpu_of_a_split_has_its_own_compute_buffer(registry: Registry) -> None:
+    spec = registry.get("gemma-3-27b-it-qat")
+    one, two = estimate(spec, 8192), estimate(spec, 8192, n_gpus=2)
+    assert two.total - one.total == compute_buffer(spec.architecture)
