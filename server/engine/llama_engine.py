@@ -14,8 +14,9 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
@@ -35,6 +36,7 @@ from server.engine.types import (
 log = logging.getLogger("gemma_serve.engine")
 
 _DONE = object()  # end-of-events marker on a job's asyncio queue
+_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 
 
 class EngineLoadError(RuntimeError):
@@ -84,6 +86,34 @@ class _Job:
             self.cancelled.set()
 
 
+def llama_params(
+    *,
+    n_ctx: int,
+    n_threads: int,
+    n_gpu_layers: int = 0,
+    tensor_split: Sequence[float] | None = None,
+    kv_cache_type: str = "f16",
+) -> dict[str, Any]:
+    """The `llama_cpp.Llama` arguments gemma-serve loads a model with (tests load with these too,
+    to compare llama.cpp's reported buffers with the planner's estimate)."""
+    kv_type = _GGML_TYPES[kv_cache_type]
+    return {
+        "n_ctx": n_ctx,
+        "n_threads": n_threads,
+        "n_threads_batch": n_threads,
+        "n_gpu_layers": n_gpu_layers,
+        "tensor_split": list(tensor_split) if tensor_split else None,
+        # On a GPU, flash attention keeps the attention scores out of the compute buffer (and a
+        # quantised V cache needs it).
+        "flash_attn": n_gpu_layers != 0,
+        "type_k": kv_type,
+        "type_v": kv_type,
+        # Sliding-window layers keep only their window, not the whole context: what the planner
+        # estimates, and up to ~10x less KV cache at long contexts.
+        "swa_full": False,
+    }
+
+
 class LlamaEngine:
     """Loads a GGUF with llama-cpp-python and generates chat completions from it."""
 
@@ -95,20 +125,19 @@ class LlamaEngine:
         n_ctx: int,
         n_threads: int,
         n_gpu_layers: int = 0,
+        tensor_split: Sequence[float] | None = None,
+        kv_cache_type: str = "f16",
         template_choice: str = "pinned",
     ) -> None:
+        params = llama_params(
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            tensor_split=tensor_split,
+            kv_cache_type=kv_cache_type,
+        )
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(model_path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=n_gpu_layers,
-                # Sliding-window layers keep only their window, not the whole context: the
-                # memory the planner estimates, and up to ~10x less KV cache at long contexts.
-                swa_full=False,
-                verbose=False,
-            )
+            self._llama = llama_cpp.Llama(model_path=str(model_path), verbose=False, **params)
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineLoadError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._vocab = self._llama._model.vocab

@@ -1,0 +1,67 @@
+"""The planner's memory estimate against what llama.cpp itself allocates.
+
+Loads the bundled 270M model through llama.cpp with gemma-serve's own load parameters at several
+context lengths, with the sliding-window cache full-size and not, reads the KV buffer sizes
+llama.cpp reports in its log, and holds the estimate to within 5% of them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.planner import MiB, compute_buffer, kv_cache
+from server.registry import load_registry
+
+LOAD = """
+import sys, llama_cpp
+from server.engine.llama_engine import llama_params
+params = llama_params(n_ctx=int(sys.argv[2]), n_threads=2)
+params["swa_full"] = sys.argv[3] == "1"
+llama_cpp.Llama(model_path=sys.argv[1], verbose=True, **params)
+"""
+
+KV_LINE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers")
+COMPUTE_LINE = re.compile(r"CPU compute buffer size =\s*([\d.]+) MiB")
+
+
+def llama_cpp_report(model_path: Path, n_ctx: int, swa_full: bool) -> tuple[list[float], float]:
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD, str(model_path), str(n_ctx), "1" if swa_full else "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    kv = [float(size) for size, _cells, _layers in KV_LINE.findall(result.stderr)]
+    compute = [float(size) for size in COMPUTE_LINE.findall(result.stderr)]
+    assert len(kv) == 2 and compute, result.stderr[-2000:]  # the global and the SWA cache
+    return kv, compute[0]
+
+
+@pytest.mark.parametrize("swa_full", [False, True])
+@pytest.mark.parametrize("n_ctx", [2048, 8192, 32768])
+def test_kv_estimate_within_5_percent_of_llama_cpp(
+    model_path: Path, n_ctx: int, swa_full: bool
+) -> None:
+    (global_mib, swa_mib), compute_mib = llama_cpp_report(model_path, n_ctx, swa_full)
+    estimate = kv_cache(load_registry().get("gemma-3-270m").architecture, n_ctx, swa_full=swa_full)
+    assert estimate.global_bytes / MiB == pytest.approx(global_mib, rel=0.05)
+    assert estimate.swa_bytes / MiB == pytest.approx(swa_mib, rel=0.05)
+    assert estimate.total / MiB == pytest.approx(global_mib + swa_mib, rel=0.05)
+    # The compute estimate is deliberately a little high (an allowance for activations), never low.
+    planned_compute = compute_buffer(load_registry().get("gemma-3-270m").architecture) / MiB
+    assert compute_mib <= planned_compute <= compute_mib * 1.15
+
+
+def test_the_server_loads_with_the_small_sliding_window_cache(model_path: Path) -> None:
+    # gemma-serve's parameters (swa_full=False): the SWA layers keep window + ubatch cells only.
+    from server.engine.llama_engine import llama_params
+
+    assert llama_params(n_ctx=8192, n_threads=2)["swa_full"] is False
+    (_, swa_mib), _ = llama_cpp_report(model_path, 32768, swa_full=False)
+    assert swa_mib == 15.0  # 15 layers x 1024 cells x 1 KiB, not 480 MiB
