@@ -19,7 +19,7 @@ from server.api.errors import install_error_handlers
 from server.api.routes import router
 from server.engine.types import Engine
 from server.fetch import ensure_model_file
-from server.registry import ModelSpec
+from server.planner import Plan
 from server.settings import Settings
 
 log = logging.getLogger("gemma_serve")
@@ -27,28 +27,22 @@ log = logging.getLogger("gemma_serve")
 EngineLoader = Callable[[], Engine]
 
 
-def default_engine_loader(settings: Settings, spec: ModelSpec) -> EngineLoader:
-    """Fetch and verify the model file, then load it with llama.cpp (runs in a worker thread)."""
+def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
+    """Fetch and verify the model file, then load it as planned (runs in a worker thread)."""
 
     def load() -> Engine:
         # Imported here so that only a server that really loads a model imports llama_cpp.
         from server.engine.llama_engine import LlamaEngine
 
-        n_ctx = settings.ctx
-        if n_ctx > spec.architecture.context_length:
-            log.warning(
-                "%s was trained for %d tokens of context; using that instead of %d",
-                spec.id,
-                spec.architecture.context_length,
-                n_ctx,
-            )
-            n_ctx = spec.architecture.context_length
-        path = ensure_model_file(spec, settings.cache_dir)
+        path = ensure_model_file(plan.model, settings.cache_dir)
         return LlamaEngine(
             model_path=path,
-            model_id=spec.id,
-            n_ctx=n_ctx,
+            model_id=plan.model.id,
+            n_ctx=plan.n_ctx,
             n_threads=settings.threads,
+            n_gpu_layers=plan.n_gpu_layers,
+            tensor_split=plan.tensor_split,
+            kv_cache_type=settings.kv_cache_type,
             template_choice=settings.chat_template,
         )
 
@@ -68,13 +62,14 @@ async def _load(runtime: Runtime, load: EngineLoader, on_fatal: Callable[[str], 
 
 def create_app(
     settings: Settings,
-    spec: ModelSpec,
+    plan: Plan,
     load_engine: EngineLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """Build the ASGI app. `on_fatal` is told when the model cannot be loaded (default: log)."""
-    runtime = Runtime(spec=spec)
-    load = load_engine or default_engine_loader(settings, spec)
+    """Build the ASGI app for a plan. `on_fatal` is told when the model cannot be loaded
+    (default: log). `load_engine` replaces the default loader (tests use it to hold a load)."""
+    runtime = Runtime(spec=plan.model)
+    load = load_engine or default_engine_loader(settings, plan)
     report = on_fatal or (lambda message: log.error("%s", message))
 
     @asynccontextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import socket
 import sys
@@ -18,20 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
-from server import __version__
+from server import __version__, hardware
 from server.app import create_app
+from server.planner import Plan, plan
 from server.registry import RegistryError, load_registry
+from server.report import as_json, describe, plan_options
 from server.settings import Settings
 
 log = logging.getLogger("gemma_serve")
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "plan")
 
 
-def _flag_type(annotation: Any) -> dict[str, Any]:
+def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
     """argparse keywords for a settings field's type (values are validated by Settings)."""
+    if any(isinstance(item, BeforeValidator) for item in metadata):
+        return {"type": str}  # parsed by the field's own validator, e.g. "1GiB"
     if typing.get_origin(annotation) is typing.Literal:
         return {"choices": list(typing.get_args(annotation))}
     args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
@@ -53,7 +58,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             default=argparse.SUPPRESS,  # only flags given on the command line override
             metavar=None if typing.get_origin(field.annotation) is typing.Literal else name.upper(),
             help=f"{field.description} [env: GEMMA_SERVE_{name.upper()}]",
-            **_flag_type(field.annotation),
+            **_flag_type(field.annotation, field.metadata),
         )
 
 
@@ -66,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="Serve the OpenAI API (the default command).")
     _add_settings_flags(serve)
+    planner = commands.add_parser(
+        "plan", help="Show which model and context this machine would serve, and why."
+    )
+    _add_settings_flags(planner)
+    planner.add_argument(
+        "--gpu-memory",
+        action="append",
+        metavar="SIZE",
+        default=argparse.SUPPRESS,
+        help="Plan for a GPU of this much free memory instead of the GPUs present, e.g. 24GiB; "
+        "repeat for several GPUs.",
+    )
+    planner.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="Print the plan as JSON."
+    )
     return parser
 
 
@@ -88,15 +108,38 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _plan(settings: Settings, machine: hardware.Hardware) -> Plan:
+    """Plan and log the decision as one block: devices, every model, the pick and why."""
+    chosen = plan(machine.devices, load_registry(settings.registry_file), plan_options(settings))
+    log.info("plan:\n%s", "\n".join(describe(machine, chosen)))
+    return chosen
+
+
+def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: bool) -> int:
+    try:
+        machine = hardware.simulated(gpu_memory) if gpu_memory else hardware.probe()
+        chosen = plan(
+            machine.devices, load_registry(settings.registry_file), plan_options(settings)
+        )
+    except (RegistryError, ValueError) as exc:
+        return _fail(str(exc))
+    if as_json_output:
+        print(json.dumps(as_json(machine, chosen), indent=2))  # noqa: T201 - the command's output
+    else:
+        print("\n".join(describe(machine, chosen)))  # noqa: T201 - the command's output
+    return 0
+
+
 def serve(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     try:
-        spec = load_registry(settings.registry_file).get(settings.model)
+        chosen = _plan(settings, hardware.probe())
     except RegistryError as exc:
         return _fail(str(exc))
+    spec = chosen.model
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
@@ -114,7 +157,7 @@ def serve(settings: Settings) -> int:
         failure.append(message)
         server.should_exit = True
 
-    app = create_app(settings, spec, on_fatal=on_fatal)
+    app = create_app(settings, chosen, on_fatal=on_fatal)
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -136,26 +179,36 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def parse_settings(argv: Sequence[str]) -> Settings:
-    """Settings from command-line flags over `GEMMA_SERVE_*` variables over defaults.
+def parse_command(argv: Sequence[str]) -> tuple[str, Settings, dict[str, Any]]:
+    """(command, settings, command-only options) from the command line.
 
-    Raises `ValidationError` for a bad value; `SystemExit` for bad usage (argparse).
+    Settings come from flags over `GEMMA_SERVE_*` variables over defaults. Raises
+    `ValidationError` for a bad value; `SystemExit` for bad usage (argparse).
     """
     args = list(argv)
     if not args or (args[0] not in COMMANDS and args[0] not in ("-h", "--help", "--version")):
         args.insert(0, "serve")  # `gemma-serve --port 9000` means `gemma-serve serve --port 9000`
-    namespace = build_parser().parse_args(args)
-    overrides = {key: value for key, value in vars(namespace).items() if key != "command"}
-    return Settings(**overrides)
+    values = vars(build_parser().parse_args(args))
+    command = str(values.pop("command"))
+    extras: dict[str, Any] = {
+        key: values.pop(key) for key in ("gpu_memory", "json") if key in values
+    }
+    return command, Settings(**values), extras
+
+
+def parse_settings(argv: Sequence[str]) -> Settings:
+    return parse_command(argv)[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+        command, settings, extras = parse_command(sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "settings"
         return _fail(
             f"invalid --{name.replace('_', '-')} (GEMMA_SERVE_{name.upper()}): {first['msg']}"
         )
+    if command == "plan":
+        return show_plan(settings, extras.get("gpu_memory"), bool(extras.get("json")))
     return serve(settings)

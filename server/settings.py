@@ -7,14 +7,43 @@ would want to know, including the unit.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ChatTemplateChoice = Literal["pinned", "gguf"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+KvCacheType = Literal["f16", "q8_0"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KIB|MB|MIB|GB|GIB|TB|TIB)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "KIB": 1 << 10,
+    "MB": 10**6,
+    "MIB": 1 << 20,
+    "GB": 10**9,
+    "GIB": 1 << 30,
+    "TB": 10**12,
+    "TIB": 1 << 40,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """'24GiB' -> bytes. A bare number is GiB, as people say "a 24 GB card"."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a memory size: {text!r} (try 24GiB or 8000MiB)")
+    number, unit = float(match.group(1)), (match.group(2) or "GIB").upper()
+    return int(number * _UNITS[unit])
+
+
+MemorySize = Annotated[int, BeforeValidator(parse_size)]
 
 
 def _default_cache_dir() -> Path:
@@ -38,15 +67,47 @@ class Settings(BaseSettings):
         description="Address to listen on. The default is reachable only from this machine.",
     )
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
-    model: str = Field(
-        "gemma-3-270m",
-        description="Registry id of the model to serve (see models.yaml).",
+    model: str | None = Field(
+        None,
+        description=(
+            "Registry id of the model to serve (see models.yaml). Default: the largest Gemma 3 "
+            "QAT model that fits the GPU; the bundled gemma-3-270m without a GPU."
+        ),
     )
-    ctx: int = Field(
+    ctx: int | None = Field(
+        None,
+        ge=256,
+        le=131072,
+        description=(
+            "Context length in tokens (prompt plus completion). Default: the largest that fits, "
+            "between --plan-ctx and --max-ctx (on the CPU: --plan-ctx)."
+        ),
+    )
+    plan_ctx: int = Field(
         8192,
         ge=256,
         le=131072,
-        description="Context length in tokens (prompt plus completion) of the loaded model.",
+        description="Context length a model must fit with, on the GPU, to be picked.",
+    )
+    max_ctx: int = Field(
+        32768,
+        ge=256,
+        le=131072,
+        description="Upper bound of the automatic context length (also capped by the model's).",
+    )
+    gpu_layers: int | None = Field(
+        None,
+        ge=-1,
+        description="Layers to offload to the GPU (-1: all). Default: all if the model fits.",
+    )
+    gpu_margin: MemorySize = Field(
+        1 << 30,
+        ge=0,
+        description="GPU memory to leave free on each GPU, e.g. 1GiB or 512MiB.",
+    )
+    kv_cache_type: KvCacheType = Field(
+        "f16",
+        description="Precision of the KV cache: f16, or q8_0 for about half the memory.",
     )
     threads: int = Field(
         default_factory=_default_threads,

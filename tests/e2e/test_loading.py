@@ -11,16 +11,20 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app, default_engine_loader
 from server.engine.types import Engine
+from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
 
 from .test_errors import GOOD, assert_error
 
 
+def cpu_plan() -> Plan:
+    return plan([], load_registry(), PlanOptions(ctx=1024))
+
+
 def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
     settings = Settings(ctx=1024, cache_dir=tmp_path)
-    spec = load_registry().get("gemma-3-270m")
-    real_loader = default_engine_loader(settings, spec)
+    real_loader = default_engine_loader(settings, cpu_plan())
     release = threading.Event()
 
     def slow_loader() -> Engine:
@@ -28,7 +32,7 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
         assert release.wait(timeout=60)
         return real_loader()
 
-    with TestClient(create_app(settings, spec, load_engine=slow_loader)) as client:
+    with TestClient(create_app(settings, cpu_plan(), load_engine=slow_loader)) as client:
         health = client.get("/health")
         assert_error(health, 503, code="model_loading")
         assert health.headers["retry-after"]
@@ -46,13 +50,12 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
     settings = Settings(ctx=1024, cache_dir=tmp_path)
-    spec = load_registry().get("gemma-3-270m")
     reported: list[str] = []
 
     def broken_loader() -> Engine:
         raise RuntimeError("no such file")
 
-    app = create_app(settings, spec, load_engine=broken_loader, on_fatal=reported.append)
+    app = create_app(settings, cpu_plan(), load_engine=broken_loader, on_fatal=reported.append)
     with TestClient(app) as client:
         for _ in range(100):
             if reported:

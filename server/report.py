@@ -1,0 +1,92 @@
+"""How a plan is shown: the `gemma-serve plan` table, its JSON, and the start-up log block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.hardware import Hardware
+from server.planner import GiB, Plan, PlanOptions, gib
+from server.settings import Settings
+
+
+def plan_options(settings: Settings) -> PlanOptions:
+    return PlanOptions(
+        model=settings.model,
+        ctx=settings.ctx,
+        plan_ctx=settings.plan_ctx,
+        max_ctx=settings.max_ctx,
+        gpu_layers=settings.gpu_layers,
+        margin=settings.gpu_margin,
+        kv_type=settings.kv_cache_type,
+    )
+
+
+def _where(plan: Plan) -> str:
+    if not plan.on_gpu:
+        return "on the CPU"
+    if plan.n_gpu_layers == -1:
+        return (
+            "all layers on the GPU"
+            if plan.tensor_split is None
+            else (
+                "all layers split over the GPUs " + "/".join(f"{s:.0%}" for s in plan.tensor_split)
+            )
+        )
+    return f"{plan.n_gpu_layers} of {plan.model.architecture.block_count} layers on the GPU"
+
+
+def describe(hardware: Hardware, plan: Plan) -> list[str]:
+    """Devices, every model with the memory it needs, the pick and why."""
+    lines = []
+    if hardware.devices:
+        versions = f" (driver {hardware.driver}, CUDA {hardware.cuda})" if hardware.driver else ""
+        lines.append(f"GPUs{versions}:")
+        lines += [
+            f"  {i}: {d.name}: {gib(d.total)} total, {gib(d.free)} free"
+            for i, d in enumerate(hardware.devices)
+        ]
+    else:
+        lines.append(f"GPUs: none ({hardware.note or 'none found'})")
+    lines.append(f"  {'model':<22} {'context':>8} {'needed':>10} {'available':>10}  fits")
+    for row in plan.candidates:
+        mark = "  <- pick" if row.model_id == plan.model.id else ""
+        fits = ("yes" if row.fits else "no") if hardware.devices else "-"
+        available = gib(plan.available) if hardware.devices else "-"
+        lines.append(
+            f"  {row.model_id:<22} {row.n_ctx:>8} {gib(row.needed):>10} "
+            f"{available:>10}  {fits}{mark}"
+        )
+    lines.append(f"pick: {plan.model.id}, {plan.n_ctx} tokens of context, {_where(plan)}")
+    lines.append(f"why: {plan.reason}")
+    lines += [f"warning: {warning}" for warning in plan.warnings]
+    return lines
+
+
+def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
+    return {
+        "devices": [
+            {"name": d.name, "total_bytes": d.total, "free_bytes": d.free} for d in hardware.devices
+        ],
+        "driver": hardware.driver,
+        "cuda": hardware.cuda,
+        "available_bytes": plan.available,
+        "candidates": [
+            {
+                "model": r.model_id,
+                "ctx": r.n_ctx,
+                "needed_bytes": r.needed,
+                "needed_gib": round(r.needed / GiB, 2),
+                "fits": r.fits,
+            }
+            for r in plan.candidates
+        ],
+        "pick": {
+            "model": plan.model.id,
+            "ctx": plan.n_ctx,
+            "n_gpu_layers": plan.n_gpu_layers,
+            "tensor_split": list(plan.tensor_split) if plan.tensor_split else None,
+            "needed_bytes": plan.needed,
+        },
+        "reason": plan.reason,
+        "warnings": list(plan.warnings),
+    }
