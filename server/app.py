@@ -18,7 +18,7 @@ from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
 from server.api.routes import router
 from server.engine.types import Engine
-from server.fetch import ensure_model_file
+from server.fetch import FetchError, ensure_model_file
 from server.planner import Plan
 from server.settings import Settings
 
@@ -34,11 +34,20 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
         # Imported here so that only a server that really loads a model imports llama_cpp.
         from server.engine.llama_engine import LlamaEngine
 
-        path = ensure_model_file(plan.model, settings.cache_dir)
+        spec, n_ctx = plan.model, plan.n_ctx
+        try:
+            path = ensure_model_file(spec, settings.cache_dir)
+        except FetchError as exc:
+            if plan.fallback is None:
+                raise
+            spec = plan.fallback
+            n_ctx = min(n_ctx, spec.architecture.context_length)
+            log.warning("%s; serving the bundled %s instead", exc, spec.id)
+            path = ensure_model_file(spec, settings.cache_dir)
         return LlamaEngine(
             model_path=path,
-            model_id=plan.model.id,
-            n_ctx=plan.n_ctx,
+            model_id=spec.id,
+            n_ctx=n_ctx,
             n_threads=settings.threads,
             n_gpu_layers=plan.n_gpu_layers,
             tensor_split=plan.tensor_split,

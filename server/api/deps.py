@@ -22,6 +22,11 @@ class Runtime:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def model_id(self) -> str:
+        """The id clients send: the loaded model's (it may be the fallback), else the plan's."""
+        return self.engine.info.model_id if self.engine else self.spec.id
+
     def not_ready_error(self) -> APIError:
         if self.load_error:
             return APIError(

@@ -60,14 +60,14 @@ async def health(runtime: RuntimeDep) -> Health:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=runtime.spec.id, created=runtime.created)])
+    return ModelList(data=[ModelCard(id=runtime.model_id, created=runtime.created)])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
-    if model_id != runtime.spec.id:
-        raise _model_not_found(model_id, runtime.spec.id)
-    return ModelCard(id=runtime.spec.id, created=runtime.created)
+    if model_id != runtime.model_id:
+        raise _model_not_found(model_id, runtime.model_id)
+    return ModelCard(id=runtime.model_id, created=runtime.created)
 
 
 def _model_not_found(asked: str, served: str) -> APIError:
@@ -84,8 +84,8 @@ def _model_not_found(asked: str, served: str) -> APIError:
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
 ) -> Response | ChatCompletion:
-    if body.model != runtime.spec.id:
-        raise _model_not_found(body.model, runtime.spec.id)
+    if body.model != runtime.model_id:
+        raise _model_not_found(body.model, runtime.model_id)
     try:
         prepared = await engine.prepare(to_generation_request(body))
     except RequestRejected as exc:

@@ -1,0 +1,197 @@
+"""Fetching models from the Hugging Face hub, against a loopback stand-in for the hub
+(`HF_ENDPOINT`) serving the real bundled GGUF: full download, resume after a cut, a corrupted
+file refused, a gated repo's 401, and offline use of the cache or the bundled model.
+
+Each case runs the real `gemma-serve pull` (huggingface_hub reads HF_ENDPOINT when imported)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from server.registry import default_registry_path
+from tests.hub import FakeHub
+
+REPO, FILE = "test-org/tiny-gemma-GGUF", "tiny-gemma-Q4_K_M.gguf"
+GATED = "google-test/tiny-gemma-gated"
+
+
+@pytest.fixture(scope="module")
+def hub(model_path: Path) -> Iterator[FakeHub]:
+    running = FakeHub().start()
+    running.add(REPO, FILE, model_path)
+    running.add(GATED, FILE, model_path)
+    running.gated[GATED] = "hf_secret"
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def reset_hub(hub: FakeHub) -> None:
+    hub.cut_after, hub.corrupt = None, False
+    hub.requests.clear()
+
+
+def registry_with(tmp_path: Path, sources: list[dict[str, Any]]) -> Path:
+    """The shipped registry plus `tiny-gemma`: the bundled model's file, served by the hub."""
+    data = yaml.safe_load(default_registry_path().read_text())
+    bundled = next(m for m in data["models"] if m["id"] == "gemma-3-270m")
+    data["models"].append({**bundled, "id": "tiny-gemma", "sources": sources})
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def hub_source(repo: str = REPO, **extra: Any) -> dict[str, Any]:
+    return {"kind": "huggingface", "repo": repo, "file": FILE, **extra}
+
+
+def pull(
+    tmp_path: Path, hub: FakeHub, registry: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), **env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "pull",
+            "tiny-gemma",
+            "--registry-file",
+            str(registry),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+    )
+
+
+def downloads(hub: FakeHub) -> list[str | None]:
+    """The Range header of each file GET (huggingface_hub makes other API calls too)."""
+    return [rng for method, path, rng in hub.requests if method == "GET" and "/resolve/" in path]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_full_download_is_verified_and_cached(
+    tmp_path: Path, hub: FakeHub, model_path: Path
+) -> None:
+    registry = registry_with(tmp_path, [hub_source()])
+    result = pull(tmp_path, hub, registry)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.is_relative_to(tmp_path / "cache" / "hub")
+    assert sha256(path) == sha256(model_path)
+    assert downloads(hub) == [None]
+    # A second pull uses the cache: no download.
+    hub.requests.clear()
+    assert pull(tmp_path, hub, registry).stdout.strip() == str(path)
+    assert downloads(hub) == []
+
+
+def test_a_cut_transfer_resumes_where_it_stopped(
+    tmp_path: Path, hub: FakeHub, model_path: Path
+) -> None:
+    hub.cut_after = 100 * 1024 * 1024
+    result = pull(tmp_path, hub, registry_with(tmp_path, [hub_source()]))
+    assert result.returncode == 0, result.stderr
+    assert sha256(Path(result.stdout.strip())) == sha256(model_path)
+    ranges = downloads(hub)
+    assert ranges[0] is None
+    assert ranges[1] is not None and int(ranges[1].removeprefix("bytes=").split("-")[0]) > 0
+
+
+def test_a_corrupted_download_is_refused_and_removed(tmp_path: Path, hub: FakeHub) -> None:
+    registry = registry_with(tmp_path, [hub_source()])
+    hub.corrupt = True
+    result = pull(tmp_path, hub, registry)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not match the sha256 of tiny-gemma" in lines[0]
+    assert not list((tmp_path / "cache" / "hub").rglob("*.gguf"))
+    hub.corrupt = False
+    assert pull(tmp_path, hub, registry).returncode == 0  # downloaded again, now intact
+
+
+def test_a_gated_repo_without_a_token_says_what_to_do(tmp_path: Path, hub: FakeHub) -> None:
+    result = pull(tmp_path, hub, registry_with(tmp_path, [hub_source(GATED, gated=True)]))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "access denied (401)" in lines[0]
+    assert f"accept its license at https://huggingface.co/{GATED} and set HF_TOKEN" in lines[0]
+
+
+def test_a_gated_repo_with_a_token_downloads(tmp_path: Path, hub: FakeHub) -> None:
+    registry = registry_with(tmp_path, [hub_source(GATED, gated=True)])
+    assert pull(tmp_path, hub, registry, HF_TOKEN="hf_secret").returncode == 0
+
+
+def test_a_gated_repo_falls_back_to_the_next_source(tmp_path: Path, hub: FakeHub) -> None:
+    registry = registry_with(tmp_path, [hub_source(GATED, gated=True), hub_source()])
+    result = pull(tmp_path, hub, registry)
+    assert result.returncode == 0, result.stderr
+    assert REPO.split("/")[1] in result.stdout
+    assert "set HF_TOKEN" in result.stderr  # the fallback is explained
+
+
+def test_offline_the_cached_file_is_used(tmp_path: Path, hub: FakeHub) -> None:
+    registry = registry_with(tmp_path, [hub_source()])
+    first = pull(tmp_path, hub, registry)
+    assert first.returncode == 0
+    dead = FakeHub(url="http://127.0.0.1:9")  # nothing listens there
+    offline = pull(tmp_path, dead, registry)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == first.stdout
+
+
+def test_offline_without_a_cache_is_one_line(tmp_path: Path) -> None:
+    dead = FakeHub(url="http://127.0.0.1:9")
+    result = pull(tmp_path, dead, registry_with(tmp_path, [hub_source()]))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be reached and the file is not in the cache" in lines[0]
+
+
+FALLBACK = """
+import logging, sys
+from server.app import default_engine_loader
+from server.planner import Plan
+from server.registry import load_registry
+from server.settings import Settings
+logging.basicConfig(level="WARNING", format="%(levelname)s %(message)s")
+registry = load_registry()
+plan = Plan(registry.get("gemma-3-4b-it-qat"), 2048, 0, None, 0, 0, "test",
+            fallback=registry.get("gemma-3-270m"))
+engine = default_engine_loader(Settings(cache_dir=sys.argv[1]), plan)()
+print(engine.info.model_id, engine.info.n_ctx)
+engine.close()
+"""
+
+
+def test_offline_an_uncached_pick_falls_back_to_the_bundled_model(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    result = subprocess.run(
+        [sys.executable, "-c", FALLBACK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["gemma-3-270m", "2048"]
+    assert "serving the bundled gemma-3-270m instead" in result.stderr
