@@ -278,10 +278,17 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
         layers = options.gpu_layers
     elif total > available:
         layers = _partial_layers(chosen, n_ctx, available, n_gpus, options)
+        blocks = chosen.architecture.block_count
+        # n_gpu_layers == block count: every block on the GPU, the output layer on the CPU.
+        offload = (
+            f"all {blocks} layers on the GPU but the output layer on the CPU (slower)"
+            if layers == blocks
+            else f"offloading {layers} of {blocks} layers to the GPU, the rest runs on the CPU "
+            "(slow)"
+        )
         warnings.append(
             f"{chosen.id} needs {gib(total)} at {n_ctx} tokens of context but {gib(available)} "
-            f"is available: offloading {layers} of {chosen.architecture.block_count} layers to "
-            "the GPU, the rest runs on the CPU (slow)"
+            f"is available: {offload}"
         )
     fallback = None if forced or chosen.id == cpu_model(registry).id else cpu_model(registry)
     where = f"{n_gpus} GPUs" if n_gpus > 1 else "the GPU"

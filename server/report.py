@@ -32,7 +32,10 @@ def _where(plan: Plan) -> str:
                 "all layers split over the GPUs " + "/".join(f"{s:.0%}" for s in plan.tensor_split)
             )
         )
-    return f"{plan.n_gpu_layers} of {plan.model.architecture.block_count} layers on the GPU"
+    blocks = plan.model.architecture.block_count
+    if plan.n_gpu_layers >= blocks:
+        return f"all {blocks} layers on the GPU, the output layer on the CPU"
+    return f"{plan.n_gpu_layers} of {blocks} layers on the GPU"
 
 
 def describe(hardware: Hardware, plan: Plan) -> list[str]:

@@ -114,6 +114,16 @@ def test_a_forced_model_that_does_not_fit_is_partially_offloaded_with_a_warning(
     assert "offloading" in chosen.warnings[0] and "16.6 GiB" in chosen.warnings[0]
 
 
+def test_a_forced_model_just_too_big_keeps_its_blocks_on_the_gpu(registry: Registry) -> None:
+    chosen = plan(
+        gpus(8),
+        registry,
+        PlanOptions(model="gemma-3-12b-it-qat", ctx=4096, kv_type="q8_0", margin=512 * MiB),
+    )
+    assert chosen.n_gpu_layers == 48  # every block; llama.cpp leaves the output layer on the CPU
+    assert "output layer on the CPU" in chosen.warnings[0]
+
+
 def test_no_gpu_lists_every_model(registry: Registry) -> None:
     chosen = plan([], registry, PlanOptions())
     assert {row.model_id for row in chosen.candidates} == {m.id for m in registry.models}
