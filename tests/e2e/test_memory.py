@@ -18,25 +18,40 @@ from server.planner import MiB, compute_buffer, kv_cache
 from server.registry import load_registry
 
 LOAD = """
-import sys, llama_cpp
+import itertools, sys, llama_cpp
 from server.engine.llama_engine import llama_params
-params = llama_params(n_ctx=int(sys.argv[2]), n_threads=2)
+params = llama_params(n_ctx=int(sys.argv[2]), n_threads=2, n_gpu_layers=int(sys.argv[4]),
+                      kv_cache_type=sys.argv[5])
 params["swa_full"] = sys.argv[3] == "1"
-llama_cpp.Llama(model_path=sys.argv[1], verbose=True, **params)
+llm = llama_cpp.Llama(model_path=sys.argv[1], verbose=True, **params)
+tokens = list(itertools.islice(llm.generate(llm.tokenize(b"Hello"), temp=0), 4))
+print("generated", len(tokens))
 """
 
 KV_LINE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers")
 COMPUTE_LINE = re.compile(r"CPU compute buffer size =\s*([\d.]+) MiB")
 
 
-def llama_cpp_report(model_path: Path, n_ctx: int, swa_full: bool) -> tuple[list[float], float]:
+def llama_cpp_report(
+    model_path: Path, n_ctx: int, swa_full: bool, gpu_layers: int = 0, kv_type: str = "f16"
+) -> tuple[list[float], float]:
     result = subprocess.run(
-        [sys.executable, "-c", LOAD, str(model_path), str(n_ctx), "1" if swa_full else "0"],
+        [
+            sys.executable,
+            "-c",
+            LOAD,
+            str(model_path),
+            str(n_ctx),
+            "1" if swa_full else "0",
+            str(gpu_layers),
+            kv_type,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
+    assert "generated 4" in result.stdout  # the context decodes with these parameters
     kv = [float(size) for size, _cells, _layers in KV_LINE.findall(result.stderr)]
     compute = [float(size) for size in COMPUTE_LINE.findall(result.stderr)]
     assert len(kv) == 2 and compute, result.stderr[-2000:]  # the global and the SWA cache
@@ -65,3 +80,15 @@ def test_the_server_loads_with_the_small_sliding_window_cache(model_path: Path) 
     assert llama_params(n_ctx=8192, n_threads=2)["swa_full"] is False
     (_, swa_mib), _ = llama_cpp_report(model_path, 32768, swa_full=False)
     assert swa_mib == 15.0  # 15 layers x 1024 cells x 1 KiB, not 480 MiB
+
+
+def test_gpu_parameters_and_q8_0_kv_within_5_percent(model_path: Path) -> None:
+    # The parameters a GPU load uses (all layers offloaded, flash attention, quantised KV); on a
+    # CPU-only build llama.cpp keeps the layers on the CPU but allocates the same cache.
+    (global_mib, swa_mib), _ = llama_cpp_report(
+        model_path, 8192, swa_full=False, gpu_layers=-1, kv_type="q8_0"
+    )
+    estimate = kv_cache(load_registry().get("gemma-3-270m").architecture, 8192, kv_type="q8_0")
+    assert estimate.global_bytes / MiB == pytest.approx(global_mib, rel=0.05)
+    assert estimate.swa_bytes / MiB == pytest.approx(swa_mib, rel=0.05)
+    assert global_mib < 24.0 * 0.6  # about 17/32 of the f16 cache
