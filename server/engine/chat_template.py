@@ -12,7 +12,9 @@ A template that comes from a model file is untrusted (CVE-2024-34359): it is ren
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import NoReturn
 
@@ -24,6 +26,20 @@ from server.engine.types import ChatMessage, RequestRejected
 BOS_TOKEN = "<bos>"
 END_OF_TURN = "<end_of_turn>"
 START_OF_TURN = "<start_of_turn>"
+
+
+# Message contents are rendered as these placeholders, then put back as untrusted segments.
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the prompt. `trusted` text comes from the template, so its special tokens
+    (<start_of_turn>, ...) are real; untrusted text is a message's content, tokenised as plain
+    text so that a user cannot forge turn markers."""
+
+    text: str
+    trusted: bool
 
 
 class TemplateRejected(ValueError):
@@ -41,27 +57,28 @@ def normalize(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     - System messages before the first turn become the one system prompt; a system message later
       in the conversation is an instruction to the model, so it joins the user turn that follows.
     - Consecutive messages of the same role are joined with a blank line into one turn.
-    - A conversation that opens with the assistant (a greeting) keeps it; the system prompt then
-      becomes a user turn of its own before it, so Gemma still sees the instructions first.
+    - A conversation must open with a user turn (Google's template enforces it): one that opens
+      with the assistant (a greeting) gets a user turn before it holding the system prompt, or
+      nothing; a system prompt alone becomes the user turn.
+    - Contents are trimmed, as Gemma's template does.
     """
     system_parts: list[str] = []
     turns: list[dict[str, str]] = []
     for message in messages:
         role = "system" if message.role == "developer" else message.role
+        content = message.content.strip()
         if role == "system" and not turns:
-            system_parts.append(message.content)
+            system_parts.append(content)
             continue
         if role == "system":
             role = "user"
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + message.content
+            turns[-1]["content"] += "\n\n" + content
         else:
-            turns.append({"role": role, "content": message.content})
+            turns.append({"role": role, "content": content})
     system = "\n\n".join(system_parts)
-    if not system_parts:
-        return turns
     if turns and turns[0]["role"] == "user":
-        return [{"role": "system", "content": system}, *turns]
+        return [{"role": "system", "content": system}, *turns] if system_parts else turns
     return [{"role": "user", "content": system}, *turns]
 
 
@@ -107,9 +124,30 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
         """The prompt text, BOS included, ending with an open model turn."""
+        return "".join(segment.text for segment in self.render_segments(messages))
+
+    def render_segments(self, messages: Sequence[ChatMessage]) -> list[Segment]:
+        """The prompt as template text and message contents, told apart for tokenisation."""
+        turns = normalize(messages)
+        masked = [{**turn, "content": f"\ue000{i}\ue001"} for i, turn in enumerate(turns)]
+        text = self._render(masked)
+        segments = []
+        position = 0
+        for match in _PLACEHOLDER.finditer(text):
+            if match.start() > position:
+                segments.append(Segment(text[position : match.start()], trusted=True))
+            index = int(match.group(1))
+            if index < len(turns) and turns[index]["content"]:
+                segments.append(Segment(turns[index]["content"], trusted=False))
+            position = match.end()
+        if position < len(text):
+            segments.append(Segment(text[position:], trusted=True))
+        return segments
+
+    def _render(self, turns: list[dict[str, str]]) -> str:
         try:
             return self._template.render(
-                messages=normalize(messages),
+                messages=turns,
                 bos_token=BOS_TOKEN,
                 eos_token=END_OF_TURN,
                 add_generation_prompt=True,
