@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.engine.types import EngineUnavailable
+
 log = logging.getLogger("gemma_serve.api")
 
 _TYPE_BY_STATUS = {
@@ -115,6 +117,16 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return APIError(500, "The server had an internal error.", code="internal_error").response()
 
+    async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(
+            503,
+            f"The server cannot take requests now: {exc}.",
+            type="server_error",
+            code="server_unavailable",
+            headers={"Retry-After": "5"},
+        ).response()
+
+    app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -20,10 +20,11 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.chat_template import START_OF_TURN, ChatTemplate, TemplateRejected
+from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
 from server.engine.text import TextAssembler
 from server.engine.types import (
     EngineInfo,
+    EngineUnavailable,
     Event,
     Finished,
     FinishReason,
@@ -103,9 +104,9 @@ def llama_params(
         "n_threads_batch": n_threads,
         "n_gpu_layers": n_gpu_layers,
         "tensor_split": list(tensor_split) if tensor_split else None,
-        # On a GPU, flash attention keeps the attention scores out of the compute buffer (and a
-        # quantised V cache needs it).
-        "flash_attn": n_gpu_layers != 0,
+        # On a GPU, flash attention keeps the attention scores out of the compute buffer; a
+        # quantised V cache needs it on any device.
+        "flash_attn": n_gpu_layers != 0 or kv_cache_type != "f16",
         "type_k": kv_type,
         "type_v": kv_type,
         # Sliding-window layers keep only their window, not the whole context: what the planner
@@ -146,6 +147,7 @@ class LlamaEngine:
         self.info = EngineInfo(model_id=model_id, n_ctx=self._llama.n_ctx())
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._current: _Job | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
         self._thread.start()
 
@@ -153,8 +155,8 @@ class LlamaEngine:
 
     async def prepare(self, request: GenerationRequest) -> _Job:
         """Render and tokenise the prompt, check it fits; nothing is generated yet."""
-        prompt = self._template.render(request.messages)
-        tokens = await asyncio.to_thread(self._tokenize, prompt)
+        segments = self._template.render_segments(request.messages)
+        tokens = await asyncio.to_thread(self._tokenize, segments)
         n_ctx = self.info.n_ctx
         completion = request.max_tokens or 0
         # Without max_tokens the completion gets whatever is left, but at least one token.
@@ -169,14 +171,23 @@ class LlamaEngine:
         return _Job(self, request, tokens)
 
     def submit(self, job: _Job) -> None:
+        if self._closing.is_set():
+            raise EngineUnavailable("the server is shutting down")
         self._jobs.put(job)
 
     def close(self) -> None:
         """Stop the engine thread (ending the generation in flight) and free the model."""
-        if self._current is not None:
-            self._current.cancelled.set()
+        self._closing.set()
+        current = self._current
+        if current is not None:
+            current.cancelled.set()
         self._jobs.put(None)
         self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            # NOTE: a long prefill is not interruptible; freeing the model under a running
+            # llama_decode would crash, so leave it to the process exit.
+            log.warning("the engine is still busy after 30 s; not freeing the model")
+            return
         self._llama.close()
 
     # --- the engine thread ------------------------------------------------------------------
@@ -185,7 +196,9 @@ class LlamaEngine:
         while (job := self._jobs.get()) is not None:
             self._current = job
             try:
-                if not job.cancelled.is_set():
+                if self._closing.is_set():
+                    job.push(EngineUnavailable("the server is shutting down"))
+                elif not job.cancelled.is_set():
                     self._generate(job)
             except Exception as exc:  # a broken model or a bug: report it to this request only
                 log.exception("generation failed")
@@ -245,9 +258,14 @@ class LlamaEngine:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _tokenize(self, prompt: str) -> list[int]:
-        # The template writes <bos> itself; special=True turns the turn markers into their ids.
-        tokens: list[int] = self._llama.tokenize(prompt.encode(), add_bos=False, special=True)
+    def _tokenize(self, segments: list[Segment]) -> list[int]:
+        # The template writes <bos> itself. Only the template's own text may hold special tokens:
+        # "<end_of_turn>" typed by a user is just text.
+        tokens: list[int] = []
+        for segment in segments:
+            tokens += self._llama.tokenize(
+                segment.text.encode(), add_bos=False, special=segment.trusted
+            )
         return tokens
 
     def _piece(self, token: int) -> bytes:

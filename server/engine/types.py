@@ -87,6 +87,10 @@ class RequestRejected(ValueError):
         self.param = param
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot take the request now (shutting down); the API layer answers 503."""
+
+
 class PreparedGeneration(Protocol):
     """A request the engine has accepted: the prompt is rendered, tokenised and fits.
 

@@ -82,11 +82,13 @@ def test_the_server_loads_with_the_small_sliding_window_cache(model_path: Path) 
     assert swa_mib == 15.0  # 15 layers x 1024 cells x 1 KiB, not 480 MiB
 
 
-def test_gpu_parameters_and_q8_0_kv_within_5_percent(model_path: Path) -> None:
-    # The parameters a GPU load uses (all layers offloaded, flash attention, quantised KV); on a
-    # CPU-only build llama.cpp keeps the layers on the CPU but allocates the same cache.
+@pytest.mark.parametrize("gpu_layers", [-1, 0])
+def test_q8_0_kv_loads_and_is_within_5_percent(model_path: Path, gpu_layers: int) -> None:
+    # -1: the parameters a GPU load uses (all layers offloaded, flash attention); on a CPU-only
+    # build llama.cpp keeps the layers on the CPU but allocates the same cache. 0: a CPU load,
+    # where the quantised V cache needs flash attention too.
     (global_mib, swa_mib), _ = llama_cpp_report(
-        model_path, 8192, swa_full=False, gpu_layers=-1, kv_type="q8_0"
+        model_path, 8192, swa_full=False, gpu_layers=gpu_layers, kv_type="q8_0"
     )
     estimate = kv_cache(load_registry().get("gemma-3-270m").architecture, 8192, kv_type="q8_0")
     assert estimate.global_bytes / MiB == pytest.approx(global_mib, rel=0.05)
