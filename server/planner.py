@@ -213,7 +213,9 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
     split = _tensor_split(devices, options.margin) if n_gpus > 1 else None
 
     def ctx_for(spec: ModelSpec) -> int:
-        return min(options.ctx or options.plan_ctx, _ctx_limit(spec, options))
+        if options.ctx:  # asked for: only the model's trained context limits it
+            return min(options.ctx, spec.architecture.context_length)
+        return min(options.plan_ctx, _ctx_limit(spec, options))
 
     def needed(spec: ModelSpec, n_ctx: int) -> int:
         return estimate(

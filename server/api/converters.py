@@ -49,6 +49,20 @@ def _unsupported(param: str, what: str) -> APIError:
 
 
 def _message_text(message: ChatMessageIn, index: int) -> str:
+    text = _message_parts(message, index)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800"); UTF-8 does not
+        raise APIError(
+            400,
+            "The message content is not valid Unicode (a lone surrogate).",
+            param=f"messages[{index}].content",
+            code="invalid_value",
+        ) from exc
+    return text
+
+
+def _message_parts(message: ChatMessageIn, index: int) -> str:
     param = f"messages[{index}].content"
     if message.content is None:
         if message.role == "assistant":

@@ -64,7 +64,7 @@ class ChatCompletionRequest(WireModel):
     min_p: float | None = Field(None, ge=0, le=1, description="Not in OpenAI's API.")
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: Annotated[list[str], Field(max_length=4)] | str | None = None
     seed: int | None = None
     n: int | None = Field(None, ge=1)
     stream: bool | None = False

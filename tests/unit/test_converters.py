@@ -138,6 +138,7 @@ def test_out_of_range_values_are_refused(fields: dict[str, Any], param: str) -> 
             "messages[0].role",
         ),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
     ],
 )
 def test_fields_not_supported_yet_are_refused_by_name(fields: dict[str, Any], param: str) -> None:

@@ -70,6 +70,7 @@ BOUNDARIES = [
     ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 91136, -1),
     ((80,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 131072, -1),  # up to the trained context
     ((24,), {"ctx": 4096}, "gemma-3-27b-it-qat", 4096, -1),  # --ctx is used as given
+    ((80,), {"ctx": 65536}, "gemma-3-27b-it-qat", 65536, -1),  # ... even above --max-ctx
     ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 32768, 10),  # --gpu-layers too
     ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 32768, -1),  # 16 GiB left: no 27B
     ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
