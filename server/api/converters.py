@@ -29,6 +29,7 @@ from server.engine.types import (
     Event,
     Finished,
     GenerationRequest,
+    JsonFormat,
     SamplingParams,
     TextDelta,
 )
@@ -108,10 +109,6 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         raise _unsupported("logprobs", "Returning log probabilities")
     if request.logit_bias:
         raise _unsupported("logit_bias", "logit_bias")
-    if request.response_format and request.response_format.get("type", "text") != "text":
-        raise _unsupported(
-            "response_format", f"response_format {request.response_format.get('type')!r}"
-        )
     if request.tools or request.functions:
         raise _unsupported("tools", "Tool calling")
     if request.tool_choice not in (None, "none", "auto") or request.function_call not in (
@@ -120,6 +117,24 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "auto",
     ):
         raise _unsupported("tool_choice", "Tool calling")
+
+
+def _json_format(request: ChatCompletionRequest) -> JsonFormat | None:
+    """`response_format` -> the engine's JSON constraint (None for plain text)."""
+    response_format = request.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return JsonFormat()
+    spec = response_format.json_schema
+    if spec is None or spec.schema_ is None:
+        raise APIError(
+            400,
+            "response_format of type 'json_schema' needs json_schema.schema.",
+            param="response_format.json_schema.schema",
+            code="missing_required_parameter",
+        )
+    return JsonFormat(schema=spec.schema_)
 
 
 def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
@@ -141,6 +156,7 @@ def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
         sampling=sampling,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         stop=tuple(s for s in stop if s),
+        json_format=_json_format(request),
     )
 
 

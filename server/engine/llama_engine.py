@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
+from server.engine.grammar import compile_json_format
 from server.engine.text import TextAssembler
 from server.engine.types import (
     EngineInfo,
@@ -47,10 +49,17 @@ class EngineLoadError(RuntimeError):
 class _Job:
     """One accepted generation: its prompt, limits and the queue its events go to."""
 
-    def __init__(self, engine: LlamaEngine, request: GenerationRequest, tokens: list[int]):
+    def __init__(
+        self,
+        engine: LlamaEngine,
+        request: GenerationRequest,
+        tokens: list[int],
+        grammar: LlamaGrammar | None = None,
+    ):
         self._engine = engine
         self.request = request
         self.tokens = tokens
+        self.grammar = grammar
         self.prompt_tokens = len(tokens)
         self.max_new_tokens = request.max_tokens or engine.info.n_ctx - len(tokens)
         self.cancelled = threading.Event()
@@ -157,6 +166,9 @@ class LlamaEngine:
         """Render and tokenise the prompt, check it fits; nothing is generated yet."""
         segments = self._template.render_segments(request.messages)
         tokens = await asyncio.to_thread(self._tokenize, segments)
+        grammar = None
+        if request.json_format is not None:
+            grammar = await asyncio.to_thread(compile_json_format, request.json_format, self._vocab)
         n_ctx = self.info.n_ctx
         completion = request.max_tokens or 0
         # Without max_tokens the completion gets whatever is left, but at least one token.
@@ -168,7 +180,7 @@ class LlamaEngine:
                 code="context_length_exceeded",
                 param="messages",
             )
-        return _Job(self, request, tokens)
+        return _Job(self, request, tokens, grammar)
 
     def submit(self, job: _Job) -> None:
         if self._closing.is_set():
@@ -227,6 +239,7 @@ class LlamaEngine:
             repeat_penalty=1.0,
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
+            grammar=job.grammar,
         )
         try:
             for token in tokens:

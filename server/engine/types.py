@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
@@ -37,11 +37,19 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class JsonFormat:
+    """Output must be JSON: any object (`schema` None), or valid against `schema`."""
+
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     messages: tuple[ChatMessage, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    json_format: JsonFormat | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from server.api.converters import to_generation_request
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletionRequest
-from server.engine.types import ChatMessage, SamplingParams
+from server.engine.types import ChatMessage, JsonFormat, SamplingParams
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -114,7 +114,7 @@ def test_out_of_range_values_are_refused(fields: dict[str, Any], param: str) -> 
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"42": 5}}, "logit_bias"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema.schema"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
         (
@@ -159,3 +159,47 @@ def test_harmless_values_of_unsupported_fields_are_accepted() -> None:
         )
     )
     assert generation.messages == (ChatMessage("user", "Hi"),)
+
+
+def test_response_format_maps_to_a_json_constraint() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert to_generation_request(request(response_format={"type": "text"})).json_format is None
+    assert (
+        to_generation_request(request(response_format={"type": "json_object"})).json_format
+        == JsonFormat()
+    )
+    constrained = to_generation_request(
+        request(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "thing", "schema": schema, "strict": True},
+            }
+        )
+    )
+    assert constrained.json_format == JsonFormat(schema=schema)
+
+
+def test_an_unknown_response_format_type_is_refused() -> None:
+    with pytest.raises(ValidationError) as error:
+        request(response_format={"type": "xml"})
+    assert error.value.errors()[0]["loc"][:2] == ("response_format", "type")
+
+
+@pytest.mark.parametrize(
+    ("schema", "found"),
+    [
+        ({"type": "object", "properties": {"minimum": {"type": "string"}}}, None),  # a field name
+        ({"type": "integer", "minimum": 1}, "'minimum' at #"),
+        (
+            {"type": "array", "items": {"type": "number", "multipleOf": 2}},
+            "'multipleOf' at #/items",
+        ),
+        ({"anyOf": [{"type": "string"}, {"not": {"type": "null"}}]}, "'not' at #/anyOf/1"),
+        ({"$defs": {"a": {"type": "array", "uniqueItems": True}}}, "'uniqueItems' at #/$defs/a"),
+        ({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}, None),
+    ],
+)
+def test_unenforced_schema_keywords_are_found(schema: dict[str, Any], found: str | None) -> None:
+    from server.engine.grammar import unenforced_keyword
+
+    assert unenforced_keyword(schema) == found
