@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.api.errors import APIError
+from server.api.errors import APIError, unavailable
 from server.engine.types import Engine
 from server.registry import ModelSpec
 
@@ -29,18 +29,11 @@ class Runtime:
 
     def not_ready_error(self) -> APIError:
         if self.load_error:
-            return APIError(
-                503,
-                f"The model failed to load: {self.load_error}",
-                type="server_error",
-                code="model_load_failed",
-            )
-        return APIError(
-            503,
+            return unavailable(f"The model failed to load: {self.load_error}", "model_load_failed")
+        return unavailable(
             f"The model {self.spec.id} is loading; try again in a few seconds.",
-            type="server_error",
-            code="model_loading",
-            headers={"Retry-After": "2"},
+            "model_loading",
+            retry_after=2,
         )
 
 

@@ -60,6 +60,12 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
+    """503: the server cannot serve now (loading, failed, shutting down); clients may retry."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return APIError(503, message, type="server_error", code=code, headers=headers)
+
+
 def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -118,12 +124,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(500, "The server had an internal error.", code="internal_error").response()
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return APIError(
-            503,
-            f"The server cannot take requests now: {exc}.",
-            type="server_error",
-            code="server_unavailable",
-            headers={"Retry-After": "5"},
+        return unavailable(
+            f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
         ).response()
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)

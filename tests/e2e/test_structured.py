@@ -104,20 +104,14 @@ def test_json_object_output_is_json_from_the_first_character(openai_client) -> N
     assert constrained.startswith("{")
 
 
+def post_schema(http: httpx.Client, schema: dict[str, object]) -> httpx.Response:
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    body = {"model": MODEL_ID, "messages": ASK, "max_tokens": 5, "response_format": response_format}
+    return http.post("/v1/chat/completions", json=body)
+
+
 def test_a_schema_keyword_the_grammar_cannot_enforce_is_refused_by_name(http: httpx.Client) -> None:
-    bounded = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 9}}}
-    response = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": MODEL_ID,
-            "messages": ASK,
-            "max_tokens": 5,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": bounded},
-            },
-        },
-    )
+    response = post_schema(http, {"type": "object", "properties": {"n": {"maximum": 9}}})
     assert response.status_code == 400, response.text
     assert "'maximum' at #/properties/n" in response.json()["error"]["message"]
 
@@ -125,16 +119,7 @@ def test_a_schema_keyword_the_grammar_cannot_enforce_is_refused_by_name(http: ht
 def test_an_unsupported_schema_is_a_400_and_the_server_survives(
     http: httpx.Client, openai_client
 ) -> None:  # type: ignore[no-untyped-def]
-    bad = {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}
-    response = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": MODEL_ID,
-            "messages": ASK,
-            "max_tokens": 5,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}},
-        },
-    )
+    response = post_schema(http, {"properties": {"a": {"$ref": "#/definitions/missing"}}})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "response_format"
     with pytest.raises(openai.BadRequestError):
