@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import parse_settings
+from tests.conftest import free_port
 
 
 def test_flags_override_environment_which_overrides_defaults(
@@ -82,3 +83,20 @@ def test_broken_registry_is_one_line(tmp_path: Path) -> None:
     registry.write_text("models:\n  - id: gemma-3-270m\n    name: x\n")
     result = run_cli("--registry-file", str(registry))
     assert_one_line_error(result, 2, "entry 'gemma-3-270m': field")
+
+
+def test_a_model_that_cannot_be_fetched_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    # Asked for by name, offline and not cached: no fallback; the server exits, it does not hang.
+    result = run_cli(
+        "--model",
+        "gemma-3-1b-it-qat",
+        "--port",
+        str(free_port()),
+        "--cache-dir",
+        str(tmp_path),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gemma-serve: error: cannot serve gemma-3-1b-it-qat: cannot get")
+    assert "not in the cache" in last
