@@ -20,6 +20,7 @@ from server.api.routes import router
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
 from server.planner import Plan
+from server.registry import ModelSpec
 from server.settings import Settings
 
 log = logging.getLogger("gemma_serve")
@@ -58,13 +59,20 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
     return load
 
 
-async def _load(runtime: Runtime, load: EngineLoader, on_fatal: Callable[[str], None]) -> None:
+async def _load(
+    runtime: Runtime,
+    load: EngineLoader,
+    fallback: ModelSpec | None,
+    on_fatal: Callable[[str], None],
+) -> None:
     try:
         engine = await asyncio.to_thread(load)
     except Exception as exc:
         runtime.load_error = str(exc)
         on_fatal(f"cannot serve {runtime.spec.id}: {exc}")
         return
+    if fallback is not None and engine.info.model_id == fallback.id:
+        runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
     runtime.engine = engine
     log.info("%s is loaded (context %d tokens); ready", engine.info.model_id, engine.info.n_ctx)
 
@@ -83,7 +91,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(runtime, load, report))
+        loading = asyncio.create_task(_load(runtime, load, plan.fallback, report))
         try:
             yield
         finally:

@@ -163,6 +163,14 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "gemma-serve"
+    # Beyond OpenAI's fields: what a client may want to know about a local model.
+    name: str | None = None
+    parameters: str | None = None
+    quantization: str | None = None
+    file_size: int | None = None
+    context_length: int | None = Field(None, description="Context of the loaded model, tokens.")
+    trained_context_length: int | None = None
+    device: Literal["gpu", "cpu"] | None = Field(None, description="Where it runs, once loaded.")
 
 
 class ModelList(BaseModel):

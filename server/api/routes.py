@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.converters import to_chat_completion, to_generation_request, to_stream_chunks
-from server.api.deps import EngineDep, RuntimeDep
+from server.api.deps import EngineDep, Runtime, RuntimeDep
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
 from server.engine.types import RequestRejected
@@ -63,14 +63,29 @@ async def health(runtime: RuntimeDep) -> Health:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=runtime.model_id, created=runtime.created)])
+    return ModelList(data=[_card(runtime)])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
     if model_id != runtime.model_id:
         raise _model_not_found(model_id, runtime.model_id)
-    return ModelCard(id=runtime.model_id, created=runtime.created)
+    return _card(runtime)
+
+
+def _card(runtime: Runtime) -> ModelCard:
+    spec, info = runtime.spec, runtime.engine.info if runtime.engine else None
+    return ModelCard(
+        id=runtime.model_id,
+        created=runtime.created,
+        name=spec.name,
+        parameters=spec.parameters,
+        quantization=spec.quantization,
+        file_size=spec.file_size,
+        context_length=info.n_ctx if info else None,
+        trained_context_length=spec.architecture.context_length,
+        device=info.device if info else None,
+    )
 
 
 def _model_not_found(asked: str, served: str) -> APIError:

@@ -153,7 +153,11 @@ class LlamaEngine:
         self._vocab = self._llama._model.vocab
         self._start_of_turn = self._special_token(START_OF_TURN)
         self._template = self._choose_template(template_choice)
-        self.info = EngineInfo(model_id=model_id, n_ctx=self._llama.n_ctx())
+        # Layers go to the GPU only if asked for and this llama.cpp build can offload at all.
+        on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self.info = EngineInfo(
+            model_id=model_id, n_ctx=self._llama.n_ctx(), device="gpu" if on_gpu else "cpu"
+        )
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._current: _Job | None = None
         self._closing = threading.Event()

@@ -80,6 +80,7 @@ Event = TextDelta | Finished
 class EngineInfo:
     model_id: str
     n_ctx: int
+    device: Literal["gpu", "cpu"] = "cpu"
 
 
 class RequestRejected(ValueError):

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, SERVER_CTX
 
 HI = [{"role": "user", "content": "Hi"}]
 # A prompt the bundled base model keeps writing on for hundreds of tokens at temperature 0
@@ -231,6 +231,16 @@ def test_models_lists_the_loaded_model(openai_client) -> None:  # type: ignore[n
     assert [model.id for model in models.data] == [MODEL_ID]
     assert models.data[0].object == "model"
     assert openai_client.models.retrieve(MODEL_ID).id == MODEL_ID
+
+
+def test_a_model_card_says_what_runs_and_where(http: httpx.Client) -> None:
+    card = http.get(f"/v1/models/{MODEL_ID}").json()
+    assert card["owned_by"] == "gemma-serve" and isinstance(card["created"], int)
+    assert card["quantization"] == "Q4_K_M"
+    assert card["file_size"] == 253113024
+    assert card["context_length"] == SERVER_CTX  # the loaded context, not the trained one
+    assert card["trained_context_length"] == 32768
+    assert card["device"] == "cpu"  # this llama.cpp build has no GPU offload
 
 
 def test_health_is_ok_when_ready(http: httpx.Client) -> None:

@@ -180,6 +180,17 @@ plan = Plan(registry.get("gemma-3-4b-it-qat"), 2048, 0, None, 0, 0, "test",
 engine = default_engine_loader(Settings(cache_dir=sys.argv[1]), plan)()
 print(engine.info.model_id, engine.info.n_ctx)
 engine.close()
+# The app serves, and describes, the model that really runs.
+import time
+from fastapi.testclient import TestClient
+from server.app import create_app
+with TestClient(create_app(Settings(cache_dir=sys.argv[1]), plan)) as client:
+    for _ in range(200):
+        if client.get("/health").status_code == 200:
+            break
+        time.sleep(0.1)
+    card = client.get("/v1/models").json()["data"][0]
+    print(card["id"], card["quantization"])
 """
 
 
@@ -193,7 +204,7 @@ def test_offline_an_uncached_pick_falls_back_to_the_bundled_model(tmp_path: Path
         env={**environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["gemma-3-270m", "2048"]
+    assert result.stdout.split() == ["gemma-3-270m", "2048", "gemma-3-270m", "Q4_K_M"]
     assert "serving the bundled gemma-3-270m instead" in result.stderr
 
 
