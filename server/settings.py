@@ -129,4 +129,7 @@ class Settings(BaseSettings):
             "'gguf' (the one inside the model file, rendered in a sandbox)."
         ),
     )
+    max_choices: int = Field(
+        4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
+    )
     log_level: LogLevel = Field("info", description="Log verbosity.")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from server.api.errors import APIError, error_body
 from server.api.protocol import (
@@ -103,8 +104,6 @@ def _messages(request: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
-    if request.n is not None and request.n > 1:
-        raise _unsupported("n", "More than one choice (n > 1)")
     if request.logprobs or request.top_logprobs:
         raise _unsupported("logprobs", "Returning log probabilities")
     if request.logit_bias:
@@ -160,6 +159,27 @@ def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
     )
 
 
+def to_generation_requests(
+    request: ChatCompletionRequest, max_choices: int
+) -> list[GenerationRequest]:
+    """One engine request per choice (`n`). With a seed, choice i samples with seed + i, so the
+    choices differ from each other and the whole answer is reproducible."""
+    n = request.n or 1
+    if n > max_choices:
+        raise APIError(
+            400,
+            f"n must be at most {max_choices} on this server (got {n}).",
+            param="n",
+            code="invalid_value",
+        )
+    first = to_generation_request(request)
+    seed = first.sampling.seed
+    return [first] + [
+        replace(first, sampling=replace(first.sampling, seed=None if seed is None else seed + i))
+        for i in range(1, n)
+    ]
+
+
 def _usage(usage: EngineUsage) -> Usage:
     return Usage(
         prompt_tokens=usage.prompt_tokens,
@@ -168,37 +188,46 @@ def _usage(usage: EngineUsage) -> Usage:
     )
 
 
+def _total_usage(usages: Sequence[EngineUsage]) -> Usage:
+    """The prompt is counted once, the completions of every choice added up (as OpenAI does)."""
+    return _usage(EngineUsage(usages[0].prompt_tokens, sum(u.completion_tokens for u in usages)))
+
+
 async def to_chat_completion(
-    events: AsyncGenerator[Event, None], *, completion_id: str, created: int, model: str
+    generations: Sequence[AsyncGenerator[Event, None]],
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
 ) -> ChatCompletion:
-    """Collect a whole generation into one `chat.completion`."""
-    parts: list[str] = []
-    finished: Finished | None = None
-    async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
-                finished = event
-    if finished is None:
-        raise RuntimeError("the engine ended a generation without finishing it")
+    """Collect whole generations (one per choice) into one `chat.completion`."""
+    choices = []
+    usages = []
+    for index, events in enumerate(generations):
+        parts: list[str] = []
+        finished: Finished | None = None
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                else:
+                    finished = event
+        if finished is None:
+            raise RuntimeError("the engine ended a generation without finishing it")
+        message = AssistantMessage(content="".join(parts))
+        choices.append(Choice(index=index, message=message, finish_reason=finished.reason))
+        usages.append(finished.usage)
     return ChatCompletion(
         id=completion_id,
         created=created,
         model=model,
-        choices=[
-            Choice(
-                index=0,
-                message=AssistantMessage(content="".join(parts)),
-                finish_reason=finished.reason,
-            )
-        ],
-        usage=_usage(finished.usage),
+        choices=choices,
+        usage=_total_usage(usages),
     )
 
 
 async def to_stream_chunks(
-    events: AsyncGenerator[Event, None],
+    generations: Sequence[AsyncGenerator[Event, None]],
     *,
     completion_id: str,
     created: int,
@@ -207,8 +236,9 @@ async def to_stream_chunks(
 ) -> AsyncIterator[str]:
     """Engine events -> the `data:` payloads of an OpenAI chat stream, `[DONE]` always last.
 
-    The first chunk carries the role, `finish_reason` appears only on the last choice chunk, the
-    usage chunk (empty `choices`) follows when asked for. An error after the stream has started
+    Choices (`n`) stream one after another, each chunk naming its `index`: a choice's first chunk
+    carries the role, its last the `finish_reason`; the usage chunk (empty `choices`) follows
+    them all when asked for. An error after the stream has started
     cannot change the HTTP status any more, so it is sent as one `error` event before `[DONE]`.
     """
 
@@ -219,15 +249,20 @@ async def to_stream_chunks(
         return body.model_dump_json(exclude=None if include_usage else {"usage"})
 
     try:
-        yield chunk([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    yield chunk([ChunkChoice(index=0, delta=Delta(content=event.text))])
-                    continue
-                yield chunk([ChunkChoice(index=0, delta=Delta(), finish_reason=event.reason)])
-                if include_usage:
-                    yield chunk([], usage=_usage(event.usage))
+        usages = []
+        for index, events in enumerate(generations):
+            yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text))])
+                        continue
+                    usages.append(event.usage)
+                    yield chunk(
+                        [ChunkChoice(index=index, delta=Delta(), finish_reason=event.reason)]
+                    )
+        if include_usage:
+            yield chunk([], usage=_total_usage(usages))
     except Exception:
         log.exception("generation failed after the stream started")
         yield json.dumps(

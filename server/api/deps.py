@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from server.api.errors import APIError, unavailable
 from server.engine.types import Engine
 from server.registry import ModelSpec
+from server.settings import Settings
 
 
 @dataclass
@@ -52,3 +53,11 @@ def get_engine(runtime: RuntimeDep) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

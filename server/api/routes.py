@@ -12,8 +12,8 @@ from typing import TypeVar
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
-from server.api.converters import to_chat_completion, to_generation_request, to_stream_chunks
-from server.api.deps import EngineDep, Runtime, RuntimeDep
+from server.api.converters import to_chat_completion, to_generation_requests, to_stream_chunks
+from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
 from server.engine.types import RequestRejected
@@ -100,19 +100,27 @@ def _model_not_found(asked: str, served: str) -> APIError:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
+    body: ChatCompletionRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    engine: EngineDep,
+    settings: SettingsDep,
 ) -> Response | ChatCompletion:
     if body.model != runtime.model_id:
         raise _model_not_found(body.model, runtime.model_id)
     try:
-        prepared = await engine.prepare(to_generation_request(body))
+        prepared = [
+            await engine.prepare(generation)
+            for generation in to_generation_requests(body, settings.max_choices)
+        ]
     except RequestRejected as exc:
         raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+    generations = [job.events() for job in prepared]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         chunks = to_stream_chunks(
-            prepared.events(),
+            generations,
             completion_id=completion_id,
             created=created,
             model=body.model,
@@ -120,7 +128,7 @@ async def create_chat_completion(
         )
         return EventSourceResponse(chunks, sep="\n", ping=_PING_SECONDS)
     work = to_chat_completion(
-        prepared.events(), completion_id=completion_id, created=created, model=body.model
+        generations, completion_id=completion_id, created=created, model=body.model
     )
     try:
         return await _unless_disconnected(request, work)

@@ -246,3 +246,38 @@ def test_a_model_card_says_what_runs_and_where(http: httpx.Client) -> None:
 def test_health_is_ok_when_ready(http: httpx.Client) -> None:
     response = http.get("/health")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_n_choices_non_streaming(openai_client) -> None:  # type: ignore[no-untyped-def]
+    args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 12, "temperature": 1.0, "seed": 7}
+    completion = openai_client.chat.completions.create(**args, n=3)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2]
+    texts = [choice.message.content for choice in completion.choices]
+    assert len(set(texts)) > 1  # sampled with different seeds
+    assert completion.usage.completion_tokens == 36  # every choice counted
+    assert (
+        completion.usage.prompt_tokens
+        == openai_client.chat.completions.create(**args).usage.prompt_tokens
+    )  # the prompt once
+    again = openai_client.chat.completions.create(**args, n=3)
+    assert [choice.message.content for choice in again.choices] == texts  # reproducible
+
+
+def test_n_choices_streaming(openai_client) -> None:  # type: ignore[no-untyped-def]
+    args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 8, "temperature": 0, "n": 2}
+    whole = openai_client.chat.completions.create(**args)
+    chunks = list(
+        openai_client.chat.completions.create(
+            **args, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {i: c.message.content for i, c in enumerate(whole.choices)}
+    assert finishes == {0: "length", 1: "length"}
+    assert chunks[-1].usage.completion_tokens == 16

@@ -50,7 +50,8 @@ GOOD = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max
         ({**GOOD, "top_p": -1}, "top_p"),
         ({**GOOD, "max_tokens": -5}, "max_tokens"),
         ({**GOOD, "stream": "yes please"}, "stream"),
-        ({**GOOD, "n": 3}, "n"),
+        ({**GOOD, "n": 5}, "n"),  # over the default cap of 4 (--max-choices)
+        ({**GOOD, "n": 0}, "n"),
         ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"messages": GOOD["messages"]}, "model"),
     ],

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.converters import to_generation_request
+from server.api.converters import to_generation_request, to_generation_requests
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletionRequest
 from server.engine.types import ChatMessage, JsonFormat, SamplingParams
@@ -111,7 +111,6 @@ def test_out_of_range_values_are_refused(fields: dict[str, Any], param: str) -> 
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"42": 5}}, "logit_bias"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema.schema"),
@@ -203,3 +202,18 @@ def test_unenforced_schema_keywords_are_found(schema: dict[str, Any], found: str
     from server.engine.grammar import unenforced_keyword
 
     assert unenforced_keyword(schema) == found
+
+
+def test_n_makes_one_engine_request_per_choice_with_consecutive_seeds() -> None:
+    generations = to_generation_requests(request(n=3, seed=10), max_choices=4)
+    assert [g.sampling.seed for g in generations] == [10, 11, 12]
+    assert len({g.messages for g in generations}) == 1
+    unseeded = to_generation_requests(request(n=2), max_choices=4)
+    assert [g.sampling.seed for g in unseeded] == [None, None]
+    assert len(to_generation_requests(request(), max_choices=4)) == 1
+
+
+def test_n_over_the_cap_is_refused() -> None:
+    with pytest.raises(APIError) as error:
+        to_generation_requests(request(n=5), max_choices=4)
+    assert (error.value.status, error.value.param) == (400, "n")
