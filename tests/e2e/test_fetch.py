@@ -55,7 +55,7 @@ def hub_source(repo: str = REPO, **extra: Any) -> dict[str, Any]:
 
 
 def pull(
-    tmp_path: Path, hub: FakeHub, registry: Path, **env: str
+    tmp_path: Path, hub: FakeHub, registry: Path, model: str = "tiny-gemma", **env: str
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     environ.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), **env)
@@ -65,7 +65,7 @@ def pull(
             "-m",
             "server",
             "pull",
-            "tiny-gemma",
+            model,
             "--registry-file",
             str(registry),
             "--cache-dir",
@@ -208,27 +208,14 @@ def test_offline_an_uncached_pick_falls_back_to_the_bundled_model(tmp_path: Path
     assert "serving the bundled gemma-3-270m instead" in result.stderr
 
 
-def test_the_bundled_model_must_be_the_file_the_registry_names(tmp_path: Path) -> None:
+def test_the_bundled_model_must_be_the_file_the_registry_names(
+    tmp_path: Path, hub: FakeHub
+) -> None:
     data = yaml.safe_load(default_registry_path().read_text())
     data["models"][0]["sha256"] = "0" * 64
     registry = tmp_path / "models.yaml"
     registry.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "pull",
-            "gemma-3-270m",
-            "--registry-file",
-            str(registry),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = pull(tmp_path, hub, registry, model="gemma-3-270m")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds a different file" in lines[0]
