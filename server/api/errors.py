@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.engine.types import EngineUnavailable
+from server.engine.types import EngineBusy, EngineUnavailable
 
 log = logging.getLogger("gemma_serve.api")
 
@@ -124,6 +124,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(500, "The server had an internal error.", code="internal_error").response()
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, EngineBusy):
+            return unavailable(
+                f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
+            ).response()
         return unavailable(
             f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
         ).response()

@@ -26,6 +26,7 @@ from server.engine.grammar import compile_json_format
 from server.engine.text import TextAssembler
 from server.engine.types import (
     EngineInfo,
+    EngineStats,
     EngineUnavailable,
     Event,
     Finished,
@@ -185,6 +186,11 @@ class LlamaEngine:
                 param="messages",
             )
         return _Job(self, request, tokens, grammar)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            active=int(self._current is not None), queued=self._jobs.qsize(), parallel=1
+        )
 
     def submit(self, job: _Job) -> None:
         if self._closing.is_set():

@@ -34,6 +34,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # (token id, bias) pairs added to the logits before sampling; -100 bans a token, 100 forces it.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,18 @@ class JsonFormat:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    messages: tuple[ChatMessage, ...]
+    """One sequence to generate. Either `messages` (rendered by the chat template) or `prompt`
+    (raw text for /v1/completions: no template, special tokens parsed, `<bos>` added unless the
+    text starts with it)."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     json_format: JsonFormat | None = None
+    # None: no logprobs. k >= 0: each generated token's logprob plus the k most likely tokens'.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,30 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token with its log-probability under the model (log-softmax of the raw
+    logits, before temperature and other samplers) and the most likely alternatives."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
+    """New text. `logprobs` (only when the request asked) covers the tokens this text came from;
+    tokens of a matched stop string are not reported."""
+
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +131,24 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot take the request now (shutting down); the API layer answers 503."""
 
 
+class EngineBusy(EngineUnavailable):
+    """The queue is full: the API layer answers 503 with `Retry-After`, which OpenAI clients
+    honour when they retry."""
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What `/health` and `/metrics` report about the engine's load."""
+
+    active: int  # sequences being generated now
+    queued: int  # accepted requests waiting for a slot
+    parallel: int  # how many sequences are decoded together at most
+
+
 class PreparedGeneration(Protocol):
     """A request the engine has accepted: the prompt is rendered, tokenised and fits.
 
@@ -119,5 +168,7 @@ class Engine(Protocol):
     async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
         """Validate and tokenise; raises `RequestRejected` before anything is generated."""
         ...
+
+    def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...
