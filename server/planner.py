@@ -12,6 +12,9 @@ src/llama-context.cpp), checked against llama.cpp's own reports in tests/e2e/tes
   sliding-window layers keep pad(min(n_ctx, window + n_ubatch), 256) cells (`swa_full=False`, as
   gemma-serve loads), or n_ctx with `swa_full=True`; a cell of a layer holds K and V for every KV
   head;
+- parallel sequences: gemma-serve gives each of its `parallel` sequences its own KV stream
+  (`kv_unified=false`, llama.cpp's n_ctx = context x parallel), so the KV cache above is allocated
+  once per sequence; the compute buffer does not grow with them;
 - compute buffers: dominated by the logits of one micro-batch (vocab x n_ubatch x 4 bytes: 512 MiB
   for Gemma's 262,144-token vocabulary), plus a small allowance for activations;
 - a margin per GPU (llama-server's `--fit-target` default, 1 GiB) for the driver, the CUDA context
@@ -34,6 +37,14 @@ KV_BYTES_PER_ELEMENT: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32}
 CELL_PADDING = 256
 ACTIVATIONS_ALLOWANCE = 64 * MiB
 CTX_STEP = 1024
+# On a GPU the plan always makes room for this many sequences decoded together, then adds as many
+# more as the memory left allows, up to MAX_GPU_PARALLEL.
+MIN_GPU_PARALLEL = 4
+MAX_GPU_PARALLEL = 32
+# On the CPU, decoding is bound by the cores, not by memory: 4 sequences already take what batching
+# gains on a few cores (llama-batched-bench here: 1 sequence 61 tok/s, 4 in total 84); more would
+# only share the same throughput more thinly.
+CPU_PARALLEL = 4
 
 
 def _pad(value: int, to: int = CELL_PADDING) -> int:
@@ -100,13 +111,19 @@ class Estimate:
 
 
 def estimate(
-    spec: ModelSpec, n_ctx: int, *, n_gpus: int = 1, kv_type: KvType = "f16", n_ubatch: int = 512
+    spec: ModelSpec,
+    n_ctx: int,
+    *,
+    n_gpus: int = 1,
+    kv_type: KvType = "f16",
+    n_ubatch: int = 512,
+    n_seq: int = 1,
 ) -> Estimate:
-    """Device memory to hold `spec` fully offloaded at `n_ctx` (each GPU has its own compute
-    buffer when the model is split)."""
+    """Device memory to hold `spec` fully offloaded with `n_seq` sequences of `n_ctx` tokens each
+    (each GPU has its own compute buffer when the model is split)."""
     return Estimate(
         weights=spec.file_size,
-        kv=kv_cache(spec.architecture, n_ctx, n_ubatch=n_ubatch, kv_type=kv_type).total,
+        kv=n_seq * kv_cache(spec.architecture, n_ctx, n_ubatch=n_ubatch, kv_type=kv_type).total,
         compute=compute_buffer(spec.architecture, n_ubatch) * max(1, n_gpus),
     )
 
@@ -123,6 +140,7 @@ class PlanOptions:
     margin: int = GiB
     kv_type: KvType = "f16"
     n_ubatch: int = 512
+    parallel: int | None = None  # sequences decoded together; None: chosen by the plan
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,8 @@ class Plan:
     # What to serve if the chosen model cannot be fetched (offline, gated): the bundled model.
     # None when the model was asked for by name: then failing to get it is an error.
     fallback: ModelSpec | None = None
+    # Sequences decoded together, each with `n_ctx` tokens of its own.
+    parallel: int = CPU_PARALLEL
 
     @property
     def on_gpu(self) -> bool:
@@ -171,15 +191,23 @@ def _ctx_limit(spec: ModelSpec, options: PlanOptions) -> int:
     return min(spec.architecture.context_length, options.max_ctx)
 
 
-def _largest_ctx(spec: ModelSpec, available: int, n_gpus: int, options: PlanOptions) -> int:
-    """The largest context (plan_ctx, then steps of CTX_STEP up to the limit) that fits."""
+def _largest_ctx(
+    spec: ModelSpec, available: int, n_gpus: int, options: PlanOptions, n_seq: int
+) -> int:
+    """The largest context (plan_ctx, then steps of CTX_STEP up to the limit) that fits `n_seq`
+    sequences."""
     high = _ctx_limit(spec, options)
     low = min(options.plan_ctx, high)
     best = low
     for ctx in sorted({low, high, *range(_pad(low, CTX_STEP), high, CTX_STEP)}):
         if (
             estimate(
-                spec, ctx, n_gpus=n_gpus, kv_type=options.kv_type, n_ubatch=options.n_ubatch
+                spec,
+                ctx,
+                n_gpus=n_gpus,
+                kv_type=options.kv_type,
+                n_ubatch=options.n_ubatch,
+                n_seq=n_seq,
             ).total
             > available
         ):
@@ -189,21 +217,45 @@ def _largest_ctx(spec: ModelSpec, available: int, n_gpus: int, options: PlanOpti
 
 
 def _partial_layers(
-    spec: ModelSpec, n_ctx: int, available: int, n_gpus: int, options: PlanOptions
+    spec: ModelSpec, n_ctx: int, available: int, n_gpus: int, options: PlanOptions, n_seq: int
 ) -> int:
     """How many layers fit on the GPU when the whole model does not (0 if none)."""
-    est = estimate(spec, n_ctx, n_gpus=n_gpus, kv_type=options.kv_type, n_ubatch=options.n_ubatch)
+    est = estimate(
+        spec,
+        n_ctx,
+        n_gpus=n_gpus,
+        kv_type=options.kv_type,
+        n_ubatch=options.n_ubatch,
+        n_seq=n_seq,
+    )
     per_layer = (est.weights + est.kv) / (spec.architecture.block_count + 1)
     room = available - est.compute
     return max(0, min(spec.architecture.block_count, int(room // per_layer)))
 
 
-def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Plan:
-    """Pick the model, context and offload for these devices.
+def _gpu_parallel(
+    spec: ModelSpec, n_ctx: int, available: int, n_gpus: int, options: PlanOptions
+) -> int:
+    """As many sequences of `n_ctx` as the memory left after the model holds: at least
+    MIN_GPU_PARALLEL (the plan made room for them), at most MAX_GPU_PARALLEL."""
+    base = estimate(
+        spec, n_ctx, n_gpus=n_gpus, kv_type=options.kv_type, n_ubatch=options.n_ubatch, n_seq=0
+    ).total
+    per_sequence = kv_cache(
+        spec.architecture, n_ctx, n_ubatch=options.n_ubatch, kv_type=options.kv_type
+    ).total
+    fitting = (available - base) // per_sequence
+    return int(max(MIN_GPU_PARALLEL, min(MAX_GPU_PARALLEL, fitting)))
 
-    No GPU: the bundled model on the CPU (or the forced one). GPUs: the largest model that fits
-    fully at `plan_ctx` with its KV cache, compute buffers and a margin per GPU, then the largest
-    context that still fits, up to the model's trained context or `max_ctx`. If no model fits,
+
+def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Plan:
+    """Pick the model, context, offload and parallel sequences for these devices.
+
+    No GPU: the bundled model on the CPU (or the forced one), CPU_PARALLEL sequences. GPUs: the
+    largest model that fits fully with MIN_GPU_PARALLEL (or `parallel`) sequences of `plan_ctx`
+    tokens each, its compute buffers and a margin per GPU; then the largest context per sequence
+    that still fits, up to the model's trained context or `max_ctx`; then as many sequences as the
+    memory left holds (unless `parallel` is given). If no model fits,
     the bundled model on the CPU. A forced model that does not fit is partially offloaded, with a
     warning. An explicit `ctx` or `gpu_layers` is used as given.
     """
@@ -217,9 +269,16 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             return min(options.ctx, spec.architecture.context_length)
         return min(options.plan_ctx, _ctx_limit(spec, options))
 
+    n_seq = options.parallel or (MIN_GPU_PARALLEL if devices else CPU_PARALLEL)
+
     def needed(spec: ModelSpec, n_ctx: int) -> int:
         return estimate(
-            spec, n_ctx, n_gpus=max(1, n_gpus), kv_type=options.kv_type, n_ubatch=options.n_ubatch
+            spec,
+            n_ctx,
+            n_gpus=max(1, n_gpus),
+            kv_type=options.kv_type,
+            n_ubatch=options.n_ubatch,
+            n_seq=n_seq,
         ).total
 
     if not devices:
@@ -240,6 +299,7 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             f"no NVIDIA GPU found: {why}; running on the CPU",
             ignored,
             rows,
+            parallel=n_seq,
         )
 
     by_size = sorted(registry.models, key=lambda spec: spec.file_size, reverse=True)
@@ -267,9 +327,12 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             f" margin per GPU): {spec.id} runs on the CPU",
             (),
             tuple(rows_list),
+            parallel=options.parallel or CPU_PARALLEL,
         )
 
-    n_ctx = ctx_for(chosen) if options.ctx else _largest_ctx(chosen, available, n_gpus, options)
+    n_ctx = (
+        ctx_for(chosen) if options.ctx else _largest_ctx(chosen, available, n_gpus, options, n_seq)
+    )
     total = needed(chosen, n_ctx)
     rows = tuple(
         Candidate(r.model_id, n_ctx, total, total <= available) if r.model_id == chosen.id else r
@@ -280,7 +343,7 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
     if options.gpu_layers is not None:
         layers = options.gpu_layers
     elif total > available:
-        layers = _partial_layers(chosen, n_ctx, available, n_gpus, options)
+        layers = _partial_layers(chosen, n_ctx, available, n_gpus, options, n_seq)
         blocks = chosen.architecture.block_count
         # n_gpu_layers == block count: every block on the GPU, the output layer on the CPU.
         offload = (
@@ -290,7 +353,8 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
             "(slow)"
         )
         warnings.append(
-            f"{chosen.id} needs {gib(total)} at {n_ctx} tokens of context but {gib(available)} "
+            f"{chosen.id} needs {gib(total)} at {n_seq} x {n_ctx} tokens of context but "
+            f"{gib(available)} "
             f"is available: {offload}"
         )
     fallback = None if forced or chosen.id == cpu_model(registry).id else cpu_model(registry)
@@ -300,10 +364,30 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
     else:
         reason = (
             f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
-            f"{gib(available)} available) with {n_ctx} tokens of context"
+            f"{gib(available)} available) with {n_seq} sequences of {n_ctx} tokens"
+        )
+    parallel = n_seq
+    if options.parallel is None and layers == -1 and total <= available:
+        parallel = _gpu_parallel(chosen, n_ctx, available, max(1, n_gpus), options)
+        total = (
+            needed(chosen, n_ctx)
+            + (parallel - n_seq)
+            * kv_cache(
+                chosen.architecture, n_ctx, n_ubatch=options.n_ubatch, kv_type=options.kv_type
+            ).total
         )
     return Plan(
-        chosen, n_ctx, layers, split, available, total, reason, tuple(warnings), rows, fallback
+        chosen,
+        n_ctx,
+        layers,
+        split,
+        available,
+        total,
+        reason,
+        tuple(warnings),
+        rows,
+        fallback,
+        parallel,
     )
 
 

@@ -18,6 +18,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         gpu_layers=settings.gpu_layers,
         margin=settings.gpu_margin,
         kv_type=settings.kv_cache_type,
+        parallel=settings.parallel,
     )
 
 
@@ -59,7 +60,10 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
             f"  {row.model_id:<22} {row.n_ctx:>8} {gib(row.needed):>10} "
             f"{available:>10}  {fits}{mark}"
         )
-    lines.append(f"pick: {plan.model.id}, {plan.n_ctx} tokens of context, {_where(plan)}")
+    lines.append(
+        f"pick: {plan.model.id}, {plan.n_ctx} tokens of context, {_where(plan)}, "
+        f"{plan.parallel} requests at once"
+    )
     lines.append(f"why: {plan.reason}")
     lines += [f"warning: {warning}" for warning in plan.warnings]
     return lines
@@ -86,6 +90,7 @@ def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
         "pick": {
             "model": plan.model.id,
             "ctx": plan.n_ctx,
+            "parallel": plan.parallel,
             "n_gpu_layers": plan.n_gpu_layers,
             "tensor_split": list(plan.tensor_split) if plan.tensor_split else None,
             "needed_bytes": plan.needed,

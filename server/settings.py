@@ -129,6 +129,33 @@ class Settings(BaseSettings):
             "'gguf' (the one inside the model file, rendered in a sandbox)."
         ),
     )
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "Requests generated together (continuous batching), each with the full context. "
+            "Default: on a GPU as many as the memory left after the model holds (at least 4); "
+            "on the CPU 4 (more only share the cores' speed more thinly)."
+        ),
+    )
+    queue_size: int = Field(
+        64,
+        ge=0,
+        le=4096,
+        description=(
+            "Requests that may wait for a free sequence; beyond it the server answers 503 with "
+            "Retry-After at once."
+        ),
+    )
+    request_timeout: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds a request may generate before it is ended with finish_reason 'length' "
+            "(default: no limit)."
+        ),
+    )
     max_choices: int = Field(
         4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
     )

@@ -60,8 +60,9 @@ def plan_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_plan_for_a_24_gib_gpu_picks_the_27b() -> None:
     result = plan_cli("--gpu-memory", "24GiB")
     assert result.returncode == 0, result.stderr
-    assert "pick: gemma-3-27b-it-qat, 32768 tokens of context, all layers on the GPU" in (
-        result.stdout
+    assert (
+        "pick: gemma-3-27b-it-qat, 16384 tokens of context, all layers on the GPU, "
+        "4 requests at once" in result.stdout
     )
     assert "why: gemma-3-27b-it-qat is the largest model that fits" in result.stdout
     for model in ("gemma-3-270m", "gemma-3-1b-it-qat", "gemma-3-4b-it-qat", "gemma-3-12b-it-qat"):

@@ -28,27 +28,30 @@ def gpus(*sizes: float) -> list[Device]:
     return [Device(f"GPU {i}", int(s * GiB), int(s * GiB)) for i, s in enumerate(sizes)]
 
 
-# The hardware table (also in the README): GiB free per GPU -> model, context, layers.
+# The hardware table (also in the README): GiB free per GPU -> model, context per sequence,
+# layers, parallel sequences. On a GPU the plan makes room for at least 4 sequences of the context
+# (continuous batching), then adds as many as the memory left holds.
 HARDWARE_TABLE = [
-    ((), "gemma-3-270m", 8192, 0),  # no GPU: the bundled model on the CPU
-    ((4,), "gemma-3-1b-it-qat", 32768, -1),
-    ((6,), "gemma-3-4b-it-qat", 32768, -1),
-    ((8,), "gemma-3-4b-it-qat", 32768, -1),  # RTX 4060 laptop: 12B needs 8.2 GiB at 8K
-    ((12,), "gemma-3-12b-it-qat", 32768, -1),
-    ((16,), "gemma-3-12b-it-qat", 32768, -1),
-    ((24,), "gemma-3-27b-it-qat", 32768, -1),  # RTX 3090
-    ((48,), "gemma-3-27b-it-qat", 32768, -1),
-    ((24, 24), "gemma-3-27b-it-qat", 32768, -1),
-    ((80,), "gemma-3-27b-it-qat", 32768, -1),  # H100
+    ((), "gemma-3-270m", 8192, 0, 4),  # no GPU: the bundled model on the CPU, 4 sequences
+    ((4,), "gemma-3-1b-it-qat", 32768, -1, 12),
+    ((6,), "gemma-3-4b-it-qat", 17408, -1, 4),
+    ((8,), "gemma-3-4b-it-qat", 32768, -1, 5),  # RTX 4060 laptop
+    ((12,), "gemma-3-4b-it-qat", 32768, -1, 10),  # 12B fits 1 sequence at 8K, not 4
+    ((16,), "gemma-3-12b-it-qat", 23552, -1, 4),
+    ((24,), "gemma-3-27b-it-qat", 16384, -1, 4),  # RTX 3090
+    ((48,), "gemma-3-27b-it-qat", 32768, -1, 10),
+    ((24, 24), "gemma-3-27b-it-qat", 32768, -1, 9),
+    ((80,), "gemma-3-27b-it-qat", 32768, -1, 20),  # H100
 ]
 
 
-@pytest.mark.parametrize(("sizes", "model", "ctx", "layers"), HARDWARE_TABLE)
+@pytest.mark.parametrize(("sizes", "model", "ctx", "layers", "parallel"), HARDWARE_TABLE)
 def test_hardware_table(
-    registry: Registry, sizes: tuple[float, ...], model: str, ctx: int, layers: int
+    registry: Registry, sizes: tuple[float, ...], model: str, ctx: int, layers: int, parallel: int
 ) -> None:
     chosen = plan(gpus(*sizes), registry, PlanOptions())
     assert (chosen.model.id, chosen.n_ctx, chosen.n_gpu_layers) == (model, ctx, layers)
+    assert chosen.parallel == parallel
     assert chosen.warnings == ()
     if sizes:
         assert chosen.needed <= chosen.available
@@ -60,19 +63,23 @@ def test_hardware_table(
 # Boundaries: where the context is limited by memory, not by the cap.
 BOUNDARIES = [
     ((1,), {}, "gemma-3-270m", 8192, 0),  # nothing fits a 1 GiB card: CPU
-    ((2,), {}, "gemma-3-270m", 32768, -1),  # the bundled model is the last GPU candidate
-    ((2.5,), {}, "gemma-3-1b-it-qat", 32768, -1),
-    ((4.5,), {}, "gemma-3-4b-it-qat", 21504, -1),
-    ((9.5,), {}, "gemma-3-12b-it-qat", 13312, -1),
-    ((18,), {}, "gemma-3-27b-it-qat", 12288, -1),
-    ((19,), {}, "gemma-3-27b-it-qat", 25600, -1),
-    ((18,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 31744, -1),  # q8_0 halves the KV cache
-    ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 91136, -1),
+    ((2,), {}, "gemma-3-270m", 12288, -1),  # the bundled model is the last GPU candidate
+    ((2.5,), {}, "gemma-3-1b-it-qat", 11264, -1),
+    ((4.5,), {}, "gemma-3-1b-it-qat", 32768, -1),  # 4B needs 4 x 8K of KV
+    ((9.5,), {}, "gemma-3-4b-it-qat", 32768, -1),
+    ((18,), {}, "gemma-3-12b-it-qat", 31744, -1),
+    ((19,), {}, "gemma-3-12b-it-qat", 32768, -1),
+    ((21,), {}, "gemma-3-12b-it-qat", 32768, -1),
+    ((22,), {}, "gemma-3-27b-it-qat", 10240, -1),  # 27B from here: 4 sequences of 8K and more
+    ((18,), {"kv_type": "q8_0"}, "gemma-3-12b-it-qat", 32768, -1),
+    ((20,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 14336, -1),  # q8_0 halves the KV cache
+    ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 16384, -1),
     ((80,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 131072, -1),  # up to the trained context
     ((24,), {"ctx": 4096}, "gemma-3-27b-it-qat", 4096, -1),  # --ctx is used as given
     ((80,), {"ctx": 65536}, "gemma-3-27b-it-qat", 65536, -1),  # ... even above --max-ctx
-    ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 32768, 10),  # --gpu-layers too
-    ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 32768, -1),  # 16 GiB left: no 27B
+    ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 16384, 10),  # --gpu-layers too
+    ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 27648, -1),  # 16 GiB left: no 27B
+    ((24,), {"parallel": 1}, "gemma-3-27b-it-qat", 32768, -1),  # --parallel 1: one long context
     ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
 ]
 
@@ -91,16 +98,44 @@ def test_boundaries(
 
 
 def test_the_chosen_context_is_the_largest_that_fits(registry: Registry) -> None:
-    chosen = plan(gpus(19), registry, PlanOptions())
+    chosen = plan(gpus(22), registry, PlanOptions())
     spec = chosen.model
-    assert estimate(spec, chosen.n_ctx).total <= chosen.available
-    assert estimate(spec, chosen.n_ctx + 1024).total > chosen.available
+    assert chosen.parallel == 4
+    assert estimate(spec, chosen.n_ctx, n_seq=4).total <= chosen.available
+    assert estimate(spec, chosen.n_ctx + 1024, n_seq=4).total > chosen.available
+
+
+@pytest.mark.parametrize(
+    ("sizes", "options", "parallel"),
+    [
+        ((80,), {}, 20),  # the memory left after the model and 4 sequences holds 16 more
+        ((80,), {"ctx": 2048}, 32),  # capped
+        ((24,), {"parallel": 2}, 2),  # as asked; the plan fits 2 sequences
+        ((), {}, 4),  # CPU: bound by the cores, not memory
+        ((), {"parallel": 8}, 8),
+    ],
+)
+def test_parallel_sequences(
+    registry: Registry, sizes: tuple[float, ...], options: dict[str, object], parallel: int
+) -> None:
+    chosen = plan(gpus(*sizes), registry, PlanOptions(**options))  # type: ignore[arg-type]
+    assert chosen.parallel == parallel
+    if sizes:
+        needed = estimate(chosen.model, chosen.n_ctx, n_seq=parallel).total
+        assert chosen.needed == needed <= chosen.available
+
+
+def test_each_sequence_has_its_own_kv_cache(registry: Registry) -> None:
+    spec = registry.get("gemma-3-12b-it-qat")
+    one, four = estimate(spec, 8192), estimate(spec, 8192, n_seq=4)
+    assert four.kv == 4 * one.kv
+    assert four.compute == one.compute and four.weights == one.weights
 
 
 def test_two_gpus_split_in_proportion_to_free_memory(registry: Registry) -> None:
-    chosen = plan(gpus(12, 8), registry, PlanOptions())
+    chosen = plan(gpus(14, 10), registry, PlanOptions())
     assert chosen.model.id == "gemma-3-27b-it-qat"
-    assert chosen.tensor_split == (0.6111, 0.3889)  # (12 - 1) : (8 - 1)
+    assert chosen.tensor_split == (0.5909, 0.4091)  # (14 - 1) : (10 - 1)
     assert "2 GPUs" in chosen.reason
     assert plan(gpus(24), registry, PlanOptions()).tensor_split is None
 
@@ -112,14 +147,16 @@ def test_a_forced_model_that_does_not_fit_is_partially_offloaded_with_a_warning(
     assert chosen.model.id == "gemma-3-27b-it-qat"
     assert 0 < chosen.n_gpu_layers < 62
     assert len(chosen.warnings) == 1
-    assert "offloading" in chosen.warnings[0] and "16.6 GiB" in chosen.warnings[0]
+    assert "offloading" in chosen.warnings[0] and "20.3 GiB at 4 x 8192" in chosen.warnings[0]
 
 
 def test_a_forced_model_just_too_big_keeps_its_blocks_on_the_gpu(registry: Registry) -> None:
     chosen = plan(
         gpus(8),
         registry,
-        PlanOptions(model="gemma-3-12b-it-qat", ctx=4096, kv_type="q8_0", margin=512 * MiB),
+        PlanOptions(
+            model="gemma-3-12b-it-qat", ctx=4096, kv_type="q8_0", margin=512 * MiB, parallel=1
+        ),
     )
     assert chosen.n_gpu_layers == 48  # every block; llama.cpp leaves the output layer on the CPU
     assert "output layer on the CPU" in chosen.warnings[0]
