@@ -54,6 +54,9 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             tensor_split=plan.tensor_split,
             kv_cache_type=settings.kv_cache_type,
             template_choice=settings.chat_template,
+            parallel=plan.parallel,
+            queue_size=settings.queue_size,
+            request_timeout=settings.request_timeout,
         )
 
     return load

@@ -179,4 +179,9 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
+    """The server is ready; how loaded its engine is."""
+
     status: Literal["ok"] = "ok"
+    active: int = Field(description="Requests being generated now.")
+    queued: int = Field(description="Accepted requests waiting for a free sequence.")
+    parallel: int = Field(description="Requests generated together at most.")

@@ -58,7 +58,8 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def health(runtime: RuntimeDep) -> Health:
     if runtime.engine is None:
         raise runtime.not_ready_error()
-    return Health()
+    stats = runtime.engine.stats()
+    return Health(active=stats.active, queued=stats.queued, parallel=stats.parallel)
 
 
 @router.get("/v1/models", response_model=ModelList)

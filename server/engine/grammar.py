@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import llama_cpp
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from server.engine.types import JsonFormat, RequestRejected
 
@@ -74,8 +74,9 @@ def _rejected(message: str) -> RequestRejected:
     return RequestRejected(message, code="invalid_value", param="response_format")
 
 
-def compile_json_format(json_format: JsonFormat, vocab: object) -> LlamaGrammar:
-    """A grammar for `json_format`, checked against llama.cpp's own grammar parser."""
+def compile_json_format(json_format: JsonFormat, vocab: object) -> str:
+    """The GBNF grammar (root rule `root`) for `json_format`, checked against llama.cpp's own
+    grammar parser; each sequence builds its own sampler from it."""
     if json_format.schema is None:
         source = JSON_GBNF
     elif found := unenforced_keyword(json_format.schema):
@@ -92,4 +93,4 @@ def compile_json_format(json_format: JsonFormat, vocab: object) -> LlamaGrammar:
     if not sampler:
         raise _rejected("This JSON schema could not be turned into a grammar.")
     llama_cpp.llama_sampler_free(sampler)
-    return LlamaGrammar.from_string(source, verbose=False)
+    return source

@@ -1,0 +1,99 @@
+"""An accepted generation as the asyncio side sees it: its events arrive on an asyncio queue.
+
+The engine thread pushes events with `call_soon_threadsafe`; the consumer iterates `events()`,
+which submits the job on first use. Every job holds one place of the engine's bounded capacity
+from `prepare()` on (so a full server answers 503 before a stream starts) until the engine is done
+with it, or until the job is dropped without ever being iterated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import AsyncGenerator, Callable
+
+from server.engine.types import Event, Finished, GenerationRequest, TextDelta
+
+DONE = object()  # end-of-events marker on a job's asyncio queue
+
+
+class Reservation:
+    """One place in the engine's capacity; `release()` is idempotent and thread-safe."""
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release = on_release
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._on_release()
+
+
+class Job:
+    """One sequence to generate: the tokenised prompt, its limits and its event queue."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        tokens: list[int],
+        *,
+        grammar: str | None,
+        n_ctx: int,
+        reservation: Reservation,
+        submit: Callable[[Job], None],
+    ) -> None:
+        self.request = request
+        self.tokens = tokens
+        self.grammar = grammar
+        self.prompt_tokens = len(tokens)
+        room = n_ctx - len(tokens)
+        self.max_new_tokens = min(request.max_tokens or room, room)
+        self.cancelled = threading.Event()
+        self.reservation = reservation
+        self.submitted_at = 0.0
+        self._submit = submit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        # A job prepared but never iterated (a later choice of the same request was refused)
+        # gives its place back when it is garbage-collected.
+        weakref.finalize(self, reservation.release)
+
+    def push(self, item: object) -> None:
+        """Called from the engine thread."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """Start generation and yield its events; leaving early cancels it.
+
+        NOTE: the `finally` runs when the consumer stops iterating (client disconnect, error), as
+        long as the consumer closes this generator (`contextlib.aclosing`); the engine thread
+        checks `cancelled` before every decode step and frees the sequence's slot.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.submitted_at = time.monotonic()
+        try:
+            self._submit(self)
+        except BaseException:
+            self.reservation.release()
+            raise
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, TextDelta | Finished)
+                yield item
+        finally:
+            self.cancelled.set()

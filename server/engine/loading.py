@@ -1,0 +1,117 @@
+"""Loading a GGUF into a llama.cpp model and a context with gemma-serve's parameters.
+
+The context holds `n_seq` sequences, each with its own KV stream of `n_ctx` cells
+(`kv_unified=false`, llama.cpp's n_ctx = n_ctx x n_seq): a sequence can always use its whole
+context, whatever the others hold, and attends only over its own cells. tests/e2e/test_memory.py
+loads with these same parameters to hold the planner's estimate to llama.cpp's own report.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import _internals, _logger
+
+_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+# One llama_decode takes at most this many tokens (n_batch = n_ubatch: the planner's compute
+# buffer is sized for it).
+N_BATCH = 512
+
+
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """How to load: `n_ctx` tokens for each of `n_seq` sequences decoded together."""
+
+    n_ctx: int
+    n_threads: int
+    n_seq: int = 1
+    n_gpu_layers: int = 0
+    tensor_split: tuple[float, ...] | None = None
+    kv_cache_type: str = "f16"
+    # Sliding-window layers keep only their window, not the whole context: what the planner
+    # estimates, and up to ~10x less KV cache at long contexts.
+    swa_full: bool = False
+
+    @property
+    def flash_attn(self) -> bool:
+        # On a GPU, flash attention keeps the attention scores out of the compute buffer; a
+        # quantised V cache needs it on any device.
+        return self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
+
+
+@dataclass
+class LoadedModel:
+    """A model and its context. `close()` frees the context before the model."""
+
+    model: _internals.LlamaModel
+    context: _internals.LlamaContext
+    n_ctx: int  # per sequence, as llama.cpp really allocated it
+    # ctypes memory the model parameters point into; kept alive with the model.
+    _keep: Any = None
+
+    def close(self) -> None:
+        self.context.close()  # type: ignore[no-untyped-call]
+        self.model.close()  # type: ignore[no-untyped-call]
+
+
+def model_params(params: LoadParams) -> tuple[llama_cpp.llama_model_params, Any]:
+    """llama.cpp's model parameters, and the ctypes array they point into (keep it alive)."""
+    model = llama_cpp.llama_model_default_params()
+    model.n_gpu_layers = params.n_gpu_layers
+    split = None
+    if params.tensor_split:
+        split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*params.tensor_split)
+        model.tensor_split = split
+    return model, split
+
+
+def context_params(params: LoadParams) -> llama_cpp.llama_context_params:
+    context: llama_cpp.llama_context_params = llama_cpp.llama_context_default_params()
+    context.n_ctx = params.n_ctx * params.n_seq
+    context.n_seq_max = params.n_seq
+    context.kv_unified = False
+    context.n_batch = N_BATCH
+    context.n_ubatch = N_BATCH
+    context.n_threads = params.n_threads
+    context.n_threads_batch = params.n_threads
+    context.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if params.flash_attn
+        else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    kv_type = _GGML_TYPES[params.kv_cache_type]
+    context.type_k = kv_type
+    context.type_v = kv_type
+    context.swa_full = params.swa_full
+    context.no_perf = True
+    return context
+
+
+def load(path: Path, params: LoadParams, *, verbose: bool = False) -> LoadedModel:
+    """Load `path` as `params` say; llama.cpp's log goes to stderr only when `verbose`."""
+    _logger.set_verbose(verbose)
+    try:
+        model_p, keep = model_params(params)
+        model = _internals.LlamaModel(path_model=str(path), params=model_p, verbose=verbose)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise EngineLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+    try:
+        context = _internals.LlamaContext(
+            model=model, params=context_params(params), verbose=verbose
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        model.close()  # type: ignore[no-untyped-call]
+        raise EngineLoadError(
+            f"llama.cpp could not create a context of {params.n_seq} x {params.n_ctx} tokens "
+            f"for {path}: {exc}"
+        ) from exc
+    n_ctx = min(params.n_ctx, int(llama_cpp.llama_n_ctx_seq(context.ctx)))
+    return LoadedModel(model, context, n_ctx, keep)

@@ -1,0 +1,258 @@
+"""The engine thread: continuous batching over the slots of one llama.cpp context.
+
+Each step builds one `llama_batch` with the next token of every decoding sequence (its own
+`seq_id`) plus a chunk of prompt tokens from sequences still prefilling, calls `llama_decode`
+once, and samples every sequence whose logits it asked for with that sequence's own sampler chain.
+New jobs take free slots between steps; a long prompt is prefilled PREFILL_CHUNK tokens per step
+while others decode, so running streams keep flowing. Only this thread calls into the context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import llama_cpp
+
+from server.engine.job import DONE, Job
+from server.engine.loading import N_BATCH, LoadedModel
+from server.engine.prefix import pick_slot, reusable_prefix
+from server.engine.sampling import SamplerChain, logprobs_of
+from server.engine.sequence import Slot
+from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
+
+log = logging.getLogger("gemma_serve.engine")
+
+# Prompt tokens prefilled per step while other sequences decode: a step then costs about as much
+# as a few decode steps, so streams slow down but never stall behind a long prompt.
+PREFILL_CHUNK = 256
+
+
+class Scheduler:
+    """Owns the llama.cpp context on its own thread; `submit()` is the only way in."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        parallel: int,
+        start_of_turn: int,
+        request_timeout: float | None = None,
+    ) -> None:
+        self._ctx: Any = loaded.context.ctx
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab: Any = loaded.model.vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._n_swa = int(llama_cpp.llama_model_n_swa(loaded.model.model))
+        self._start_of_turn = start_of_turn
+        self._timeout = request_timeout
+        self._slots = [Slot(seq_id) for seq_id in range(parallel)]
+        self._queue: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self.active = 0  # busy slots, written by the engine thread only
+        self.reused_tokens = 0  # prompt tokens served from the prefix cache since start
+        self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
+        self._thread.start()
+
+    # --- any thread -------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if self._closing:
+                raise EngineUnavailable("the server is shutting down")
+            self._queue.append(job)
+            self._wake.notify()
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def close(self, timeout: float) -> bool:
+        """Stop after the current step, ending every job; True once the thread has ended."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        try:
+            while True:
+                with self._wake:
+                    while not self._closing and not self._queue and not self.active:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                    free = sum(not slot.busy for slot in self._slots)
+                    arrivals = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+                for job in arrivals:
+                    self._admit(job)
+                self._drop_cancelled()
+                self.active = sum(slot.busy for slot in self._slots)
+                if self.active:
+                    self._step(batch)
+                self.active = sum(slot.busy for slot in self._slots)
+        except Exception as exc:  # a bug or a broken model: end every job rather than hang
+            log.exception("the engine thread failed")
+            self._end_all(exc)
+        finally:
+            self._end_all(EngineUnavailable("the server is shutting down"))
+            llama_cpp.llama_batch_free(batch)
+            self.active = 0
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            job.push(DONE)
+            job.reservation.release()
+            return
+        free = [(slot.seq_id, slot.cached, slot.last_used) for slot in self._slots if not slot.busy]
+        slot = self._slots[pick_slot(free, job.tokens)]
+        pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id))
+        reused = reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            reused = 0
+        slot.cached = slot.cached[:reused]
+        try:
+            seed = job.request.sampling.seed
+            sampler = SamplerChain(
+                self._vocab, job.request.sampling, grammar=job.grammar, seed=seed
+            )
+        except Exception as exc:
+            job.push(exc)
+            job.push(DONE)
+            job.reservation.release()
+            return
+        slot.start(job, sampler, reused, self._timeout)
+        self.reused_tokens += reused
+        log.debug(
+            "sequence %d: %d prompt tokens, %d from the prefix cache",
+            slot.seq_id,
+            len(job.tokens),
+            reused,
+        )
+
+    def _drop_cancelled(self) -> None:
+        # NOTE: a consumer that went away sets `cancelled` from the event loop thread; checking it
+        # here, before every step, frees its slot within one step.
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled.is_set():
+                slot.cancel()
+            elif slot.expired():
+                slot.expire()
+
+    def _step(self, batch: Any) -> None:
+        rows: list[tuple[Slot, int]] = []
+        n = 0
+
+        def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        decoding = [slot for slot in self._slots if slot.next_token is not None]
+        for slot in decoding:
+            pos = len(slot.cached)
+            put(slot.decode_token(), pos, slot.seq_id, True)
+            rows.append((slot, n - 1))
+        budget = N_BATCH - n if not decoding else min(PREFILL_CHUNK, N_BATCH - n)
+        prefilling = sorted(
+            (slot for slot in self._slots if slot.prefilling),
+            key=lambda slot: slot.job.submitted_at if slot.job else 0.0,
+        )
+        for slot in prefilling:
+            if budget <= 0:
+                break
+            start = len(slot.cached)
+            chunk = slot.prefill_chunk(budget)
+            budget -= len(chunk)
+            for offset, token in enumerate(chunk):
+                put(token, start + offset, slot.seq_id, False)
+            if not slot.prefilling:  # the prompt's last token: its logits start the generation
+                batch.logits[n - 1] = True
+                rows.append((slot, n - 1))
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            self._fail_batch(rows, decoding, prefilling, status)
+            return
+        for slot, row in rows:
+            self._sample(slot, row)
+
+    def _sample(self, slot: Slot, row: int) -> None:
+        job, sampler = slot.job, slot.sampler
+        assert job is not None and sampler is not None
+        if job.cancelled.is_set():
+            slot.cancel()
+            return
+        token = sampler.sample(self._ctx, row)
+        end_of_turn = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token)) or (
+            token == self._start_of_turn
+        )
+        piece = b"" if end_of_turn else self._piece(token)
+        logprob = None
+        if job.request.logprobs is not None and not end_of_turn:
+            logprob = self._logprob(row, token, piece, job.request.logprobs)
+        slot.accept(token, piece, end_of_turn, logprob)
+
+    def _logprob(self, row: int, token: int, piece: bytes, top: int) -> TokenLogprob:
+        logits = llama_cpp.llama_get_logits_ith(self._ctx, row)
+        chosen, best = logprobs_of(logits, self._n_vocab, token, top)
+        alternatives = []
+        for other, value in best:
+            other_piece = self._piece(other)
+            alternatives.append(
+                TopLogprob(other_piece.decode("utf-8", errors="replace"), other_piece, value)
+            )
+        return TokenLogprob(
+            piece.decode("utf-8", errors="replace"), piece, chosen, tuple(alternatives)
+        )
+
+    def _fail_batch(
+        self,
+        rows: list[tuple[Slot, int]],
+        decoding: list[Slot],
+        prefilling: list[Slot],
+        status: int,
+    ) -> None:
+        """llama_decode refused the batch: end the sequences in it and forget their KV."""
+        log.error("llama_decode failed with status %d", status)
+        for slot in {*decoding, *prefilling, *(slot for slot, _ in rows)}:
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.cached = []
+            if slot.job is not None:
+                slot.fail(RuntimeError(f"llama.cpp could not decode (status {status})"))
+
+    def _end_all(self, error: BaseException) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                slot.fail(error)
+        with self._wake:
+            self._closing = True
+            waiting, self._queue = list(self._queue), deque()
+        for job in waiting:
+            job.push(error)
+            job.push(DONE)
+            job.reservation.release()
+
+    def _piece(self, token: int) -> bytes:
+        """The token's bytes. (llama-cpp-python's detokenize asserts on pieces over 32 bytes.)"""
+        while True:
+            size = len(self._piece_buffer)
+            n = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece_buffer, size, 0, False
+            )
+            if n >= 0:
+                return self._piece_buffer.raw[:n]
+            self._piece_buffer = ctypes.create_string_buffer(-n)

@@ -1,0 +1,157 @@
+"""Many clients at once through a real server: concurrent streams all complete, /health reports
+the load, a disconnected client frees its sequence, a full queue answers 503 with Retry-After and
+the server serves normally afterwards, a runaway request is ended by the time limit, and
+multi-byte characters stream intact. (Token-exact comparisons with solo runs, the prefix cache,
+logprobs and logit_bias are tested on the engine directly: test_engine_batching.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+
+
+def chat(text: str, max_tokens: int, **extra: object) -> dict[str, object]:
+    return {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **extra,
+    }
+
+
+def stream_text(client: httpx.Client, body: dict[str, object]) -> tuple[str, str | None]:
+    text, reason = "", None
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:])["choices"]:
+                text += choice["delta"].get("content") or ""
+                reason = choice.get("finish_reason") or reason
+    return text, reason
+
+
+def test_eight_concurrent_streams_all_complete(base_url: str) -> None:
+    peak = {"active": 0}
+    done = threading.Event()
+
+    def watch() -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            while not done.is_set():
+                health = client.get("/health").json()
+                peak["active"] = max(peak["active"], health["active"])
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def one(i: int) -> tuple[str, str | None]:
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            return stream_text(client, chat(f"Count to {i + 3}.", 8))
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+    finally:
+        done.set()
+        watcher.join()
+    assert all(reason in ("length", "stop") and text for text, reason in results)
+    assert peak["active"] > 1  # decoded together, not one after another
+    with httpx.Client(base_url=base_url) as client:
+        health = client.get("/health").json()
+    assert health == {"status": "ok", "active": 0, "queued": 0, "parallel": 4}
+
+
+def test_multibyte_characters_stream_intact(http: httpx.Client) -> None:
+    # At temperature 0 the bundled model answers this with CJK and Arabic text, whose characters
+    # span several tokens.
+    text, _ = stream_text(http, chat("List three colors.", 12))
+    assert any(ord(char) > 0x2FF for char in text)
+    assert "\ufffd" not in text
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(
+        tmp_path_factory.mktemp("small"),
+        *("--ctx", "2048", "--parallel", "1", "--queue-size", "1", "--request-timeout", "6"),
+    )
+    try:
+        wait_healthy(running)
+        yield running
+    finally:
+        stop_server(running)
+
+
+def wait_idle(client: httpx.Client, within: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        health = client.get("/health").json()
+        if health["active"] == 0 and health["queued"] == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"still busy after {within} s: {health}")
+
+
+def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
+    with httpx.Client(base_url=small_server.base_url, timeout=60) as client:
+        body = {**chat("Write a long story.", 1500), "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+            chunks = reply.iter_lines()
+            for _ in range(4):
+                next(chunks)
+            assert client.get("/health").json()["active"] == 1
+        # the stream is closed: the client is gone
+        assert wait_idle(client, within=2.0) < 2.0
+        start = time.monotonic()
+        text, _ = stream_text(client, chat("Hi", 2))
+        assert text and time.monotonic() - start < 10
+
+
+def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningServer) -> None:
+    url = small_server.base_url
+    started = threading.Barrier(3)
+
+    def long_stream() -> str | None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            body = {**chat("Write a long story.", 1500), "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                started.wait()
+                reason = None
+                for line in reply.iter_lines():
+                    if line.startswith("data: {"):
+                        for choice in json.loads(line[6:])["choices"]:
+                            reason = choice.get("finish_reason") or reason
+                return reason
+
+    with ThreadPoolExecutor(2) as pool, httpx.Client(base_url=url, timeout=60) as client:
+        running = [pool.submit(long_stream) for _ in range(2)]
+        started.wait()
+        expected = {"status": "ok", "active": 1, "queued": 1, "parallel": 1}
+        deadline = time.monotonic() + 5
+        while client.get("/health").json() != expected:  # one generating, one queued
+            assert time.monotonic() < deadline, client.get("/health").json()
+            time.sleep(0.05)
+        start = time.monotonic()
+        refused = client.post("/v1/chat/completions", json=chat("Hi", 2))
+        assert time.monotonic() - start < 5  # at once, not after the queue
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"]["code"] == "server_busy"
+        # The time limit (--request-timeout 6) ends both runaway streams with "length".
+        assert [future.result() for future in running] == ["length", "length"]
+        wait_idle(client, within=5.0)
+        served = client.post("/v1/chat/completions", json=chat("Hi", 2))
+        assert served.status_code == 200
+        assert served.json()["choices"][0]["finish_reason"] == "length"

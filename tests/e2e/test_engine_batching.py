@@ -1,0 +1,200 @@
+"""The continuous-batching engine directly (real llama.cpp, bundled model): concurrent sequences
+match their solo runs, the prefix cache reuses a chat's earlier turns without changing the text,
+logprobs and logit_bias act per sequence, and seeds reproduce under concurrency.
+
+Batch numerics: llama.cpp's matrix kernels round differently for different batch sizes, so a
+greedy sequence decoded beside others can take the other branch where its two best tokens are
+almost tied. Sequences are therefore compared token by token up to the first position where the
+solo run's two best logprobs are within TIE nats (the documented prefix); the tests also require
+that this prefix covers most of the tokens, so they cannot pass vacuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from server.engine.llama_engine import LlamaEngine
+from server.engine.types import (
+    ChatMessage,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+)
+
+TIE = 0.5
+MAX_TOKENS = 12
+PROMPTS = [
+    "Tell me about cats.",
+    "Write a poem about the sea.",
+    "What is 2+2?",
+    "List three colors.",
+    "Describe a mountain.",
+    "Why is the sky blue?",
+    "Name a famous painter.",
+    "How do trains work?",
+]
+
+
+@dataclass
+class Run:
+    text: str = ""
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    finished: Finished | None = None
+    ttft: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def engine(model_path: Path) -> Iterator[LlamaEngine]:
+    running = LlamaEngine(
+        model_path=model_path, model_id="gemma-3-270m", n_ctx=2048, n_threads=2, parallel=4
+    )
+    yield running
+    running.close()
+
+
+def request(
+    text: str | tuple[ChatMessage, ...],
+    *,
+    max_tokens: int = MAX_TOKENS,
+    logprobs: int | None = 2,
+    sampling: SamplingParams | None = None,
+) -> GenerationRequest:
+    messages = (ChatMessage("user", text),) if isinstance(text, str) else text
+    return GenerationRequest(
+        messages=messages,
+        max_tokens=max_tokens,
+        sampling=sampling or SamplingParams(temperature=0),
+        logprobs=logprobs,
+    )
+
+
+async def generate(engine: LlamaEngine, generation: GenerationRequest) -> Run:
+    run = Run()
+    start = time.perf_counter()
+    job = await engine.prepare(generation)
+    async for event in job.events():
+        if isinstance(event, TextDelta):
+            run.ttft = run.ttft or time.perf_counter() - start
+            run.text += event.text
+            run.tokens += event.logprobs
+        else:
+            run.finished = event
+    return run
+
+
+def run_all(engine: LlamaEngine, generations: list[GenerationRequest]) -> list[Run]:
+    async def main() -> list[Run]:
+        return list(await asyncio.gather(*(generate(engine, g) for g in generations)))
+
+    return asyncio.run(main())
+
+
+def trusted_prefix(solo: Run) -> int:
+    """Tokens before the solo run's first near tie: batch numerics cannot change them."""
+    for index, token in enumerate(solo.tokens):
+        if len(token.top) > 1 and token.top[0].logprob - token.top[1].logprob < TIE:
+            return index
+    return len(solo.tokens)
+
+
+def assert_same_up_to_ties(run: Run, solo: Run) -> int:
+    n = trusted_prefix(solo)
+    assert [t.bytes for t in run.tokens[:n]] == [t.bytes for t in solo.tokens[:n]]
+    return n
+
+
+@pytest.fixture(scope="module")
+def solo_runs(engine: LlamaEngine) -> list[Run]:
+    return [run_all(engine, [request(prompt)])[0] for prompt in PROMPTS]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_concurrent_sequences_match_their_solo_runs(
+    engine: LlamaEngine, solo_runs: list[Run], n: int
+) -> None:
+    runs = run_all(engine, [request(prompt) for prompt in PROMPTS[:n]])
+    compared = 0
+    for run, solo in zip(runs, solo_runs[:n], strict=True):
+        assert run.finished is not None
+        assert run.finished.usage.completion_tokens == MAX_TOKENS  # the base model never stops
+        compared += assert_same_up_to_ties(run, solo)
+    assert compared >= n * MAX_TOKENS // 3  # the documented prefix is not empty
+    assert engine.stats().active == 0 and engine.stats().queued == 0
+
+
+def test_the_next_chat_turn_reuses_the_cache_and_says_the_same(
+    engine: LlamaEngine, model_path: Path
+) -> None:
+    # A first turn longer than the 512-token sliding window, so the reuse check matters.
+    story = " ".join(f"Item {i} is a {('red', 'green', 'blue')[i % 3]} box." for i in range(90))
+    first_turn = (ChatMessage("user", story + " Which box is item 7?"),)
+    first = run_all(engine, [request(first_turn)])[0]
+    second_turn = (
+        *first_turn,
+        ChatMessage("assistant", first.text),
+        ChatMessage("user", "And item 8?"),
+    )
+    before = engine.reused_prompt_tokens()
+    warm = run_all(engine, [request(second_turn)])[0]
+    reused = engine.reused_prompt_tokens() - before
+    assert warm.finished is not None and warm.finished.usage.prompt_tokens > 600
+    assert reused > 600  # the first turn's prompt came from the cache
+
+    cold_engine = LlamaEngine(
+        model_path=model_path, model_id="gemma-3-270m", n_ctx=2048, n_threads=2, parallel=1
+    )
+    try:
+        cold = run_all(cold_engine, [request(second_turn)])[0]
+        assert cold_engine.reused_prompt_tokens() == 0
+    finally:
+        cold_engine.close()
+    assert assert_same_up_to_ties(warm, cold) >= MAX_TOKENS // 2
+    assert warm.ttft < cold.ttft  # 20-odd new tokens prefilled instead of 700
+
+
+def test_logprobs_are_log_probabilities_of_the_sampled_tokens(solo_runs: list[Run]) -> None:
+    for run in solo_runs:
+        assert len(run.tokens) == MAX_TOKENS
+        assert b"".join(t.bytes for t in run.tokens).decode() == run.text
+        for token in run.tokens:
+            assert token.logprob <= 0
+            assert len(token.top) == 2
+            assert token.top[0].logprob >= token.top[1].logprob
+            # greedy: the sampled token is the most likely one
+            assert token.top[0].bytes == token.bytes
+            assert token.top[0].logprob == pytest.approx(token.logprob)
+
+
+def test_logit_bias_forces_and_bans_tokens(engine: LlamaEngine, solo_runs: list[Run]) -> None:
+    forced_token = engine._model.tokenize(b" banana", add_bos=False, special=False)[0]
+    first_greedy = engine._model.tokenize(solo_runs[0].tokens[0].bytes, False, False)[0]
+    forced, banned = run_all(
+        engine,
+        [
+            request(PROMPTS[0], sampling=SamplingParams(logit_bias=((forced_token, 100.0),))),
+            request(
+                PROMPTS[0],
+                sampling=SamplingParams(temperature=0, logit_bias=((first_greedy, -100.0),)),
+            ),
+        ],
+    )
+    assert forced.text == " banana" * MAX_TOKENS
+    assert solo_runs[0].tokens[0].bytes not in {token.bytes for token in banned.tokens}
+
+
+def test_seeds_reproduce_under_concurrency(engine: LlamaEngine) -> None:
+    def seeded(seed: int) -> GenerationRequest:
+        return request(PROMPTS[1], logprobs=None, sampling=SamplingParams(seed=seed))
+
+    runs = run_all(engine, [seeded(7), seeded(7), seeded(7), seeded(8)])
+    assert runs[0].text == runs[1].text == runs[2].text
+    again = run_all(engine, [seeded(7), request(PROMPTS[2])])[0]
+    assert again.text == runs[0].text
