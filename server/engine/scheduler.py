@@ -54,7 +54,6 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
-        self.active = 0  # busy slots, written by the engine thread only
         self.reused_tokens = 0  # prompt tokens served from the prefix cache since start
         self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
         self._thread.start()
@@ -70,6 +69,11 @@ class Scheduler:
 
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        """Busy slots (read from any thread; slots change only on the engine thread)."""
+        return sum(slot.busy for slot in self._slots)
 
     def close(self, timeout: float) -> bool:
         """Stop after the current step, ending every job; True once the thread has ended."""
@@ -95,17 +99,14 @@ class Scheduler:
                 for job in arrivals:
                     self._admit(job)
                 self._drop_cancelled()
-                self.active = sum(slot.busy for slot in self._slots)
                 if self.active:
                     self._step(batch)
-                self.active = sum(slot.busy for slot in self._slots)
         except Exception as exc:  # a bug or a broken model: end every job rather than hang
             log.exception("the engine thread failed")
             self._end_all(exc)
         finally:
             self._end_all(EngineUnavailable("the server is shutting down"))
             llama_cpp.llama_batch_free(batch)
-            self.active = 0
 
     def _admit(self, job: Job) -> None:
         if job.cancelled.is_set():

@@ -134,11 +134,13 @@ class Slot:
     def _release(self) -> None:
         assert self.job is not None
         job = self.job
-        job.push(DONE)
-        job.reservation.release()
         if self.sampler is not None:
             self.sampler.free()
         self.job = None
         self.sampler = None
         self.next_token = None
         self.last_used = time.monotonic()
+        # NOTE: the slot is free before the consumer hears the end, so /health never reports a
+        # finished request as active.
+        job.reservation.release()
+        job.push(DONE)

@@ -22,7 +22,7 @@ PROMPT = list(range(1000))
 @pytest.mark.parametrize(
     ("cached", "prompt", "pos_min", "n_swa", "reused"),
     [
-        (PROMPT[:600] + [-1, -2], PROMPT, 0, 512, 600),  # next turn: the shared prefix
+        ([*PROMPT[:600], -1, -2], PROMPT, 0, 512, 600),  # next turn: the shared prefix
         (PROMPT, PROMPT, 0, 512, 999),  # same prompt: the last token is decoded again
         (PROMPT[:600], PROMPT, -1, 512, 0),  # the sequence is empty
         (PROMPT[:600], PROMPT, 88, 512, 600),  # the window before position 600 is all there
