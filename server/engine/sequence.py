@@ -96,7 +96,9 @@ class Slot:
         return False
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return (
+            self.job is not None and self.deadline is not None and time.monotonic() >= self.deadline
+        )
 
     def expire(self) -> None:
         """The request ran past its time limit (`request_timeout`): end it as "length"."""
@@ -139,6 +141,7 @@ class Slot:
         self.job = None
         self.sampler = None
         self.next_token = None
+        self.deadline = None
         self.last_used = time.monotonic()
         # NOTE: the slot is free before the consumer hears the end, so /health never reports a
         # finished request as active.
