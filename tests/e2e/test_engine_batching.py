@@ -1,6 +1,7 @@
 """The continuous-batching engine directly (real llama.cpp, bundled model): concurrent sequences
 match their solo runs, the prefix cache reuses a chat's earlier turns without changing the text,
-logprobs and logit_bias act per sequence, and seeds reproduce under concurrency.
+logprobs and logit_bias act per sequence, seeds reproduce under concurrency, and the time limit
+ends a runaway request.
 
 Batch numerics: llama.cpp's matrix kernels round differently for different batch sizes, so a
 greedy sequence decoded beside others can take the other branch where its two best tokens are
@@ -198,3 +199,23 @@ def test_seeds_reproduce_under_concurrency(engine: LlamaEngine) -> None:
     assert runs[0].text == runs[1].text == runs[2].text
     again = run_all(engine, [seeded(7), request(PROMPTS[2])])[0]
     assert again.text == runs[0].text
+
+
+def test_the_time_limit_ends_a_runaway_request(model_path: Path) -> None:
+    limited = LlamaEngine(
+        model_path=model_path,
+        model_id="gemma-3-270m",
+        n_ctx=2048,
+        n_threads=2,
+        parallel=2,
+        request_timeout=2.0,
+    )
+    try:
+        start = time.perf_counter()
+        run = run_all(limited, [request(PROMPTS[0], max_tokens=1500, logprobs=None)])[0]
+        elapsed = time.perf_counter() - start
+    finally:
+        limited.close()
+    assert run.finished is not None and run.finished.reason == "length"
+    assert run.finished.usage.completion_tokens < 1500
+    assert 2.0 <= elapsed < 30  # ended by the limit, not by max_tokens
