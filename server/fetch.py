@@ -7,8 +7,8 @@ without access is one line telling the user what to do, and the next source is t
 
 A file is checked (size, GGUF magic, header and tensor extents, sha256 when the registry has one)
 before llama.cpp sees it: malformed GGUF files have crashed llama.cpp's loader, and a truncated
-download should be named as such, not reported as a segfault. A downloaded file that fails is deleted, so the next attempt
-downloads it again.
+download should be named as such, not reported as a segfault. A downloaded file that fails is
+deleted, so the next attempt downloads it again.
 """
 
 from __future__ import annotations
