@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from server import __version__, hardware
 from server.api.access_log import AccessLogMiddleware
@@ -32,6 +31,7 @@ from server.api.security import (
     BodyLimitMiddleware,
     HostCheckMiddleware,
     HostPolicy,
+    StrictCORSMiddleware,
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
@@ -164,7 +164,7 @@ def create_app(
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            StrictCORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],  # the OpenAI JS SDK sends its own x-stainless-* headers

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import APIError
@@ -234,3 +235,17 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _refuse(self._error())(scope, receive, send)
+
+
+class StrictCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a preflight from an origin not allowed gets no CORS headers
+    at all (Starlette answers it 400 with the allowed methods and headers): it goes on to the
+    API like any request, which refuses it (401 or 405) with nothing a browser could act on."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            origin = Headers(scope=scope).get("origin")
+            if origin is not None and not self.is_allowed_origin(origin):
+                await self.app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
