@@ -10,7 +10,6 @@ so that a stream ends with an error event and a plain request with a 503, never 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -105,15 +104,10 @@ class MeteredEngine:
 
     async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
         if self._log_prompts:
-            text = (
-                request.prompt
-                if request.prompt is not None
-                else json.dumps(
-                    [{"role": m.role, "content": m.content} for m in request.messages],
-                    ensure_ascii=False,
-                )
-            )
-            log.info("prompt: %s", printable(text))
+            text = request.prompt
+            if text is None:
+                text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
+            log.info("prompt: %s", printable(text, limit=10_000))
         prepared = await self._inner.prepare(request)
         return MeteredGeneration(prepared, self._metrics, current_record.get())
 

@@ -134,8 +134,24 @@ class Metrics:
 
 
 def route_label(routes: Sequence[BaseRoute], scope: Scope) -> str:
-    """The route template a request matched, or 'other' (bounded label values)."""
+    """The route template a request matched, or 'other' (bounded label values).
+
+    Called after the app ran: the router has put the matched route in the scope. A request
+    refused before routing (401, 421, 413, 503) is matched here against the app's routes,
+    including those of included routers.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else _match(routes, scope)
+
+
+def _match(routes: Sequence[BaseRoute], scope: Scope) -> str:
     for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's lazily included router
+        if included is not None:
+            found = _match(included.routes, scope)
+            if found != "other":
+                return found
+            continue
         match, _ = route.matches(scope)
         if match != Match.NONE:
             return str(getattr(route, "path", "other"))

@@ -7,6 +7,7 @@ and prompt logging."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +237,13 @@ def test_an_absurd_max_tokens_is_refused_by_the_context(server: RunningServer) -
     body = {**CHAT, "max_tokens": 10**12}
     response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body)
     assert_error(response, 400, code="context_length_exceeded")
+
+
+def test_log_prompts_logs_the_messages_escaped(secured: RunningServer) -> None:
+    marker = f"marker-{uuid.uuid4().hex}"
+    body = {**CHAT, "messages": [{"role": "user", "content": f"first line\n{marker}"}]}
+    response = httpx.post(
+        f"{secured.base_url}/v1/chat/completions", json=body, headers=bearer(KEYS[0]), timeout=120
+    )
+    assert response.status_code == 200
+    assert f"prompt: user: first line\\n{marker}" in secured.log()
