@@ -2,6 +2,11 @@
 
 Nothing happens at import time. The HTTP port opens at once and `/health` answers 503 until the
 engine is ready, so a supervisor (Docker, systemd, a test) can tell "loading" from "down".
+
+Middleware, outermost first: access log and request metrics; Host check (DNS rebinding); CORS
+(only when origins are configured); graceful-shutdown gate; API keys (only when configured);
+body limit. So every request is logged and counted, a rebinding page is refused before anything
+else, a browser's preflight is answered without a key, and a body is never read unauthorised.
 """
 
 from __future__ import annotations
@@ -10,15 +15,30 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
-from server import __version__
+from server import __version__, hardware
+from server.api.access_log import AccessLogMiddleware
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
+from server.api.metering import MeteredEngine
+from server.api.metrics import Metrics
 from server.api.routes import router
+from server.api.security import (
+    APIKeyMiddleware,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    HostPolicy,
+    StrictCORSMiddleware,
+    load_api_keys,
+)
+from server.api.shutdown import Drain, DrainMiddleware
+from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
+from server.gguf import read_header
 from server.planner import Plan
 from server.registry import ModelSpec
 from server.settings import Settings
@@ -26,6 +46,17 @@ from server.settings import Settings
 log = logging.getLogger("gemma_serve")
 
 EngineLoader = Callable[[], Engine]
+
+
+def check_model_template(path: Path) -> None:
+    """Compile and trial-render the model file's own chat template in the sandbox before
+    llama.cpp loads the file: a template that tries to escape it (CVE-2024-34359) is refused."""
+    source = read_header(path).metadata.get("tokenizer.chat_template")
+    if isinstance(source, str) and source:
+        try:
+            ChatTemplate(source, origin=f"{path.name} file's")
+        except TemplateRejected as exc:
+            raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
 
 
 def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
@@ -45,6 +76,8 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             n_ctx = min(n_ctx, spec.architecture.context_length)
             log.warning("%s; serving the bundled %s instead", exc, spec.id)
             path = ensure_model_file(spec, settings.cache_dir)
+        if settings.chat_template == "gguf":
+            check_model_template(path)
         return LlamaEngine(
             model_path=path,
             model_id=spec.id,
@@ -67,6 +100,7 @@ async def _load(
     load: EngineLoader,
     fallback: ModelSpec | None,
     on_fatal: Callable[[str], None],
+    install: Callable[[Engine], Engine],
 ) -> None:
     try:
         engine = await asyncio.to_thread(load)
@@ -76,7 +110,7 @@ async def _load(
         return
     if fallback is not None and engine.info.model_id == fallback.id:
         runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
-    runtime.engine = engine
+    runtime.engine = install(engine)
     log.info("%s is loaded (context %d tokens); ready", engine.info.model_id, engine.info.n_ctx)
 
 
@@ -87,14 +121,29 @@ def create_app(
     on_fatal: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """Build the ASGI app for a plan. `on_fatal` is told when the model cannot be loaded
-    (default: log). `load_engine` replaces the default loader (tests use it to hold a load)."""
+    (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
+    `app.state.drain` runs the graceful shutdown. Raises SecurityConfigError for an unreadable
+    API key file."""
     runtime = Runtime(spec=plan.model)
     load = load_engine or default_engine_loader(settings, plan)
     report = on_fatal or (lambda message: log.error("%s", message))
+    api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    metrics = Metrics(
+        engine_stats=lambda: runtime.engine.stats() if runtime.engine else None,
+        gpu_memory=hardware.memory_in_use if plan.on_gpu else None,
+    )
+
+    def install(engine: Engine) -> Engine:
+        return MeteredEngine(engine, metrics, log_prompts=settings.log_prompts)
+
+    async def interrupt() -> None:
+        # MeteredEngine.close() is idempotent: the lifespan closes the engine again, harmlessly.
+        if runtime.engine is not None:
+            await asyncio.to_thread(runtime.engine.close)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(runtime, load, plan.fallback, report))
+        loading = asyncio.create_task(_load(runtime, load, plan.fallback, report, install))
         try:
             yield
         finally:
@@ -106,6 +155,26 @@ def create_app(
     app = FastAPI(title="gemma-serve", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.drain = Drain(settings.shutdown_grace, interrupt)
     install_error_handlers(app)
     app.include_router(router)
+    app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
+    # add_middleware puts each one outside those added before it: innermost first.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_size)
+    if api_keys:
+        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    if settings.cors_origins:
+        app.add_middleware(
+            StrictCORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],  # the OpenAI JS SDK sends its own x-stainless-* headers
+            max_age=600,
+        )
+    app.add_middleware(
+        HostCheckMiddleware, policy=HostPolicy(settings.host, settings.allowed_hosts)
+    )
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, routes=app.router.routes)
     return app

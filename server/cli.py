@@ -8,21 +8,26 @@ one line saying what happened and what to do, and exit non-zero; never a traceba
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import BeforeValidator, ValidationError
 
 from server import __version__, hardware
+from server.api.security import SecurityConfigError, is_loopback
+from server.api.shutdown import Drain
 from server.app import create_app
 from server.fetch import FetchError, ensure_model_file
 from server.planner import Plan, plan
@@ -124,6 +129,43 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a graceful shutdown on the first SIGTERM or SIGINT (see `Drain`): requests
+    in flight may finish within the grace period, new ones get 503, then uvicorn stops. A second
+    signal stops at once. The process exits 0 either way (uvicorn would re-raise the signal after
+    its shutdown, which makes the exit status 143, read by systemd as a failure)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._draining: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is None and not self.should_exit and self._loop is not None:
+            # NOTE: a signal handler runs between two bytecodes of the event loop's thread;
+            # call_soon_threadsafe is the safe way to start work on the loop from there.
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+    def _start_drain(self) -> None:
+        async def drain_then_exit() -> None:
+            try:
+                await self._drain.run()
+            finally:
+                self.should_exit = True
+
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(drain_then_exit())
+
+
 def _plan(settings: Settings, machine: hardware.Hardware) -> Plan:
     """Plan and log the decision as one block: devices, every model, the pick and why."""
     chosen = plan(machine.devices, load_registry(settings.registry_file), plan_options(settings))
@@ -184,15 +226,26 @@ def serve(settings: Settings) -> int:
         failure.append(message)
         server.should_exit = True
 
-    app = create_app(settings, chosen, on_fatal=on_fatal)
+    try:
+        app = create_app(settings, chosen, on_fatal=on_fatal)
+    except SecurityConfigError as exc:
+        sock.close()
+        return _fail(str(exc))
+    if not (settings.api_keys or settings.api_keys_file) and not is_loopback(settings.host):
+        log.warning(
+            "no API key is set and the server listens on %s: anyone who can reach the port can "
+            "use it; set GEMMA_SERVE_API_KEYS or --api-keys-file",
+            settings.host,
+        )
     config = uvicorn.Config(
         app,
         log_config=None,
         log_level=settings.log_level,
-        access_log=True,
-        timeout_graceful_shutdown=10,
+        access_log=False,  # gemma-serve's own access log has the tokens and escapes the path
+        # Drain has already waited for the requests; this only bounds closing the connections.
+        timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.drain)
     log.info(
         "gemma-serve %s: serving %s on http://%s:%d/v1 (loading the model...)",
         __version__,

