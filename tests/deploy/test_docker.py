@@ -17,11 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.settings import Settings
-from tests.conftest import MODEL_ID, RunningServer, free_port, stop_server, wait_healthy
+from tests.conftest import free_port
 
 from .files import (
     INSTALL_PREFIX,
@@ -32,6 +31,7 @@ from .files import (
     global_args,
     stage,
 )
+from .process import serve_and_stop
 
 RUNTIME_STAGES = ("cuda", "cpu")
 # Packages that would put a compiler or development files into a runtime image.
@@ -235,39 +235,22 @@ def test_image_command_runs_outside_docker(tmp_path: Path) -> None:
     image_env = {key: local(val) for key, val in runtime.env().items() if "${" not in val}
     env = {**os.environ, **image_env, "GEMMA_SERVE_PORT": str(port), "GEMMA_SERVE_CTX": "1024"}
     command = [local(arg) for arg in runtime.exec_form("ENTRYPOINT") + runtime.exec_form("CMD")]
-    _, health_command = runtime.healthcheck()
-    health_command = [local(arg) for arg in health_command]
+    health_command = [local(arg) for arg in runtime.healthcheck()[1]]
 
     def healthcheck() -> int:
         return subprocess.run(health_command, env=env, capture_output=True, timeout=30).returncode
 
-    assert healthcheck() == 1, "the health check fails while nothing listens"
-    log_path = tmp_path / "server.log"
-    process = subprocess.Popen(
-        command, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
-    )
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        wait_healthy(server)
+    def healthcheck_passes() -> None:
         assert healthcheck() == 0
-        reply = httpx.post(
-            f"{server.base_url}/v1/chat/completions",
-            json={
-                "model": MODEL_ID,
-                "messages": [{"role": "user", "content": "Hi"}],
-                "max_tokens": 4,
-            },
-            timeout=120,
-        )
-        assert reply.status_code == 200, reply.text
-        # The model went to the volume, as in the container.
-        assert any(volume.rglob("*.gguf")), server.log()
-        # `docker stop`: the STOPSIGNAL, then the server must be gone within the 30 s grace.
-        # Exit 0 after draining, or death by the signal itself (uvicorn re-raises it after its
-        # shutdown): both are a clean stop for Docker and systemd, neither a crash (exit 1).
-        stop_signal = getattr(signal, runtime.last("STOPSIGNAL"))
-        process.send_signal(stop_signal)
-        assert process.wait(timeout=30) in (0, -stop_signal), server.log()
-    finally:
-        if process.poll() is None:
-            stop_server(server)
+
+    assert healthcheck() == 1, "the health check fails while nothing listens"
+    serve_and_stop(
+        command,
+        env,
+        port,
+        state_dir=volume,
+        log_path=tmp_path / "server.log",
+        stop_signal=getattr(signal, runtime.last("STOPSIGNAL")),
+        grace_s=30,  # compose.yaml's stop_grace_period
+        while_up=healthcheck_passes,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from server.settings import Settings
+from tests.conftest import free_port
 
 from .files import INSTALL_PREFIX, UNIT_ENV_EXAMPLE, UNIT_FILE, unit_directives
+from .process import serve_and_stop
 from .test_compose import drain_grace_s, seconds
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -109,6 +112,8 @@ def test_runs_the_documented_install_as_an_unprivileged_user() -> None:
     # The model cache (and the hub's cache) in the state directory, the only writable place.
     assert env["GEMMA_SERVE_CACHE_DIR"] == "%S/gemma-serve"
     assert env["HF_HOME"].startswith("%S/gemma-serve/")
+    # A DynamicUser has no home: anything that writes under ~ writes to the state directory.
+    assert env["HOME"] == "%S/gemma-serve"
     assert one("EnvironmentFile").startswith("-/etc/gemma-serve/")
     for key in env:
         if key.startswith("GEMMA_SERVE_"):
@@ -161,6 +166,32 @@ def test_restart_back_off_and_stop_timeout() -> None:
     assert burst > 1 and burst * seconds(one("RestartSec")) < interval
     assert one("KillSignal") == "SIGTERM" and one("KillMode") == "mixed"
     assert seconds(one("TimeoutStopSec")) >= 2 * drain_grace_s() + 5
+
+
+def test_exec_start_runs_with_the_units_environment(tmp_path: Path) -> None:
+    """ExecStart with only the unit's Environment= (systemd starts services with a clean
+    environment), %S pointing at a temporary directory, this checkout's venv standing in for
+    /opt/gemma-serve, and the port and context an env file would set."""
+    state = tmp_path / "state"
+    (state / "gemma-serve").mkdir(parents=True)
+    env = {
+        key: value.replace("%S", str(state))
+        for key, _, value in (item.partition("=") for item in service("Environment"))
+    }
+    assert "%" not in "".join(env.values()), "a specifier the test does not stand in for"
+    port = free_port()
+    env |= {"PATH": "/usr/bin:/bin", "GEMMA_SERVE_PORT": str(port), "GEMMA_SERVE_CTX": "1024"}
+    venv_bin = str(Path(sys.executable).parent)
+    command = one("ExecStart").replace(f"{INSTALL_PREFIX}/bin", venv_bin).split()
+    serve_and_stop(
+        command,
+        env,
+        port,
+        state_dir=state / "gemma-serve",
+        log_path=tmp_path / "server.log",
+        stop_signal=getattr(signal, one("KillSignal")),
+        grace_s=seconds(one("TimeoutStopSec")),
+    )
 
 
 def test_env_example_names_real_settings() -> None:
