@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.engine.types import EngineBusy, EngineUnavailable
@@ -70,6 +71,66 @@ def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response, as documented in /openapi.json."""
+
+    error: ErrorDetail
+
+
+# What each documented error status means. 400 and 404 answer operations that take input (a body,
+# a path or query parameter); 503 any operation while the model loads or the server stops.
+_INPUT_ERRORS = {
+    "400": "Invalid request: a field is missing, malformed, out of range or not supported "
+    "(`param` names it), or the prompt does not fit the context.",
+    "404": "Unknown model (`model_not_found`).",
+}
+_UNAVAILABLE = {
+    "503": "The model is loading or failed to load, or the server is shutting down or busy; "
+    "retry after `Retry-After` seconds.",
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Make /openapi.json tell the truth about errors: FastAPI documents a 422 with
+    `{"detail": ...}` for every operation that takes input, which this server never sends; the
+    real answers are 400/404/503 with `ErrorResponse`. Clients and schema-driven tests
+    (schemathesis in tests/property) rely on the documented statuses and shapes."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(error_schema.pop("$defs", {}))
+        schemas["ErrorResponse"] = error_schema
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for path_item in document.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                takes_input = "requestBody" in operation or operation.get("parameters")
+                if responses.pop("422", None) is not None or takes_input:
+                    errors = {**_INPUT_ERRORS, **_UNAVAILABLE}
+                else:
+                    errors = _UNAVAILABLE
+                for status, description in errors.items():
+                    responses.setdefault(status, {"description": description, "content": content})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _param_path(loc: Sequence[int | str]) -> str | None:
@@ -138,3 +199,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+    _document_errors(app)
