@@ -45,6 +45,10 @@ MAX_GPU_PARALLEL = 32
 # gains on a few cores (llama-batched-bench here: 1 sequence 61 tok/s, 4 in total 84); more would
 # only share the same throughput more thinly.
 CPU_PARALLEL = 4
+# On the CPU the context per sequence is this (capped by --max-ctx and the model): system memory
+# is rarely the limit for the small models that run there, and a longer context only costs
+# prefill time when it is used.
+CPU_CTX = 8192
 
 
 def _pad(value: int, to: int = CELL_PADDING) -> int:
@@ -134,7 +138,7 @@ class PlanOptions:
 
     model: str | None = None
     ctx: int | None = None
-    plan_ctx: int = 8192
+    plan_ctx: int = 4096
     max_ctx: int = 32768
     gpu_layers: int | None = None
     margin: int = GiB
@@ -267,7 +271,7 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
     def ctx_for(spec: ModelSpec) -> int:
         if options.ctx:  # asked for: only the model's trained context limits it
             return min(options.ctx, spec.architecture.context_length)
-        return min(options.plan_ctx, _ctx_limit(spec, options))
+        return min(options.plan_ctx if devices else CPU_CTX, _ctx_limit(spec, options))
 
     n_seq = options.parallel or (MIN_GPU_PARALLEL if devices else CPU_PARALLEL)
 
@@ -315,7 +319,7 @@ def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Pla
 
     if chosen is None:
         spec = cpu_model(registry)
-        n_ctx = ctx_for(spec)
+        n_ctx = options.ctx or min(CPU_CTX, _ctx_limit(spec, options))
         return Plan(
             spec,
             n_ctx,

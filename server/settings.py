@@ -90,14 +90,17 @@ class Settings(BaseSettings):
         le=131072,
         description=(
             "Context length in tokens (prompt plus completion). Default: the largest that fits, "
-            "between --plan-ctx and --max-ctx (on the CPU: --plan-ctx)."
+            "between --plan-ctx and --max-ctx (on the CPU: 8192, capped by --max-ctx)."
         ),
     )
     plan_ctx: int = Field(
-        8192,
+        4096,
         ge=256,
         le=131072,
-        description="Context length a model must fit with, on the GPU, to be picked.",
+        description=(
+            "Context length per sequence a model must fit with (times the parallel sequences), "
+            "on the GPU, to be picked; the context then grows to what the memory holds."
+        ),
     )
     max_ctx: int = Field(
         32768,

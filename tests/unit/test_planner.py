@@ -36,7 +36,7 @@ HARDWARE_TABLE = [
     ((4,), "gemma-3-1b-it-qat", 32768, -1, 12),
     ((6,), "gemma-3-4b-it-qat", 17408, -1, 4),
     ((8,), "gemma-3-4b-it-qat", 32768, -1, 5),  # RTX 4060 laptop
-    ((12,), "gemma-3-4b-it-qat", 32768, -1, 10),  # 12B fits 1 sequence at 8K, not 4
+    ((12,), "gemma-3-12b-it-qat", 7168, -1, 4),  # 4 sequences of 4K are the bar for a model
     ((16,), "gemma-3-12b-it-qat", 23552, -1, 4),
     ((24,), "gemma-3-27b-it-qat", 16384, -1, 4),  # RTX 3090
     ((48,), "gemma-3-27b-it-qat", 32768, -1, 10),
@@ -65,12 +65,13 @@ BOUNDARIES = [
     ((1,), {}, "gemma-3-270m", 8192, 0),  # nothing fits a 1 GiB card: CPU
     ((2,), {}, "gemma-3-270m", 12288, -1),  # the bundled model is the last GPU candidate
     ((2.5,), {}, "gemma-3-1b-it-qat", 11264, -1),
-    ((4.5,), {}, "gemma-3-1b-it-qat", 32768, -1),  # 4B needs 4 x 8K of KV
+    ((4.5,), {}, "gemma-3-1b-it-qat", 32768, -1),  # 4B needs 4 x 4K of KV and more
     ((9.5,), {}, "gemma-3-4b-it-qat", 32768, -1),
     ((18,), {}, "gemma-3-12b-it-qat", 31744, -1),
     ((19,), {}, "gemma-3-12b-it-qat", 32768, -1),
-    ((21,), {}, "gemma-3-12b-it-qat", 32768, -1),
-    ((22,), {}, "gemma-3-27b-it-qat", 10240, -1),  # 27B from here: 4 sequences of 8K and more
+    ((20,), {}, "gemma-3-12b-it-qat", 32768, -1),
+    ((21,), {}, "gemma-3-27b-it-qat", 6144, -1),  # 27B from here: 4 sequences of 4K and more
+    ((22,), {}, "gemma-3-27b-it-qat", 10240, -1),
     ((18,), {"kv_type": "q8_0"}, "gemma-3-12b-it-qat", 32768, -1),
     ((20,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 14336, -1),  # q8_0 halves the KV cache
     ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 16384, -1),
@@ -147,7 +148,7 @@ def test_a_forced_model_that_does_not_fit_is_partially_offloaded_with_a_warning(
     assert chosen.model.id == "gemma-3-27b-it-qat"
     assert 0 < chosen.n_gpu_layers < 62
     assert len(chosen.warnings) == 1
-    assert "offloading" in chosen.warnings[0] and "20.3 GiB at 4 x 8192" in chosen.warnings[0]
+    assert "offloading" in chosen.warnings[0] and "19.1 GiB at 4 x 4096" in chosen.warnings[0]
 
 
 def test_a_forced_model_just_too_big_keeps_its_blocks_on_the_gpu(registry: Registry) -> None:
