@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 from llama_cpp.llama_grammar import LlamaGrammar
 
-from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
+from server.engine.chat_template import (
+    BOS_TOKEN,
+    START_OF_TURN,
+    ChatTemplate,
+    Segment,
+    TemplateRejected,
+)
 from server.engine.grammar import compile_json_format
 from server.engine.text import TextAssembler
 from server.engine.types import (
@@ -97,6 +105,23 @@ class _Job:
             self.cancelled.set()
 
 
+def _logit_bias_processor(
+    logit_bias: Sequence[tuple[int, float]],
+) -> llama_cpp.LogitsProcessorList | None:
+    """Adds each (token id, bias) to the raw logits before any other sampler (OpenAI's
+    `logit_bias`): llama-cpp-python hands the processor the whole vocabulary in id order."""
+    if not logit_bias:
+        return None
+    ids = np.array([token for token, _ in logit_bias], dtype=np.intc)
+    biases = np.array([bias for _, bias in logit_bias], dtype=np.single)
+
+    def add_bias(input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> Any:
+        scores[ids] += biases
+        return scores
+
+    return llama_cpp.LogitsProcessorList([add_bias])
+
+
 def llama_params(
     *,
     n_ctx: int,
@@ -169,8 +194,22 @@ class LlamaEngine:
 
     async def prepare(self, request: GenerationRequest) -> _Job:
         """Render and tokenise the prompt, check it fits; nothing is generated yet."""
-        segments = self._template.render_segments(request.messages)
-        tokens = await asyncio.to_thread(self._tokenize, segments)
+        if request.prompt is not None:
+            tokens = await asyncio.to_thread(self._tokenize_prompt, request.prompt)
+            source = "prompt"
+        else:
+            segments = self._template.render_segments(request.messages)
+            tokens = await asyncio.to_thread(self._tokenize, segments)
+            source = "messages"
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        for token, _ in request.sampling.logit_bias:
+            if not 0 <= token < n_vocab:
+                raise RequestRejected(
+                    f"logit_bias names token {token}, but this model's vocabulary has "
+                    f"{n_vocab} tokens (ids 0 to {n_vocab - 1}).",
+                    code="invalid_value",
+                    param="logit_bias",
+                )
         grammar = None
         if request.json_format is not None:
             grammar = await asyncio.to_thread(compile_json_format, request.json_format, self._vocab)
@@ -180,10 +219,10 @@ class LlamaEngine:
         if len(tokens) + max(completion, 1) > n_ctx:
             raise RequestRejected(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                f"{len(tokens) + completion} tokens ({len(tokens)} in the messages, {completion} "
-                "in the completion). Please reduce the length of the messages or completion.",
+                f"{len(tokens) + completion} tokens ({len(tokens)} in the {source}, {completion} "
+                f"in the completion). Please reduce the length of the {source} or completion.",
                 code="context_length_exceeded",
-                param="messages",
+                param=source,
             )
         return _Job(self, request, tokens, grammar)
 
@@ -250,6 +289,7 @@ class LlamaEngine:
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
             grammar=job.grammar,
+            logits_processor=_logit_bias_processor(sampling.logit_bias),
         )
         try:
             for token in tokens:
@@ -290,6 +330,12 @@ class LlamaEngine:
                 segment.text.encode(), add_bos=False, special=segment.trusted
             )
         return tokens
+
+    def _tokenize_prompt(self, prompt: str) -> list[int]:
+        # A raw prompt (/v1/completions) is the client's own text: special tokens such as
+        # <start_of_turn> are parsed, and <bos> is added unless the client wrote it.
+        add_bos = not prompt.startswith(BOS_TOKEN)
+        return list(self._llama.tokenize(prompt.encode(), add_bos=add_bos, special=True))
 
     def _piece(self, token: int) -> bytes:
         """The token's bytes. (llama-cpp-python's detokenize asserts on pieces over 32 bytes.)"""
