@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server import __version__
+from server.api.completions import router as completions_router
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
 from server.api.routes import router
@@ -105,4 +106,5 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(completions_router)
     return app
