@@ -17,6 +17,7 @@ from server import __version__
 from server.api.completions import router as completions_router
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
+from server.api.responses import router as responses_router
 from server.api.routes import router
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
@@ -107,4 +108,5 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(completions_router)
+    app.include_router(responses_router)
     return app
