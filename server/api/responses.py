@@ -178,13 +178,17 @@ def _json_format(request: ResponseRequest) -> JsonFormat | None:
     return JsonFormat(schema=text_format.schema_)
 
 
+def _or_default(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     """Map a Responses request onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
     defaults = SamplingParams()
     sampling = SamplingParams(
-        temperature=defaults.temperature if request.temperature is None else request.temperature,
-        top_p=defaults.top_p if request.top_p is None else request.top_p,
+        temperature=_or_default(request.temperature, defaults.temperature),
+        top_p=_or_default(request.top_p, defaults.top_p),
         seed=request.seed,
     )
     return GenerationRequest(
@@ -229,18 +233,15 @@ class ResponseFrame:
                 "created_at": self.created_at,
                 "status": status,
                 "error": error,
-                "incomplete_details": (
-                    IncompleteDetails(reason="max_output_tokens")
-                    if status == "incomplete"
-                    else None
-                ),
+                "incomplete_details": incomplete,
                 "instructions": request.instructions,
                 "max_output_tokens": request.max_output_tokens,
                 "model": request.model,
                 "output": output or [],
                 "parallel_tool_calls": request.parallel_tool_calls is not False,
-                "temperature": request.temperature,
-                "top_p": request.top_p,
+                # The values used: Gemma 3's defaults where the request left them unset.
+                "temperature": _or_default(request.temperature, SamplingParams().temperature),
+                "top_p": _or_default(request.top_p, SamplingParams().top_p),
                 "text": {
                     "format": (
                         text_format.model_dump(by_alias=True, exclude_none=True)
