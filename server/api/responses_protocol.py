@@ -97,6 +97,7 @@ class OutputMessage(BaseModel):
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # required by the SDK's type; no prompt cache here
 
 
 class OutputTokensDetails(BaseModel):
