@@ -104,6 +104,16 @@ class LlamaEngine:
             segments = self._template.render_segments(request.messages)
             tokens = await asyncio.to_thread(self._tokenize_segments, segments)
             param = "messages"
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
+        for token, _ in request.sampling.logit_bias:
+            # NOTE: llama.cpp's logit-bias sampler indexes the logits with these ids unchecked.
+            if not 0 <= token < n_vocab:
+                raise RequestRejected(
+                    f"logit_bias names token {token}, but this model's vocabulary has "
+                    f"{n_vocab} tokens (ids 0 to {n_vocab - 1}).",
+                    code="invalid_value",
+                    param="logit_bias",
+                )
         grammar = None
         if request.json_format is not None:
             grammar = await asyncio.to_thread(
