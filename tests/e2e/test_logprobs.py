@@ -14,6 +14,13 @@ import pytest
 
 from tests.conftest import MODEL_ID
 
+# The engine this branch runs on ignores `logprobs` and `logit_bias`; the batching engine (the
+# engine branch) implements them. Strict: once it is merged these pass, and the marker must go.
+NEEDS_ENGINE = pytest.mark.xfail(
+    reason="the current engine ignores logprobs and logit_bias (the engine branch adds them)",
+    strict=True,
+)
+
 BASE: dict[str, Any] = {
     "model": MODEL_ID,
     "messages": [{"role": "user", "content": "Name a fruit."}],
@@ -34,6 +41,7 @@ def tokenize(model_path: Path):  # type: ignore[no-untyped-def]
     return ids
 
 
+@NEEDS_ENGINE
 def test_each_token_comes_with_its_logprob_and_alternatives(openai_client) -> None:  # type: ignore[no-untyped-def]
     response = openai_client.chat.completions.create(**BASE, logprobs=True, top_logprobs=3)
     choice = response.choices[0]
@@ -50,6 +58,7 @@ def test_each_token_comes_with_its_logprob_and_alternatives(openai_client) -> No
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
 
 
+@NEEDS_ENGINE
 def test_streamed_chunks_carry_the_logprobs_of_their_text(openai_client) -> None:  # type: ignore[no-untyped-def]
     chunks = list(
         openai_client.chat.completions.create(**BASE, logprobs=True, top_logprobs=2, stream=True)
@@ -70,6 +79,7 @@ def test_logprobs_are_null_unless_asked_for(openai_client) -> None:  # type: ign
     assert openai_client.chat.completions.create(**BASE).choices[0].logprobs is None
 
 
+@NEEDS_ENGINE
 def test_a_banned_token_stays_out_and_a_forced_one_comes_out(openai_client, tokenize) -> None:  # type: ignore[no-untyped-def]
     first = openai_client.chat.completions.create(**{**BASE, "max_tokens": 1})
     greedy = first.choices[0].message.content
