@@ -12,9 +12,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
+from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.errors import APIError, error_body
 from server.api.protocol import (
-    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -24,6 +24,14 @@ from server.api.protocol import (
     Delta,
     TextPart,
     Usage,
+)
+from server.api.tools import (
+    ToolPlan,
+    assistant_text,
+    plan_tools,
+    tool_call_schema,
+    tool_result_text,
+    tools_instruction,
 )
 from server.engine.types import (
     ChatMessage,
@@ -91,40 +99,129 @@ def _message_parts(message: ChatMessageIn, index: int) -> str:
     return "\n".join(texts)
 
 
-def _messages(request: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
-    messages = []
+def _messages(request: ChatCompletionRequest, plan: ToolPlan | None) -> tuple[ChatMessage, ...]:
+    """Wire messages -> engine messages. Tool calls of assistant turns and `tool` results are
+    rendered as text (see `server.api.tools`); the offered tools go in a system message after
+    the client's own leading system messages."""
+    messages: list[ChatMessage] = []
+    call_names: dict[str, str] = {}  # tool_call_id -> function name, from earlier assistant turns
     for index, message in enumerate(request.messages):
         role = message.role
-        if role == "tool" or role == "function":
-            raise _unsupported(f"messages[{index}].role", f"The '{role}' role")
-        if message.tool_calls:
-            raise _unsupported(f"messages[{index}].tool_calls", "Tool calling")
-        messages.append(ChatMessage(role, _message_text(message, index)))
+        if role == "function":
+            raise _unsupported(
+                f"messages[{index}].role", "The deprecated 'function' role (send 'tool' messages)"
+            )
+        if message.tool_calls and role != "assistant":
+            raise APIError(
+                400,
+                "Only assistant messages can have tool_calls.",
+                param=f"messages[{index}].tool_calls",
+                code="invalid_value",
+            )
+        if role == "tool":
+            name, call_id = _answered_call(message, index, call_names)
+            text = tool_result_text(name, call_id, _message_text(message, index))
+            messages.append(ChatMessage("user", text))
+        elif role == "assistant" and message.tool_calls:
+            call_names.update((call.id, call.function.name) for call in message.tool_calls)
+            text = assistant_text(_message_text(message, index), message.tool_calls)
+            messages.append(ChatMessage("assistant", text))
+        else:
+            messages.append(ChatMessage(role, _message_text(message, index)))
+    if plan is not None:
+        leading = 0
+        while leading < len(messages) and messages[leading].role in ("system", "developer"):
+            leading += 1
+        messages.insert(leading, ChatMessage("system", tools_instruction(plan)))
     return tuple(messages)
 
 
+def _answered_call(
+    message: ChatMessageIn, index: int, call_names: dict[str, str]
+) -> tuple[str, str]:
+    """The (function name, call id) a `tool` message answers."""
+    param = f"messages[{index}].tool_call_id"
+    call_id = message.tool_call_id
+    if not call_id:
+        raise APIError(
+            400,
+            f"Missing required parameter: '{param}' (a tool message answers a tool call).",
+            param=param,
+            code="missing_required_parameter",
+        )
+    if call_id not in call_names:
+        raise APIError(
+            400,
+            f"The tool message answers '{call_id}', which is not a tool call of an earlier "
+            "assistant message.",
+            param=param,
+            code="invalid_value",
+        )
+    return call_names[call_id], call_id
+
+
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
-    if request.logprobs or request.top_logprobs:
-        raise _unsupported("logprobs", "Returning log probabilities")
-    if request.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias")
-    if request.tools or request.functions:
-        raise _unsupported("tools", "Tool calling")
-    if request.tool_choice not in (None, "none", "auto") or request.function_call not in (
-        None,
-        "none",
-        "auto",
-    ):
-        raise _unsupported("tool_choice", "Tool calling")
+    if request.functions:
+        raise _unsupported("functions", "The deprecated 'functions' (send 'tools')")
+    if request.function_call not in (None, "none", "auto"):
+        raise _unsupported("function_call", "The deprecated 'function_call' (send 'tool_choice')")
 
 
-def _json_format(request: ChatCompletionRequest) -> JsonFormat | None:
-    """`response_format` -> the engine's JSON constraint (None for plain text)."""
+def _invalid(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def _logit_bias(
+    request: ChatCompletionRequest, vocab_size: int | None
+) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` -> (token id, bias) pairs, ids checked against the vocabulary when known."""
+    biases = []
+    for key, bias in (request.logit_bias or {}).items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):
+            raise _invalid(
+                f"logit_bias keys must be token ids (integers); got {key!r}.", "logit_bias"
+            )
+        token = int(key)
+        if vocab_size is not None and token >= vocab_size:
+            raise _invalid(
+                f"logit_bias names token {token}, outside the vocabulary (0..{vocab_size - 1}).",
+                "logit_bias",
+            )
+        if not -100 <= bias <= 100:
+            raise _invalid(
+                f"logit_bias values must be between -100 and 100; got {bias} for token {token}.",
+                "logit_bias",
+            )
+        biases.append((token, float(bias)))
+    return tuple(sorted(biases))
+
+
+def _logprobs(request: ChatCompletionRequest) -> int | None:
+    """None, or how many alternatives to report per token (`top_logprobs`)."""
+    if request.top_logprobs is not None and not request.logprobs:
+        raise _invalid("top_logprobs needs logprobs: true.", "top_logprobs")
+    return (request.top_logprobs or 0) if request.logprobs else None
+
+
+def _json_format(request: ChatCompletionRequest, plan: ToolPlan | None) -> JsonFormat | None:
+    """`response_format`, or the tool-call schema when a call is required -> the engine's JSON
+    constraint (None for plain text)."""
+    if plan is not None and plan.required:
+        # The answer is a tool call; response_format shapes text answers, and there is none.
+        return JsonFormat(schema=tool_call_schema(plan))
     response_format = request.response_format
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
-        return JsonFormat()
+        return JsonFormat()  # a tool-call object is a JSON object too: auto still works
+    if plan is not None:
+        raise APIError(
+            400,
+            "response_format json_schema cannot be combined with tool_choice 'auto' here: the "
+            "answer could be neither; use tool_choice 'required' or 'none'.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     spec = response_format.json_schema
     if spec is None or spec.schema_ is None:
         raise APIError(
@@ -136,9 +233,18 @@ def _json_format(request: ChatCompletionRequest) -> JsonFormat | None:
     return JsonFormat(schema=spec.schema_)
 
 
-def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
-    """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour."""
+def output_options(request: ChatCompletionRequest) -> OutputOptions:
+    """What the answer converters need to know of the request (tools offered, logprobs)."""
+    return OutputOptions(tools=plan_tools(request), logprobs=bool(request.logprobs))
+
+
+def to_generation_request(
+    request: ChatCompletionRequest, *, vocab_size: int | None = None
+) -> GenerationRequest:
+    """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour.
+    `vocab_size` (the model's) bounds the token ids of `logit_bias`."""
     _refuse_unsupported(request)
+    plan = plan_tools(request)
     defaults = SamplingParams()
     sampling = SamplingParams(
         temperature=defaults.temperature if request.temperature is None else request.temperature,
@@ -148,19 +254,21 @@ def to_generation_request(request: ChatCompletionRequest) -> GenerationRequest:
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         seed=request.seed,
+        logit_bias=_logit_bias(request, vocab_size),
     )
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
     return GenerationRequest(
-        messages=_messages(request),
+        messages=_messages(request, plan),
         sampling=sampling,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         stop=tuple(s for s in stop if s),
-        json_format=_json_format(request),
+        json_format=_json_format(request, plan),
+        logprobs=_logprobs(request),
     )
 
 
 def to_generation_requests(
-    request: ChatCompletionRequest, max_choices: int
+    request: ChatCompletionRequest, max_choices: int, *, vocab_size: int | None = None
 ) -> list[GenerationRequest]:
     """One engine request per choice (`n`). With a seed, choice i samples with seed + i, so the
     choices differ from each other and the whole answer is reproducible."""
@@ -172,7 +280,7 @@ def to_generation_requests(
             param="n",
             code="invalid_value",
         )
-    first = to_generation_request(request)
+    first = to_generation_request(request, vocab_size=vocab_size)
     seed = first.sampling.seed
     return [first] + [
         replace(first, sampling=replace(first.sampling, seed=None if seed is None else seed + i))
@@ -199,24 +307,30 @@ async def to_chat_completion(
     completion_id: str,
     created: int,
     model: str,
+    options: OutputOptions = OutputOptions(),  # noqa: B008 (frozen, never mutated)
 ) -> ChatCompletion:
     """Collect whole generations (one per choice) into one `chat.completion`."""
     choices = []
     usages = []
     for index, events in enumerate(generations):
-        parts: list[str] = []
-        finished: Finished | None = None
+        builder = ChoiceBuilder(options)
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
-                    parts.append(event.text)
+                    builder.text(event)
                 else:
-                    finished = event
-        if finished is None:
+                    builder.finish(event)
+        if builder.finish_reason is None or builder.usage is None:
             raise RuntimeError("the engine ended a generation without finishing it")
-        message = AssistantMessage(content="".join(parts))
-        choices.append(Choice(index=index, message=message, finish_reason=finished.reason))
-        usages.append(finished.usage)
+        choices.append(
+            Choice(
+                index=index,
+                message=builder.message(),
+                logprobs=builder.logprobs(),
+                finish_reason=builder.finish_reason,
+            )
+        )
+        usages.append(builder.usage)
     return ChatCompletion(
         id=completion_id,
         created=created,
@@ -233,12 +347,14 @@ async def to_stream_chunks(
     created: int,
     model: str,
     include_usage: bool,
+    options: OutputOptions = OutputOptions(),  # noqa: B008 (frozen, never mutated)
 ) -> AsyncIterator[str]:
     """Engine events -> the `data:` payloads of an OpenAI chat stream, `[DONE]` always last.
 
     Choices (`n`) stream one after another, each chunk naming its `index`: a choice's first chunk
     carries the role, its last the `finish_reason`; the usage chunk (empty `choices`) follows
-    them all when asked for. An error after the stream has started
+    them all when asked for. Tool calls stream as `delta.tool_calls` fragments (see
+    `server.api.choices`). An error after the stream has started
     cannot change the HTTP status any more, so it is sent as one `error` event before `[DONE]`.
     """
 
@@ -252,15 +368,23 @@ async def to_stream_chunks(
         usages = []
         for index, events in enumerate(generations):
             yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+            builder = ChoiceBuilder(options)
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TextDelta):
-                        yield chunk([ChunkChoice(index=index, delta=Delta(content=event.text))])
-                        continue
-                    usages.append(event.usage)
-                    yield chunk(
-                        [ChunkChoice(index=index, delta=Delta(), finish_reason=event.reason)]
-                    )
+                        ready = builder.text(event)
+                    else:
+                        ready = builder.finish(event)
+                        usages.append(event.usage)
+                    for position, part in enumerate(ready):
+                        last = isinstance(event, Finished) and position == len(ready) - 1
+                        choice = ChunkChoice(
+                            index=index,
+                            delta=part.delta,
+                            logprobs=part.logprobs,
+                            finish_reason=builder.finish_reason if last else None,
+                        )
+                        yield chunk([choice])
         if include_usage:
             yield chunk([], usage=_total_usage(usages))
     except Exception:

@@ -41,12 +41,51 @@ class FilePart(WireModel):
 ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCallIn(WireModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    # A JSON string, as the model produced it; it is rendered back verbatim if it does not parse.
+    arguments: str
+
+
+class ToolCallIn(WireModel):
+    """A tool call of an earlier assistant turn, as this server (or OpenAI) returned it."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+
+
+class FunctionDefinition(WireModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    # A JSON schema of the arguments object; absent means the function takes no arguments.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaSpec(WireModel):
@@ -83,13 +122,15 @@ class ChatCompletionRequest(WireModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # Declared so they can be refused by name until gemma-serve supports them.
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Token id (a decimal string) -> bias added to its logit, -100..100; checked in `converters`.
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # OpenAI's deprecated function calling: declared so it can be refused by name (use `tools`).
     functions: list[Any] | None = None
     function_call: Any = None
 
@@ -103,17 +144,47 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON string.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -126,26 +197,45 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A fragment of a streamed tool call: the first of a call has its `id`, `type` and
+    `function.name`; the ones after it add pieces of `function.arguments`."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     """A stream delta; unset fields are left out, as OpenAI sends them (`{}` on the last)."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer
     def _without_unset(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             key: value
             for key, value in (("role", self.role), ("content", self.content))
             if value is not None
         }
+        if self.tool_calls is not None:
+            body["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
+        return body
 
 
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -12,7 +12,12 @@ from typing import TypeVar
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
-from server.api.converters import to_chat_completion, to_generation_requests, to_stream_chunks
+from server.api.converters import (
+    output_options,
+    to_chat_completion,
+    to_generation_requests,
+    to_stream_chunks,
+)
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
@@ -109,13 +114,20 @@ async def create_chat_completion(
 ) -> Response | ChatCompletion:
     if body.model != runtime.model_id:
         raise _model_not_found(body.model, runtime.model_id)
+    options = output_options(body)
+    vocab_size = runtime.spec.architecture.vocab_size
     try:
         prepared = [
             await engine.prepare(generation)
-            for generation in to_generation_requests(body, settings.max_choices)
+            for generation in to_generation_requests(
+                body, settings.max_choices, vocab_size=vocab_size
+            )
         ]
     except RequestRejected as exc:
-        raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
+        param = exc.param
+        if param == "response_format" and options.tools and options.tools.required:
+            param = "tools"  # the grammar the engine could not build was the tool-call schema's
+        raise APIError(400, exc.message, param=param, code=exc.code) from exc
     generations = [job.events() for job in prepared]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -126,10 +138,11 @@ async def create_chat_completion(
             created=created,
             model=body.model,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            options=options,
         )
         return EventSourceResponse(chunks, sep="\n", ping=_PING_SECONDS)
     work = to_chat_completion(
-        generations, completion_id=completion_id, created=created, model=body.model
+        generations, completion_id=completion_id, created=created, model=body.model, options=options
     )
     try:
         return await _unless_disconnected(request, work)

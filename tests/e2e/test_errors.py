@@ -52,7 +52,7 @@ GOOD = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max
         ({**GOOD, "stream": "yes please"}, "stream"),
         ({**GOOD, "n": 5}, "n"),  # over the default cap of 4 (--max-choices)
         ({**GOOD, "n": 0}, "n"),
-        ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({**GOOD, "tool_choice": "required"}, "tool_choice"),  # no tools given
         ({"messages": GOOD["messages"]}, "model"),
     ],
 )

@@ -1,0 +1,282 @@
+"""Tool calling for a model without tool tokens: the tools go into the prompt as text, and calls
+come back as a JSON object in the answer.
+
+Gemma 3's template knows system, user and assistant turns only, so this module turns everything
+tool-related into message text the template already handles (the format is in the README):
+
+- the offered tools become a system message (`tools_instruction`): one JSON line per tool (name,
+  description, parameters schema) and the answer format,
+  `{"tool_calls": [{"name": ..., "arguments": {...}}]}`;
+- an earlier assistant turn with `tool_calls` is rendered as that same JSON object
+  (`assistant_text`), so the model sees its own past calls in the format it is asked to use;
+- a `tool` message becomes user text headed "Tool result for <name> (call <id>):"
+  (`tool_result_text`).
+
+When a call is required (`required` or a named function), `tool_call_schema` builds the JSON
+schema of the answer, which the engine enforces with a grammar. The grammar cannot enforce some
+keywords (`minimum`, `maximum`, `not`, ...): in a tool's parameters they are removed from the
+grammar's copy of the schema (the model still reads them in the prompt), unless the function is
+`strict`, where they are refused with a 400 rather than silently not guaranteed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.api.errors import APIError
+from server.api.protocol import (
+    ChatCompletionRequest,
+    FunctionDefinition,
+    NamedToolChoice,
+    ToolCallIn,
+)
+
+# Schema keywords the engine's grammar does not enforce. The same set as
+# `server.engine.grammar.UNENFORCED` (a unit test keeps them equal); kept here because the API
+# layer does not import the module that loads llama_cpp.
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "contains",
+        "minContains",
+        "maxContains",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+# Where a schema holds sub-schemas: maps of them, lists of them, and single ones.
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_VALUES = ("items", "additionalProperties")
+
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """The tools a request offers and how it wants them used (`tool_choice` other than none)."""
+
+    functions: tuple[FunctionDefinition, ...]
+    required: bool  # a call must be made: `required`, or a named function
+    forced_name: str | None  # the named function of `tool_choice`, if any
+    parallel: bool
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(function.name for function in self.functions)
+
+
+def _invalid(message: str, param: str, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
+    """Check `tools`, `tool_choice` and `parallel_tool_calls`; None when no tools are offered to
+    the model (none given, or `tool_choice: "none"`)."""
+    functions = tuple(tool.function for tool in request.tools or ())
+    choice = request.tool_choice
+    if not functions:
+        if choice in (None, "none", "auto"):
+            return None
+        raise _invalid("tool_choice needs a list of tools to choose from.", "tool_choice")
+    seen: set[str] = set()
+    for index, function in enumerate(functions):
+        if function.name in seen:
+            raise _invalid(
+                f"Two tools are named '{function.name}'.", f"tools[{index}].function.name"
+            )
+        seen.add(function.name)
+        _check_parameters(function, f"tools[{index}].function.parameters")
+    if choice == "none":
+        return None
+    forced_name = None
+    if isinstance(choice, NamedToolChoice):
+        forced_name = choice.function.name
+        if forced_name not in seen:
+            raise _invalid(
+                f"tool_choice names the function '{forced_name}', which is not in tools.",
+                "tool_choice",
+            )
+    return ToolPlan(
+        functions=functions,
+        required=choice == "required" or forced_name is not None,
+        forced_name=forced_name,
+        parallel=request.parallel_tool_calls is not False,
+    )
+
+
+def _check_parameters(function: FunctionDefinition, param: str) -> None:
+    parameters = function.parameters
+    if parameters is None:
+        return
+    if parameters.get("type", "object") != "object":
+        raise _invalid("A function's parameters must be a JSON schema of type 'object'.", param)
+    if function.strict and (found := unenforced_keyword(parameters)):
+        raise _invalid(
+            f"The JSON schema keyword {found} cannot be enforced by gemma-serve's grammar, so a "
+            "strict function cannot use it; remove it, or leave the function non-strict.",
+            param,
+        )
+
+
+def _children(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The sub-schemas of `schema`, each with its path below it."""
+    found: list[tuple[str, Any]] = []
+    for key in _SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            found += [(f"{key}/{name}", sub) for name, sub in schema[key].items()]
+    for key in _SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            found += [(f"{key}/{i}", sub) for i, sub in enumerate(schema[key])]
+    found += [(key, schema[key]) for key in _SCHEMA_VALUES if key in schema]
+    return found
+
+
+def unenforced_keyword(schema: object, path: str = "#") -> str | None:
+    """The first keyword (with its location) in `schema` that the grammar would not enforce."""
+    if not isinstance(schema, dict):
+        return None
+    for key in schema:
+        if key in UNENFORCED:
+            return f"'{key}' at {path}"
+    for child_path, child in _children(schema):
+        if found := unenforced_keyword(child, f"{path}/{child_path}"):
+            return found
+    return None
+
+
+def grammar_schema(schema: object, ref_base: str) -> object:
+    """A copy of a parameters schema for the grammar: keywords it cannot enforce removed, and
+    local `$ref`s ("#/...") moved under `ref_base`, where the schema will live in the answer's
+    schema."""
+    if isinstance(schema, list):
+        return [grammar_schema(item, ref_base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in UNENFORCED:
+            continue
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            copy[key] = ref_base + value[1:]
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            copy[key] = {name: grammar_schema(sub, ref_base) for name, sub in value.items()}
+        elif key in (*_SCHEMA_LISTS, *_SCHEMA_VALUES):
+            copy[key] = grammar_schema(value, ref_base)
+        else:
+            copy[key] = value  # `enum`, `const`, `default`, ...: values, not schemas
+    return copy
+
+
+def tool_call_schema(plan: ToolPlan) -> dict[str, Any]:
+    """The JSON schema of an answer that calls tools: `{"tool_calls": [call, ...]}`, each call
+    `{"name": <a tool's name>, "arguments": <that tool's parameters>}`; exactly one call unless
+    parallel calls are allowed; only the named function when `tool_choice` names one.
+
+    Each tool's parameters sit under `$defs/tool_<i>` (its own `$defs` with it), so `$ref`s of
+    different tools cannot collide.
+    """
+    defs: dict[str, Any] = {}
+    variants = []
+    for index, function in enumerate(plan.functions):
+        if plan.forced_name is not None and function.name != plan.forced_name:
+            continue
+        key = f"tool_{index}"
+        defs[key] = grammar_schema(function.parameters or NO_ARGUMENTS, f"#/$defs/{key}")
+        variants.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": function.name},
+                    "arguments": {"$ref": f"#/$defs/{key}"},
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    calls: dict[str, Any] = {
+        "type": "array",
+        "items": variants[0] if len(variants) == 1 else {"anyOf": variants},
+        "minItems": 1,
+    }
+    if not plan.parallel:
+        calls["maxItems"] = 1
+    return {
+        "type": "object",
+        "properties": {"tool_calls": calls},
+        "required": ["tool_calls"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }
+
+
+def tools_instruction(plan: ToolPlan) -> str:
+    """The system text that offers the tools and says how to call them."""
+    lines = [
+        "You can call tools. Each line below is one tool as JSON: its name, what it does, and "
+        "the JSON schema of its arguments.",
+        "",
+    ]
+    for function in plan.functions:
+        tool: dict[str, Any] = {"name": function.name}
+        if function.description:
+            tool["description"] = function.description
+        tool["parameters"] = function.parameters or NO_ARGUMENTS
+        lines.append(json.dumps(tool, ensure_ascii=False))
+    lines += [
+        "",
+        "To call tools, reply with only a JSON object of this form and nothing else:",
+        '{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}',
+        "List several calls to call several tools at once."
+        if plan.parallel
+        else "Call one tool at a time: list exactly one call.",
+    ]
+    if plan.forced_name is not None:
+        lines.append(f'You must call the tool "{plan.forced_name}" in this reply.')
+    elif plan.required:
+        lines.append("You must call a tool in this reply.")
+    else:
+        lines.append("If no tool is needed, reply in plain text instead.")
+    lines.append('Tool results come back in a message that starts with "Tool result".')
+    return "\n".join(lines)
+
+
+def _arguments_value(arguments: str) -> Any:
+    """The arguments as JSON when they parse, else the string as it was sent."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def assistant_text(content: str, tool_calls: Sequence[ToolCallIn]) -> str:
+    """An earlier assistant turn that called tools, in the format the model is asked to use."""
+    calls = [
+        {"name": call.function.name, "arguments": _arguments_value(call.function.arguments)}
+        for call in tool_calls
+    ]
+    block = json.dumps({"tool_calls": calls}, ensure_ascii=False)
+    return f"{content.strip()}\n\n{block}" if content.strip() else block
+
+
+def tool_result_text(name: str, call_id: str, content: str) -> str:
+    return f"Tool result for {name} (call {call_id}):\n{content}"
