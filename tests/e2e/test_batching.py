@@ -113,8 +113,9 @@ def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
     with httpx.Client(base_url=small_server.base_url, timeout=60) as client:
         body = {**chat("Write a long story.", 1500), "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=body) as reply:
-            first_tokens(reply, 2)
+            lines = first_tokens(reply, 2)
             assert client.get("/health").json()["active"] == 1
+            del lines
         # The stream is closed: the client is gone. The sequence is freed before the next decode
         # step (well under a second here when the machine is idle; generous bound for CI).
         wait_idle(client, within=BUSY_MACHINE)
@@ -123,14 +124,19 @@ def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
         assert text and time.monotonic() - start < BUSY_MACHINE
 
 
-def first_tokens(reply: httpx.Response, n: int) -> None:
-    """Read a stream until `n` tokens have arrived (the sequence is generating)."""
+def first_tokens(reply: httpx.Response, n: int) -> Iterator[str]:
+    """Read a stream until `n` tokens have arrived (the sequence is generating).
+
+    Returns the line iterator, which the caller must keep: once an httpx line iterator is
+    garbage-collected, httpcore closes the connection, and the server rightly sees a disconnect.
+    """
     assert reply.status_code == 200
     tokens = 0
-    for line in reply.iter_lines():
+    lines = reply.iter_lines()
+    for line in lines:
         tokens += '"content":"' in line.replace(" ", "") and '"content":""' not in line
         if tokens == n:
-            return
+            return lines
     raise AssertionError("the stream ended early")
 
 
@@ -141,7 +147,7 @@ def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningS
         ExitStack() as streams,
     ):
         running = streams.enter_context(client.stream("POST", "/v1/chat/completions", json=long))
-        first_tokens(running, 1)
+        running_lines = first_tokens(running, 1)
         waiting = streams.enter_context(client.stream("POST", "/v1/chat/completions", json=long))
         assert waiting.status_code == 200  # accepted: it waits for the one sequence
         expected = {"status": "ok", "active": 1, "queued": 1, "parallel": 1}
@@ -155,6 +161,7 @@ def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningS
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "server_busy"
+        del running_lines
         streams.close()  # both clients go away
         wait_idle(client, within=BUSY_MACHINE)
         served = client.post("/v1/chat/completions", json=chat("Hi", 2))
