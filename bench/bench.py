@@ -33,6 +33,9 @@ from streaming import DEFAULT_PROMPT, RoundResult, chat_body, numbered_prompt, r
 
 log = logging.getLogger("bench")
 
+# A 1-minute load average above this before the run means other work was running.
+BUSY_LOAD = 0.5
+
 ALL_SYSTEMS = (report.GEMMA, report.PEER, report.LLAMA_SERVER, report.CEILING)
 LABELS = {
     report.GEMMA: "gemma-serve",
@@ -248,6 +251,18 @@ def consistency_notes(bench: Bench) -> list[str]:
     return notes
 
 
+def busy_warning(machine: dict[str, Any]) -> list[str]:
+    """A warning line when the machine was not idle before the run (figures are then unreliable)."""
+    load = machine.get("load_average")
+    if not load or load[0] <= BUSY_LOAD:
+        return []
+    return [
+        f"- WARNING: 1-minute load average {load[0]:.2f} on {machine['usable_cpus']} CPUs before "
+        "the run: other work shared the CPUs, so these figures understate every system and "
+        "their ratios are noisy"
+    ]
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -315,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         *(f"- {note}" for note in consistency_notes(bench)),
+        *busy_warning(machine),
         *(f"- FAILED {system}: {error.splitlines()[0]}" for system, error in failures),
     ]
     text = "\n".join(lines) + "\n"
