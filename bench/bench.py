@@ -22,6 +22,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ class Bench:
             )
         import llama_server_build
 
-        binary = a.llama_server_bin or llama_server_build.ensure_binary(a.threads)
+        binary = a.llama_server_bin or llama_server_build.ensure_binary()
         return systems.llama_server_spec(
             binary, port, a.threads, a.ctx, self.model_path, a.llama_server_parallel
         )
@@ -201,7 +202,7 @@ class Bench:
         finally:
             loop.close()
 
-    def _measure(self, system: str, one_round: Any) -> None:
+    def _measure(self, system: str, one_round: Callable[[int], RoundResult]) -> None:
         by_clients: dict[int, list[RoundResult]] = {}
         self.rounds[system] = by_clients
         for clients in self.args.client_counts:
@@ -242,7 +243,9 @@ def consistency_notes(bench: Bench) -> list[str]:
         streams = [s for rounds in by_clients.values() for r in rounds for s in r.streams]
         short = sum(1 for s in streams if s.finish_reason != "length")
         counts = sorted({s.tokens for s in streams})
-        usage = {s.usage_completion_tokens for s in streams} - {None}
+        usage = {
+            s.usage_completion_tokens for s in streams if s.usage_completion_tokens is not None
+        }
         line = f"{system}: {len(streams)} streams, token counts {counts}"
         line += f", usage completion_tokens {sorted(usage)}" if usage else ", no usage sent"
         if short:
