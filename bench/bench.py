@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# gemma-serve benchmark{': ' + args.note if args.note else ''}",
         "",
-        f"- machine: {machine['cpu']}, {machine['usable_cpus']} usable of "
-        f"{machine['logical_cpus']} logical CPUs, load average before "
+        f"- machine: {machine['cpu']}, {machine['physical_cores']} physical cores, "
+        f"{machine['usable_cpus']} usable of {machine['logical_cpus']} logical CPUs, "
+        "load average before "
         f"{_load(machine['load_average'])}, after {_load(machine['load_average_after'])}",
         f"- llama-cpp-python {machine['llama_cpp_python']}, Python {machine['python']}, "
         f"gemma-serve commit {machine['gemma_serve_commit']}, {machine['date']}",

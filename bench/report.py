@@ -166,18 +166,25 @@ def target_lines(results: list[dict[str, Any]]) -> list[str]:
 def machine() -> dict[str, Any]:
     """What the figures depend on: CPU, cores, load, versions, commit."""
     cpu = platform.processor() or platform.machine()
+    cores: dict[str, str] = {}  # physical id -> cores in that package
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
+        package = "0"
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            name, _, value = (part.strip() for part in line.partition(":"))
+            if name == "model name":
+                cpu = value
+            elif name == "physical id":
+                package = value
+            elif name == "cpu cores":
+                cores[package] = value
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 0
     return {
         "cpu": cpu,
+        "physical_cores": sum(int(n) for n in cores.values()) or None,
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
