@@ -250,6 +250,9 @@ def consistency_notes(bench: Bench) -> list[str]:
         line += f", usage completion_tokens {sorted(usage)}" if usage else ", no usage sent"
         if short:
             line += f", {short} ended before max_tokens"
+        retried = sum(1 for s in streams if s.extra.get("retries"))
+        if retried:
+            line += f", {retried} retried after 503 + Retry-After"
         notes.append(line)
     return notes
 
@@ -283,7 +286,7 @@ def round_record(result: RoundResult) -> dict[str, Any]:
         "aggregate_tokens_per_s": result.aggregate_tokens_per_s,
         "streams": [
             {
-                **{k: v for k, v in asdict(s).items() if k not in ("text", "extra")},
+                **{k: v for k, v in asdict(s).items() if k != "text"},
                 "ttft_s": s.ttft,
                 "decode_tokens_per_s": s.decode_tokens_per_s,
             }

@@ -43,6 +43,11 @@ def numbered_prompt(prompt: str, request_number: int) -> str:
     return f"Story {request_number % 1000:03d}: {prompt}"
 
 
+# How a client treats `503` + `Retry-After` (back-pressure): the OpenAI SDK retries twice.
+MAX_RETRIES = 2
+MAX_RETRY_WAIT_S = 10.0
+
+
 @dataclass
 class StreamResult:
     """One streamed completion, timed with `time.perf_counter()` in this process."""
@@ -113,26 +118,44 @@ def chat_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
 
 
 async def stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> StreamResult:
-    """Send one streaming chat completion and time it; errors are recorded, never raised."""
+    """Send one streaming chat completion and time it; errors are recorded, never raised.
+
+    A `503` with `Retry-After` (a server shedding load) is retried after the delay it asks for,
+    up to `MAX_RETRIES` times, as the official OpenAI client does; the stream's timings still
+    start at the first attempt, so the wait counts in its time to first token.
+    """
     result = StreamResult(sent_at=time.perf_counter())
     try:
-        async with client.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                detail = (await response.aread()).decode(errors="replace")[:300]
-                result.error = f"HTTP {response.status_code}: {detail}"
+        for attempt in range(MAX_RETRIES + 1):
+            async with client.stream("POST", url, json=body) as response:
+                retry_after = response.headers.get("retry-after")
+                if response.status_code == 503 and retry_after and attempt < MAX_RETRIES:
+                    await response.aread()
+                    result.extra["retries"] = attempt + 1
+                    await asyncio.sleep(min(float(retry_after), MAX_RETRY_WAIT_S))
+                    continue
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode(errors="replace")[:300]
+                    result.error = f"HTTP {response.status_code}: {detail}"
+                    return result
+                await _read_events(response, result)
                 return result
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments and keep-alive pings
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    break
-                _absorb_chunk(result, json.loads(data), time.perf_counter())
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+    except (httpx.HTTPError, json.JSONDecodeError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         result.done_at = time.perf_counter()
     return result
+
+
+async def _read_events(response: httpx.Response, result: StreamResult) -> None:
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments and keep-alive pings
+        data = line[len("data:") :].strip()
+        if data == "[DONE]":
+            return
+        _absorb_chunk(result, json.loads(data), time.perf_counter())
+    result.error = "stream ended without data: [DONE]"
 
 
 def _absorb_chunk(result: StreamResult, chunk: dict[str, Any], now: float) -> None:
