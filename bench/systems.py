@@ -133,6 +133,10 @@ def llama_server_spec(
         str(ctx * parallel),
         "-np",
         str(parallel),
+        # The bundled GGUF has no template; llama.cpp's built-in `gemma` one renders the same
+        # prompt as the others. With jinja on (its default) "gemma" would be taken as the template
+        # text itself.
+        "--no-jinja",
         "--chat-template",
         "gemma",
     ]
