@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 
-.PHONY: serve test lint install
+.PHONY: serve test lint install bench
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "gemma-serve needs Python 3.10+"'
@@ -26,15 +26,24 @@ $(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The benchmark's peer (llama-cpp-python's own server) and client; see bench/README.md.
+$(VENV)/.bench: $(VENV)/.runtime
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
 install: $(VENV)/.runtime
 
 serve: $(VENV)/.runtime
 	$(BIN)/gemma-serve serve $(ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check server tests
-	$(BIN)/ruff format --check server tests
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Not part of the test suite: minutes of CPU; run on a quiet machine. Flags after ARGS=.
+bench: $(VENV)/.bench
+	$(BIN)/python bench/bench.py $(ARGS)
