@@ -27,7 +27,7 @@ from server.api.completions_protocol import (
 )
 from server.api.converters import DONE
 from server.api.deps import EngineDep, RuntimeDep, SettingsDep
-from server.api.errors import APIError, error_body
+from server.api.errors import APIError, error_body, stream_failure
 from server.api.protocol import Usage
 from server.api.routes import _PING_SECONDS, _ClientGone, _model_not_found, _unless_disconnected
 from server.engine.types import (
@@ -304,15 +304,9 @@ async def to_completion_chunks(
                     yield chunk([last])
         if include_usage:
             yield chunk([], usage=_usage(usages, frame.n))
-    except Exception:
-        log.exception("generation failed after the stream started")
-        yield json.dumps(
-            error_body(
-                "The server had an error while generating the response.",
-                type="server_error",
-                code="internal_error",
-            )
-        )
+    except Exception as exc:
+        message, code = stream_failure(exc)
+        yield json.dumps(error_body(message, type="server_error", code=code))
     yield DONE
 
 

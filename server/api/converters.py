@@ -13,7 +13,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from server.api.choices import ChoiceBuilder, OutputOptions
-from server.api.errors import APIError, error_body
+from server.api.errors import APIError, error_body, stream_failure
 from server.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -25,6 +25,7 @@ from server.api.protocol import (
     TextPart,
     Usage,
 )
+from server.api.streams import interleave
 from server.api.tools import (
     ToolPlan,
     assistant_text,
@@ -309,17 +310,18 @@ async def to_chat_completion(
     model: str,
     options: OutputOptions = OutputOptions(),  # noqa: B008 (frozen, never mutated)
 ) -> ChatCompletion:
-    """Collect whole generations (one per choice) into one `chat.completion`."""
+    """Collect whole generations (one per choice, generated together) into one
+    `chat.completion`."""
+    builders = [ChoiceBuilder(options) for _ in generations]
+    async with aclosing(interleave(generations)) as events:
+        async for index, event in events:
+            if isinstance(event, TextDelta):
+                builders[index].text(event)
+            else:
+                builders[index].finish(event)
     choices = []
     usages = []
-    for index, events in enumerate(generations):
-        builder = ChoiceBuilder(options)
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    builder.text(event)
-                else:
-                    builder.finish(event)
+    for index, builder in enumerate(builders):
         if builder.finish_reason is None or builder.usage is None:
             raise RuntimeError("the engine ended a generation without finishing it")
         choices.append(
@@ -351,8 +353,9 @@ async def to_stream_chunks(
 ) -> AsyncIterator[str]:
     """Engine events -> the `data:` payloads of an OpenAI chat stream, `[DONE]` always last.
 
-    Choices (`n`) stream one after another, each chunk naming its `index`: a choice's first chunk
-    carries the role, its last the `finish_reason`; the usage chunk (empty `choices`) follows
+    Choices (`n`) are generated together (the engine batches them) and their chunks interleave,
+    each naming its `index`: every choice's role chunk comes first, its last chunk carries the
+    `finish_reason`; the usage chunk (empty `choices`) follows
     them all when asked for. Tool calls stream as `delta.tool_calls` fragments (see
     `server.api.choices`). An error after the stream has started
     cannot change the HTTP status any more, so it is sent as one `error` event before `[DONE]`.
@@ -366,34 +369,29 @@ async def to_stream_chunks(
 
     try:
         usages = []
-        for index, events in enumerate(generations):
+        builders = [ChoiceBuilder(options) for _ in generations]
+        for index in range(len(generations)):
             yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-            builder = ChoiceBuilder(options)
-            async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        ready = builder.text(event)
-                    else:
-                        ready = builder.finish(event)
-                        usages.append(event.usage)
-                    for position, part in enumerate(ready):
-                        last = isinstance(event, Finished) and position == len(ready) - 1
-                        choice = ChunkChoice(
-                            index=index,
-                            delta=part.delta,
-                            logprobs=part.logprobs,
-                            finish_reason=builder.finish_reason if last else None,
-                        )
-                        yield chunk([choice])
+        async with aclosing(interleave(generations)) as events:
+            async for index, event in events:
+                builder = builders[index]
+                if isinstance(event, TextDelta):
+                    ready = builder.text(event)
+                else:
+                    ready = builder.finish(event)
+                    usages.append(event.usage)
+                for position, part in enumerate(ready):
+                    last = isinstance(event, Finished) and position == len(ready) - 1
+                    choice = ChunkChoice(
+                        index=index,
+                        delta=part.delta,
+                        logprobs=part.logprobs,
+                        finish_reason=builder.finish_reason if last else None,
+                    )
+                    yield chunk([choice])
         if include_usage:
             yield chunk([], usage=_total_usage(usages))
-    except Exception:
-        log.exception("generation failed after the stream started")
-        yield json.dumps(
-            error_body(
-                "The server had an error while generating the response.",
-                type="server_error",
-                code="internal_error",
-            )
-        )
+    except Exception as exc:
+        message, code = stream_failure(exc)
+        yield json.dumps(error_body(message, type="server_error", code=code))
     yield DONE

@@ -67,6 +67,17 @@ def unavailable(message: str, code: str, retry_after: int | None = None) -> APIE
     return APIError(503, message, type="server_error", code=code, headers=headers)
 
 
+def stream_failure(exc: Exception) -> tuple[str, str]:
+    """(message, code) for an error after a stream has started, which can only be reported as a
+    final event. The server going down (drain over, engine closed) is expected and named as such;
+    anything else is a bug, logged with its traceback."""
+    if isinstance(exc, EngineUnavailable):
+        log.info("a stream was ended early: %s", exc)
+        return f"The generation was ended early: {exc}.", "server_shutting_down"
+    log.error("generation failed after the stream started", exc_info=exc)
+    return "The server had an error while generating the response.", "internal_error"
+
+
 def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -133,13 +144,22 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_union_label(part: str) -> bool:
+    """pydantic names the branch of a union it tried: `str`, `list[str]`, `literal['a','b']`,
+    `function-after[...]`, a model's class name. Field names are lower-case identifiers."""
+    return part in _TYPE_LABELS or part[:1].isupper() or any(c in part for c in "[('-")
+
+
 def _param_path(loc: Sequence[int | str]) -> str | None:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
     path = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("str", "list[str]", "function-after[_check(), str]"):
+        elif _is_union_label(part):
             continue  # pydantic's union-branch labels are not fields
         else:
             path += f".{part}" if path else str(part)

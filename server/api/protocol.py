@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class WireModel(BaseModel):
-    """Base of every request type: unknown fields are accepted and ignored."""
+    """Base of every request type: unknown fields are accepted and ignored; known ones must have
+    their JSON type, as OpenAI's API checks (`"stream": "yes"`, `"max_tokens": "3"` or
+    `"presence_penalty": false` are 400, not coerced)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(WireModel):

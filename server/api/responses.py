@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import EngineDep, RuntimeDep
-from server.api.errors import APIError
+from server.api.errors import APIError, stream_failure
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -337,10 +337,11 @@ async def to_response_events(
         yield event("response.output_item.done", output_index=0, item=message)
         final = frame.response(status, [message], finished)
         yield event(f"response.{status}", response=final)
-    except Exception:
-        log.exception("generation failed after the stream started")
-        message_text = "The server had an error while generating the response."
-        yield event("error", code="server_error", message=message_text, param=None)
+    except Exception as exc:
+        message_text, code = stream_failure(exc)
+        # OpenAI's Responses API names an unexpected failure `server_error`.
+        code = "server_error" if code == "internal_error" else code
+        yield event("error", code=code, message=message_text, param=None)
         error = ResponseError(code="server_error", message=message_text)
         partial = [frame.message("".join(parts), "incomplete")]
         yield event("response.failed", response=frame.response("failed", partial, error=error))

@@ -9,6 +9,7 @@ the chain crashes the process; here it is a 400 instead.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -70,6 +71,31 @@ def unenforced_keyword(schema: object, path: str = "#") -> str | None:
     return None
 
 
+# Keywords whose value maps names to subschemas, and keywords whose value is data, not a schema.
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _without_any_items(schema: Any) -> Any:
+    """The schema with `"items": {}` / `"items": true` (any item) left out, which means the same:
+    llama-cpp-python's converter fails on them (KeyError 'prefixItems') but handles no `items`."""
+    if isinstance(schema, list):
+        return [_without_any_items(part) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kept: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "items" and (value is True or value == {}):
+            continue
+        if key in _DATA_KEYWORDS:
+            kept[key] = value
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            kept[key] = {name: _without_any_items(sub) for name, sub in value.items()}
+        else:
+            kept[key] = _without_any_items(value)
+    return kept
+
+
 def _rejected(message: str) -> RequestRejected:
     return RequestRejected(message, code="invalid_value", param="response_format")
 
@@ -86,7 +112,7 @@ def compile_json_format(json_format: JsonFormat, vocab: object) -> str:
         )
     else:
         try:
-            source = json_schema_to_gbnf(json.dumps(json_format.schema))
+            source = json_schema_to_gbnf(json.dumps(_without_any_items(json_format.schema)))
         except Exception as exc:  # the converter raises many kinds for schemas it cannot handle
             raise _rejected(f"This JSON schema is not supported: {exc!s}".strip()) from exc
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, source.encode(), b"root")

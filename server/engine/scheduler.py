@@ -180,10 +180,9 @@ class Scheduler:
             budget -= len(chunk)
             for offset, token in enumerate(chunk):
                 put(token, start + offset, slot.seq_id, False)
-            if not slot.prefilling:  # the prompt's last token: its logits start the generation
-                batch.logits[n - 1] = True
-                rows.append((slot, n - 1))
         batch.n_tokens = n
+        if n == 0:  # every prompt handed its last token to the next step
+            return
         status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             self._fail_batch(rows, decoding, prefilling, status)

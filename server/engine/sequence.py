@@ -41,6 +41,16 @@ class Slot:
     def prefilling(self) -> bool:
         return self.job is not None and self.next_prompt < len(self.job.tokens)
 
+    def _hand_last_prompt_token_to_decode(self) -> None:
+        # NOTE: the prompt's last token is decoded like a generated one, in a step of its own,
+        # whether the rest came from the prefix cache or not: llama.cpp's numerics depend on the
+        # batch a row is in, so this is what makes a repeated seeded request (cold, then warm)
+        # give the same text.
+        assert self.job is not None
+        if self.next_prompt == len(self.job.tokens) - 1:
+            self.next_token = self.job.tokens[-1]
+            self.next_prompt += 1
+
     def start(self, job: Job, sampler: SamplerChain, reused: int, timeout: float | None) -> None:
         """Run `job` here; the first `reused` prompt tokens' KV is already in the sequence."""
         self.job = job
@@ -53,13 +63,18 @@ class Slot:
         self.deadline = time.monotonic() + timeout if timeout else None
         self._text = TextAssembler(job.request.stop)
         self._logprobs = []
+        self._hand_last_prompt_token_to_decode()
 
     def prefill_chunk(self, budget: int) -> list[int]:
-        """The next prompt tokens to decode (at most `budget`); they are cached from now on."""
+        """The next prompt tokens to decode (at most `budget`, never the last one, which is
+        decoded next step with the generating sequences); they are cached from now on."""
         assert self.job is not None
-        chunk = self.job.tokens[self.next_prompt : self.next_prompt + budget]
+        chunk = self.job.tokens[
+            self.next_prompt : min(self.next_prompt + budget, len(self.job.tokens) - 1)
+        ]
         self.next_prompt += len(chunk)
         self.cached += chunk
+        self._hand_last_prompt_token_to_decode()
         return chunk
 
     def decode_token(self) -> int:

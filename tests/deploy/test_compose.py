@@ -26,9 +26,6 @@ from server.settings import Settings
 
 from .files import COMPOSE_FILE, DOCKER_ENV_EXAMPLE, ROOT, dockerignore_includes, stage
 
-# The server's drain grace period when the setting does not exist (yet) on this branch.
-DRAIN_GRACE_DEFAULT_S = 10.0
-
 
 def compose() -> dict[str, Any]:
     loaded = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -60,11 +57,8 @@ def seconds(duration: str) -> float:
 
 
 def drain_grace_s() -> float:
-    """The server's drain grace default, from its settings once a setting for it exists."""
-    for name, field in Settings.model_fields.items():
-        if "grace" in name and isinstance(field.default, int | float):
-            return float(field.default)
-    return DRAIN_GRACE_DEFAULT_S
+    """The server's drain grace period (`--shutdown-grace`) by default."""
+    return float(Settings.model_fields["shutdown_grace"].default)
 
 
 def test_valid_against_the_compose_specification() -> None:

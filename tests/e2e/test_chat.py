@@ -245,7 +245,10 @@ def test_a_model_card_says_what_runs_and_where(http: httpx.Client) -> None:
 
 def test_health_is_ok_when_ready(http: httpx.Client) -> None:
     response = http.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert response.status_code == 200
+    health = response.json()
+    assert (health["status"], health["parallel"]) == ("ok", 4)  # the CPU plan's 4 sequences
+    assert {type(health["active"]), type(health["queued"])} == {int}
 
 
 def test_n_choices_non_streaming(openai_client) -> None:  # type: ignore[no-untyped-def]

@@ -85,6 +85,7 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
         assert long.events[-1] == "[DONE]"
         last = long.payloads()[-1]
         assert set(last) == {"error"}, last
+        assert last["error"]["code"] == "server_shutting_down"  # type: ignore[index]
         assert long.ended_at is not None
         assert GRACE - 1 <= long.ended_at - signalled <= GRACE + 20
 
@@ -93,6 +94,7 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
         log = server.log()
         assert "shutting down: new requests get 503" in log
         assert "still running after" in log
+        assert "Traceback" not in log  # the shutdown is expected, not a bug
     finally:
         if server.process.poll() is None:
             stop_server(server)

