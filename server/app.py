@@ -126,7 +126,7 @@ def create_app(
     (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
     `app.state.drain` runs the graceful shutdown. Raises SecurityConfigError for an unreadable
     API key file."""
-    runtime = Runtime(spec=plan.model)
+    runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases))
     load = load_engine or default_engine_loader(settings, plan)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)

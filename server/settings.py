@@ -169,6 +169,13 @@ class Settings(BaseSettings):
             "(default: no limit)."
         ),
     )
+    model_aliases: CommaList = Field(
+        (),
+        description=(
+            "Other names clients may send as 'model' for the served model, comma-separated (for "
+            "a tool that insists on a name of its own); answers repeat the name sent."
+        ),
+    )
     max_choices: int = Field(
         4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
     )

@@ -29,7 +29,7 @@ from server.api.converters import DONE
 from server.api.deps import EngineDep, RuntimeDep, SettingsDep
 from server.api.errors import APIError, error_body, stream_failure
 from server.api.protocol import Usage
-from server.api.routes import _PING_SECONDS, _ClientGone, _model_not_found, _unless_disconnected
+from server.api.routes import _PING_SECONDS, _ClientGone, _unless_disconnected
 from server.engine.types import (
     Event,
     Finished,
@@ -318,8 +318,7 @@ async def create_completion(
     engine: EngineDep,
     settings: SettingsDep,
 ) -> Response | Completion:
-    if body.model != runtime.model_id:
-        raise _model_not_found(body.model, runtime.model_id)
+    runtime.check_model(body.model)
     generations = to_generation_requests(body, settings.max_choices)
     n = body.n or 1
     prepared = []

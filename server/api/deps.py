@@ -19,6 +19,7 @@ class Runtime:
     """What the routes need to know about the server: the model and whether it is loaded."""
 
     spec: ModelSpec
+    aliases: tuple[str, ...] = ()  # other names clients may send for the served model
     engine: Engine | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
@@ -27,6 +28,18 @@ class Runtime:
     def model_id(self) -> str:
         """The id clients send: the loaded model's (it may be the fallback), else the plan's."""
         return self.engine.info.model_id if self.engine else self.spec.id
+
+    def check_model(self, asked: str) -> None:
+        """404 `model_not_found` unless `asked` names the served model (its id or an alias):
+        never a silent fallback to another model."""
+        if asked != self.model_id and asked not in self.aliases:
+            raise APIError(
+                404,
+                f"The model '{asked}' does not exist. This server serves '{self.model_id}'.",
+                type="invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
 
     def not_ready_error(self) -> APIError:
         if self.load_error:

@@ -35,7 +35,7 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.routes import _PING_SECONDS, _ClientGone, _model_not_found, _unless_disconnected
+from server.api.routes import _PING_SECONDS, _ClientGone, _unless_disconnected
 from server.engine.types import (
     ChatMessage,
     Event,
@@ -351,8 +351,7 @@ async def to_response_events(
 async def create_response(
     body: ResponseRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
 ) -> Response | ResponseObject:
-    if body.model != runtime.model_id:
-        raise _model_not_found(body.model, runtime.model_id)
+    runtime.check_model(body.model)
     try:
         prepared = await engine.prepare(to_generation_request(body))
     except RequestRejected as exc:

@@ -74,8 +74,7 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
-    if model_id != runtime.model_id:
-        raise _model_not_found(model_id, runtime.model_id)
+    runtime.check_model(model_id)
     return _card(runtime)
 
 
@@ -94,16 +93,6 @@ def _card(runtime: Runtime) -> ModelCard:
     )
 
 
-def _model_not_found(asked: str, served: str) -> APIError:
-    return APIError(
-        404,
-        f"The model '{asked}' does not exist. This server serves '{served}'.",
-        type="invalid_request_error",
-        param="model",
-        code="model_not_found",
-    )
-
-
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
     body: ChatCompletionRequest,
@@ -112,8 +101,7 @@ async def create_chat_completion(
     engine: EngineDep,
     settings: SettingsDep,
 ) -> Response | ChatCompletion:
-    if body.model != runtime.model_id:
-        raise _model_not_found(body.model, runtime.model_id)
+    runtime.check_model(body.model)
     options = output_options(body)
     vocab_size = runtime.spec.architecture.vocab_size
     try:

@@ -3,6 +3,7 @@ own validation errors (400, never 422 with `detail`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,6 +88,25 @@ def test_unknown_model_is_404_model_not_found(http: httpx.Client) -> None:
     )
     assert "gpt-4o" in error["message"]
     assert_error(http.get("/v1/models/gpt-4o"), 404, code="model_not_found")
+
+
+def test_a_model_alias_from_the_settings_is_served(tmp_path: Path) -> None:
+    from tests.conftest import start_server, stop_server, wait_healthy
+
+    server = start_server(tmp_path, "--ctx", "1024", "--model-aliases", "gpt-4o-mini,local")
+    try:
+        wait_healthy(server)
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            for name in ("gpt-4o-mini", "local", MODEL_ID):
+                reply = post(http, {**GOOD, "model": name, "max_tokens": 2})
+                assert reply.status_code == 200, reply.text
+                assert reply.json()["model"] == name  # the name the client sent
+            # an alias is not a wildcard: anything else is still 404
+            assert_error(post(http, {**GOOD, "model": "gpt-4o"}), 404, code="model_not_found")
+            card = http.get("/v1/models/local").json()
+            assert card["id"] == MODEL_ID
+    finally:
+        stop_server(server)
 
 
 def test_unknown_path_and_wrong_method_are_openai_errors(http: httpx.Client) -> None:
