@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Shorter shared prefixes (the chat template's opening, a common system line) are prefilled cold:
+# reusing them saves a millisecond or two, but KV computed in another batch differs in its last
+# bits, which would make the same seeded request give different texts depending on what ran
+# before.
+MIN_REUSE = 32
+
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token lists."""
@@ -31,7 +37,7 @@ def reusable_prefix(cached: Sequence[int], prompt: Sequence[int], pos_min: int, 
     model's sliding window (0 if none).
     """
     n = min(common_prefix(cached, prompt), len(prompt) - 1)
-    if n <= 0 or pos_min < 0:
+    if n < MIN_REUSE or pos_min < 0:
         return 0
     oldest_needed = max(0, n - n_swa) if n_swa > 0 else 0
     if pos_min > oldest_needed:

@@ -31,6 +31,8 @@ PROMPT = list(range(1000))
         (PROMPT[:100], PROMPT, 0, 512, 100),
         (PROMPT[:100], PROMPT, 1, 0, 0),  # no sliding window: nothing may be missing
         ([7, 8], PROMPT, 0, 512, 0),  # nothing in common
+        (PROMPT[:31], PROMPT, 0, 512, 0),  # too short to be worth a batch-dependent reuse
+        (PROMPT[:32], PROMPT, 0, 512, 32),
     ],
 )
 def test_reusable_prefix(
