@@ -33,40 +33,13 @@ from server.api.protocol import (
     NamedToolChoice,
     ToolCallIn,
 )
-
-# Schema keywords the engine's grammar does not enforce. The same set as
-# `server.engine.grammar.UNENFORCED` (a unit test keeps them equal); kept here because the API
-# layer does not import the module that loads llama_cpp.
-UNENFORCED = frozenset(
-    {
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-        "uniqueItems",
-        "minProperties",
-        "maxProperties",
-        "patternProperties",
-        "propertyNames",
-        "contains",
-        "minContains",
-        "maxContains",
-        "not",
-        "if",
-        "then",
-        "else",
-        "dependentRequired",
-        "dependentSchemas",
-        "dependencies",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-    }
+from server.engine.json_schema import (
+    SCHEMA_LISTS,
+    SCHEMA_MAPS,
+    SCHEMA_VALUES,
+    UNENFORCED,
+    unenforced_keyword,
 )
-# Where a schema holds sub-schemas: maps of them, lists of them, and single ones.
-_SCHEMA_MAPS = ("properties", "$defs", "definitions")
-_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_SCHEMA_VALUES = ("items", "additionalProperties")
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 
@@ -138,32 +111,6 @@ def _check_parameters(function: FunctionDefinition, param: str) -> None:
         )
 
 
-def _children(schema: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The sub-schemas of `schema`, each with its path below it."""
-    found: list[tuple[str, Any]] = []
-    for key in _SCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            found += [(f"{key}/{name}", sub) for name, sub in schema[key].items()]
-    for key in _SCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            found += [(f"{key}/{i}", sub) for i, sub in enumerate(schema[key])]
-    found += [(key, schema[key]) for key in _SCHEMA_VALUES if key in schema]
-    return found
-
-
-def unenforced_keyword(schema: object, path: str = "#") -> str | None:
-    """The first keyword (with its location) in `schema` that the grammar would not enforce."""
-    if not isinstance(schema, dict):
-        return None
-    for key in schema:
-        if key in UNENFORCED:
-            return f"'{key}' at {path}"
-    for child_path, child in _children(schema):
-        if found := unenforced_keyword(child, f"{path}/{child_path}"):
-            return found
-    return None
-
-
 def grammar_schema(schema: object, ref_base: str) -> object:
     """A copy of a parameters schema for the grammar: keywords it cannot enforce removed, and
     local `$ref`s ("#/...") moved under `ref_base`, where the schema will live in the answer's
@@ -178,9 +125,9 @@ def grammar_schema(schema: object, ref_base: str) -> object:
             continue
         if key == "$ref" and isinstance(value, str) and value.startswith("#"):
             copy[key] = ref_base + value[1:]
-        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+        elif key in SCHEMA_MAPS and isinstance(value, dict):
             copy[key] = {name: grammar_schema(sub, ref_base) for name, sub in value.items()}
-        elif key in (*_SCHEMA_LISTS, *_SCHEMA_VALUES):
+        elif key in (*SCHEMA_LISTS, *SCHEMA_VALUES):
             copy[key] = grammar_schema(value, ref_base)
         else:
             copy[key] = value  # `enum`, `const`, `default`, ...: values, not schemas

@@ -196,7 +196,7 @@ def test_an_unknown_response_format_type_is_refused() -> None:
     ],
 )
 def test_unenforced_schema_keywords_are_found(schema: dict[str, Any], found: str | None) -> None:
-    from server.engine.grammar import unenforced_keyword
+    from server.engine.json_schema import unenforced_keyword
 
     assert unenforced_keyword(schema) == found
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.grammar import _without_any_items, compile_json_format
+from server.engine.grammar import compile_json_format
+from server.engine.json_schema import without_any_items
 from server.engine.types import JsonFormat
 
 
@@ -40,7 +41,7 @@ def vocab() -> object:
     ],
 )
 def test_any_items_are_left_out(schema: object, rewritten: object) -> None:
-    assert _without_any_items(schema) == rewritten
+    assert without_any_items(schema) == rewritten
 
 
 def test_an_array_of_anything_compiles(vocab: object) -> None:

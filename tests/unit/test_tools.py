@@ -27,7 +27,8 @@ from server.api.converters import (
 from server.api.errors import APIError
 from server.api.protocol import ChatCompletionRequest
 from server.api.tool_calls import ArgumentsPiece, CallStart, ContentPiece, Piece, ToolCallParser
-from server.api.tools import UNENFORCED, plan_tools, tool_call_schema, unenforced_keyword
+from server.api.tools import plan_tools, tool_call_schema
+from server.engine.json_schema import unenforced_keyword
 from server.engine.types import ChatMessage, Event, Finished, JsonFormat, TextDelta, Usage
 
 WEATHER = {
@@ -144,14 +145,6 @@ def test_tool_plans(fields: dict[str, Any], expected: tuple[bool, str | None, bo
     plan = plan_tools(request(**fields))
     got = None if plan is None else (plan.required, plan.forced_name, plan.parallel)
     assert got == expected
-
-
-def test_the_unenforced_keywords_are_the_grammars() -> None:
-    from server.engine import grammar
-
-    assert grammar.UNENFORCED == UNENFORCED
-    schema = {"type": "object", "properties": {"a": {"anyOf": [{"not": {"type": "null"}}]}}}
-    assert unenforced_keyword(schema) == grammar.unenforced_keyword(schema)
 
 
 # --- the prompt ----------------------------------------------------------------------------------

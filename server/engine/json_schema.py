@@ -1,0 +1,91 @@
+"""JSON-schema facts shared by the grammar (engine) and tool calling (API): which keywords
+llama-cpp-python's schema converter leaves unenforced, where a schema nests sub-schemas, and the
+rewrites the converter needs. Pure: no llama_cpp here, so the API layer may import it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keywords llama-cpp-python's schema converter ignores: output could break them, so a schema that
+# uses one is refused by name rather than answered with JSON that does not validate.
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "patternProperties",
+        "propertyNames",
+        "contains",
+        "minContains",
+        "maxContains",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+# Where a schema holds sub-schemas: maps of them, lists of them, and single ones.
+SCHEMA_MAPS = ("properties", "$defs", "definitions")
+SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SCHEMA_VALUES = ("items", "additionalProperties")
+
+
+def subschemas(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The sub-schemas of `schema`, each with its path below it."""
+    found: list[tuple[str, Any]] = []
+    for key in SCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            found += [(f"{key}/{name}", sub) for name, sub in schema[key].items()]
+    for key in SCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            found += [(f"{key}/{i}", sub) for i, sub in enumerate(schema[key])]
+    found += [(key, schema[key]) for key in SCHEMA_VALUES if key in schema]
+    return found
+
+
+def unenforced_keyword(schema: object, path: str = "#") -> str | None:
+    """The first keyword (with its location) in `schema` that the grammar would not enforce."""
+    if not isinstance(schema, dict):
+        return None
+    for key in schema:
+        if key in UNENFORCED:
+            return f"'{key}' at {path}"
+    for child_path, child in subschemas(schema):
+        if found := unenforced_keyword(child, f"{path}/{child_path}"):
+            return found
+    return None
+
+
+# Keywords whose value maps names to subschemas, and keywords whose value is data, not a schema.
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def without_any_items(schema: Any) -> Any:
+    """The schema with `"items": {}` / `"items": true` (any item) left out, which means the same:
+    llama-cpp-python's converter fails on them (KeyError 'prefixItems') but handles no `items`."""
+    if isinstance(schema, list):
+        return [without_any_items(part) for part in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kept: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "items" and (value is True or value == {}):
+            continue
+        if key in _DATA_KEYWORDS:
+            kept[key] = value
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            kept[key] = {name: without_any_items(sub) for name, sub in value.items()}
+        else:
+            kept[key] = without_any_items(value)
+    return kept
