@@ -120,14 +120,13 @@ def to_generation_requests(request: CompletionRequest, max_choices: int) -> list
     n = request.n or 1
     _refuse_unsupported(request, n, max_choices)
     prompts = _prompts(request)
-    defaults = SamplingParams()
-    sampling = SamplingParams(
-        temperature=defaults.temperature if request.temperature is None else request.temperature,
-        top_p=defaults.top_p if request.top_p is None else request.top_p,
-        top_k=defaults.top_k if request.top_k is None else request.top_k,
-        min_p=defaults.min_p if request.min_p is None else request.min_p,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
+    sampling = SamplingParams.given(
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
         seed=request.seed,
         logit_bias=_logit_bias(request),
     )

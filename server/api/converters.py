@@ -246,14 +246,13 @@ def to_generation_request(
     `vocab_size` (the model's) bounds the token ids of `logit_bias`."""
     _refuse_unsupported(request)
     plan = plan_tools(request)
-    defaults = SamplingParams()
-    sampling = SamplingParams(
-        temperature=defaults.temperature if request.temperature is None else request.temperature,
-        top_p=defaults.top_p if request.top_p is None else request.top_p,
-        top_k=defaults.top_k if request.top_k is None else request.top_k,
-        min_p=defaults.min_p if request.min_p is None else request.min_p,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
+    sampling = SamplingParams.given(
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
         seed=request.seed,
         logit_bias=_logit_bias(request, vocab_size),
     )

@@ -178,22 +178,19 @@ def _json_format(request: ResponseRequest) -> JsonFormat | None:
     return JsonFormat(schema=text_format.schema_)
 
 
-def _or_default(value: float | None, default: float) -> float:
-    return default if value is None else value
+def _sampling(request: ResponseRequest) -> SamplingParams:
+    """What the engine samples with; the response reports the same values."""
+    return SamplingParams.given(
+        temperature=request.temperature, top_p=request.top_p, seed=request.seed
+    )
 
 
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     """Map a Responses request onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
-    defaults = SamplingParams()
-    sampling = SamplingParams(
-        temperature=_or_default(request.temperature, defaults.temperature),
-        top_p=_or_default(request.top_p, defaults.top_p),
-        seed=request.seed,
-    )
     return GenerationRequest(
         messages=_messages(request),
-        sampling=sampling,
+        sampling=_sampling(request),
         max_tokens=request.max_output_tokens,
         json_format=_json_format(request),
     )
@@ -216,6 +213,7 @@ class ResponseFrame:
         error: ResponseError | None = None,
     ) -> ResponseObject:
         request = self.request
+        sampling = _sampling(request)
         text_format = request.text.format if request.text else None
         incomplete = (
             IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None
@@ -240,8 +238,8 @@ class ResponseFrame:
                 "output": output or [],
                 "parallel_tool_calls": request.parallel_tool_calls is not False,
                 # The values used: Gemma 3's defaults where the request left them unset.
-                "temperature": _or_default(request.temperature, SamplingParams().temperature),
-                "top_p": _or_default(request.top_p, SamplingParams().top_p),
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
                 "text": {
                     "format": (
                         text_format.model_dump(by_alias=True, exclude_none=True)

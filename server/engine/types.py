@@ -37,6 +37,11 @@ class SamplingParams:
     # (token id, bias) pairs added to the logits before sampling; -100 bans a token, 100 forces it.
     logit_bias: tuple[tuple[int, float], ...] = ()
 
+    @classmethod
+    def given(cls, **fields: Any) -> SamplingParams:
+        """These defaults, overridden by every field a client set (None: not set)."""
+        return cls(**{name: value for name, value in fields.items() if value is not None})
+
 
 @dataclass(frozen=True)
 class JsonFormat:
