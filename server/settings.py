@@ -230,3 +230,18 @@ class Settings(BaseSettings):
             "Default: prompts are never logged."
         ),
     )
+    # --- images (issue 10) ---
+    mmproj: Path | None = Field(
+        None,
+        description=(
+            "Vision projector (mmproj GGUF) to load beside the model, for a model whose registry "
+            "entry names none. Default: the model's own projector, if it has one."
+        ),
+    )
+    no_vision: bool = Field(
+        False,
+        description=(
+            "Load no vision projector: the model answers text only, and the projector's memory "
+            "goes to the context instead."
+        ),
+    )

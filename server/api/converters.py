@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.errors import APIError, error_body, stream_failure
+from server.api.images import ImageCollector, clean_text
 from server.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -22,6 +23,7 @@ from server.api.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    ImagePart,
     TextPart,
     Usage,
 )
@@ -59,8 +61,8 @@ def _unsupported(param: str, what: str) -> APIError:
     )
 
 
-def _message_text(message: ChatMessageIn, index: int) -> str:
-    text = _message_parts(message, index)
+def _message_text(message: ChatMessageIn, index: int, images: ImageCollector) -> str:
+    text = _message_parts(message, index, images)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800"); UTF-8 does not
@@ -73,7 +75,7 @@ def _message_text(message: ChatMessageIn, index: int) -> str:
     return text
 
 
-def _message_parts(message: ChatMessageIn, index: int) -> str:
+def _message_parts(message: ChatMessageIn, index: int, images: ImageCollector) -> str:
     param = f"messages[{index}].content"
     if message.content is None:
         if message.role == "assistant":
@@ -85,22 +87,29 @@ def _message_parts(message: ChatMessageIn, index: int) -> str:
             code="missing_required_parameter",
         )
     if isinstance(message.content, str):
-        return message.content
+        return clean_text(message.content)
     texts = []
     for part_index, part in enumerate(message.content):
+        if isinstance(part, ImagePart):
+            texts.append(
+                images.add_image_url(part.image_url, f"{param}[{part_index}]", message.role)
+            )
+            continue
         if not isinstance(part, TextPart):
-            kind = {"image_url": "images", "input_audio": "audio", "file": "files"}[part.type]
+            kind = {"input_audio": "audio", "file": "files"}[part.type]
             raise APIError(
                 400,
                 f"This model does not accept {kind}; send text parts only.",
                 param=f"{param}[{part_index}]",
                 code="unsupported_content",
             )
-        texts.append(part.text)
+        texts.append(clean_text(part.text))
     return "\n".join(texts)
 
 
-def _messages(request: ChatCompletionRequest, plan: ToolPlan | None) -> tuple[ChatMessage, ...]:
+def _messages(
+    request: ChatCompletionRequest, plan: ToolPlan | None, images: ImageCollector
+) -> tuple[ChatMessage, ...]:
     """Wire messages -> engine messages. Tool calls of assistant turns and `tool` results are
     rendered as text (see `server.api.tools`); the offered tools go in a system message after
     the client's own leading system messages."""
@@ -121,14 +130,14 @@ def _messages(request: ChatCompletionRequest, plan: ToolPlan | None) -> tuple[Ch
             )
         if role == "tool":
             name, call_id = _answered_call(message, index, call_names)
-            text = tool_result_text(name, call_id, _message_text(message, index))
+            text = tool_result_text(name, call_id, _message_text(message, index, images))
             messages.append(ChatMessage("user", text))
         elif role == "assistant" and message.tool_calls:
             call_names.update((call.id, call.function.name) for call in message.tool_calls)
-            text = assistant_text(_message_text(message, index), message.tool_calls)
+            text = assistant_text(_message_text(message, index, images), message.tool_calls)
             messages.append(ChatMessage("assistant", text))
         else:
-            messages.append(ChatMessage(role, _message_text(message, index)))
+            messages.append(ChatMessage(role, _message_text(message, index, images)))
     if plan is not None:
         leading = 0
         while leading < len(messages) and messages[leading].role in ("system", "developer"):
@@ -257,8 +266,10 @@ def to_generation_request(
         logit_bias=_logit_bias(request, vocab_size),
     )
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    images = ImageCollector()
     return GenerationRequest(
-        messages=_messages(request, plan),
+        messages=_messages(request, plan, images),
+        images=tuple(images.images),
         sampling=sampling,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         stop=tuple(s for s in stop if s),

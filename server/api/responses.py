@@ -25,6 +25,7 @@ from sse_starlette import EventSourceResponse
 
 from server.api.deps import EngineDep, RuntimeDep
 from server.api.errors import APIError, stream_failure
+from server.api.images import ImageCollector, clean_text
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -58,7 +59,7 @@ _ROLES: dict[str, Role] = {
     "developer": "developer",
     "assistant": "assistant",
 }
-_REFUSED_PARTS = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
+_REFUSED_PARTS = {"input_file": "files", "input_audio": "audio"}
 
 
 def _unsupported(param: str, message: str) -> APIError:
@@ -106,7 +107,7 @@ def _text(text: str, param: str) -> str:
     return text
 
 
-def _item_message(item: InputItem, index: int) -> ChatMessage:
+def _item_message(item: InputItem, index: int, images: ImageCollector) -> ChatMessage:
     param = f"input[{index}]"
     if item.type not in (None, "message"):
         raise _unsupported(f"{param}.type", f"Input items of type {item.type!r} are not supported.")
@@ -126,10 +127,13 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
             code="missing_required_parameter",
         )
     if isinstance(item.content, str):
-        return ChatMessage(role, _text(item.content, f"{param}.content"))
+        return ChatMessage(role, clean_text(_text(item.content, f"{param}.content")))
     texts = []
     for part_index, part in enumerate(item.content):
         part_param = f"{param}.content[{part_index}]"
+        if part.type == "input_image":
+            texts.append(images.add_input_image(part.image_url, part.detail, part_param, role))
+            continue
         if part.type in _REFUSED_PARTS:
             raise APIError(
                 400,
@@ -145,20 +149,21 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
                 param=part_param,
                 code="invalid_value",
             )
-        texts.append(_text(text, f"{part_param}.text"))
+        texts.append(clean_text(_text(text, f"{part_param}.text")))
     return ChatMessage(role, "\n".join(texts))
 
 
-def _messages(request: ResponseRequest) -> tuple[ChatMessage, ...]:
+def _messages(request: ResponseRequest, images: ImageCollector) -> tuple[ChatMessage, ...]:
     messages = []
     if request.instructions:
-        messages.append(ChatMessage("system", _text(request.instructions, "instructions")))
+        text = clean_text(_text(request.instructions, "instructions"))
+        messages.append(ChatMessage("system", text))
     if isinstance(request.input, str):
-        messages.append(ChatMessage("user", _text(request.input, "input")))
+        messages.append(ChatMessage("user", clean_text(_text(request.input, "input"))))
     else:
         if not request.input:
             raise APIError(400, "input must not be empty.", param="input", code="invalid_value")
-        messages += [_item_message(item, index) for index, item in enumerate(request.input)]
+        messages += [_item_message(item, index, images) for index, item in enumerate(request.input)]
     return tuple(messages)
 
 
@@ -188,8 +193,10 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     """Map a Responses request onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
+    images = ImageCollector()
     return GenerationRequest(
-        messages=_messages(request),
+        messages=_messages(request, images),
+        images=tuple(images.images),
         sampling=_sampling(request),
         max_tokens=request.max_output_tokens,
         json_format=_json_format(request),

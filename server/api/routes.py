@@ -20,7 +20,14 @@ from server.api.converters import (
 )
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError
-from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
+from server.api.protocol import (
+    Capabilities,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Health,
+    ModelCard,
+    ModelList,
+)
 from server.engine.types import RequestRejected
 
 router = APIRouter()
@@ -90,6 +97,7 @@ def _card(runtime: Runtime) -> ModelCard:
         context_length=info.n_ctx if info else None,
         trained_context_length=spec.architecture.context_length,
         device=info.device if info else None,
+        capabilities=Capabilities(vision=info.vision) if info else None,
     )
 
 

@@ -23,6 +23,7 @@ from server.engine.prefix import pick_slot, reusable_prefix
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Slot
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
+from server.engine.vision import ImageSteps, Projector, safe_reuse
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -41,9 +42,13 @@ class Scheduler:
         parallel: int,
         start_of_turn: int,
         request_timeout: float | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self._ctx: Any = loaded.context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._images = (
+            ImageSteps(projector, self._ctx, self._memory, N_BATCH) if projector else None
+        )
         self._vocab: Any = loaded.model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._n_swa = int(llama_cpp.llama_model_n_swa(loaded.model.model))
@@ -116,7 +121,9 @@ class Scheduler:
         free = [(slot.seq_id, slot.cached, slot.last_used) for slot in self._slots if not slot.busy]
         slot = self._slots[pick_slot(free, job.tokens)]
         pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id))
-        reused = reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa)
+        reused = safe_reuse(
+            reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa), job.images
+        )
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
@@ -150,6 +157,9 @@ class Scheduler:
                 slot.expire()
 
     def _step(self, batch: Any) -> None:
+        if self._images is not None and (image_slot := self._images.due(self._slots)):
+            self._images.run(image_slot)
+            return
         rows: list[tuple[Slot, int]] = []
         n = 0
 
