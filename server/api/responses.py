@@ -23,9 +23,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from server.api.deps import EngineDep, RuntimeDep
+from server.api.deps import EngineDep, RuntimeDep, SettingsDep
 from server.api.errors import APIError, stream_failure
 from server.api.images import ImageCollector, clean_text
+from server.api.remote_images import inline_remote_images, policy_of
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -354,9 +355,14 @@ async def to_response_events(
 
 @router.post("/v1/responses", response_model=ResponseObject)
 async def create_response(
-    body: ResponseRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
+    body: ResponseRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    engine: EngineDep,
+    settings: SettingsDep,
 ) -> Response | ResponseObject:
     runtime.check_model(body.model)
+    await inline_remote_images(body, policy_of(settings))
     try:
         prepared = await engine.prepare(to_generation_request(body))
     except RequestRejected as exc:

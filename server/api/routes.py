@@ -28,6 +28,7 @@ from server.api.protocol import (
     ModelCard,
     ModelList,
 )
+from server.api.remote_images import inline_remote_images, policy_of
 from server.engine.types import RequestRejected
 
 router = APIRouter()
@@ -110,6 +111,7 @@ async def create_chat_completion(
     settings: SettingsDep,
 ) -> Response | ChatCompletion:
     runtime.check_model(body.model)
+    await inline_remote_images(body, policy_of(settings))
     options = output_options(body)
     vocab_size = runtime.spec.architecture.vocab_size
     try:
