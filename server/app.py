@@ -39,7 +39,7 @@ from server.api.security import (
 from server.api.shutdown import Drain, DrainMiddleware
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
-from server.fetch import FetchError, ensure_model_file
+from server.fetch import FetchError, ensure_model_file, ensure_projector_file
 from server.gguf import read_header
 from server.planner import Plan
 from server.registry import ModelSpec
@@ -61,6 +61,18 @@ def check_model_template(path: Path) -> None:
             raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
 
 
+def projector_of(spec: ModelSpec, settings: Settings) -> Path | None:
+    """The model's own vision projector, fetched and checked; None for a text-only model. One
+    that cannot be had leaves the model serving text (logged, and the model card says so)."""
+    if not spec.has_vision:
+        return None
+    try:
+        return ensure_projector_file(spec, settings.cache_dir)
+    except FetchError as exc:
+        log.warning("%s; serving %s without images (text only)", exc, spec.id)
+        return None
+
+
 def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
     """Fetch and verify the model file, then load it as planned (runs in a worker thread)."""
 
@@ -80,6 +92,7 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             path = ensure_model_file(spec, settings.cache_dir)
         if settings.chat_template == "gguf":
             check_model_template(path)
+        mmproj = None if settings.no_vision else settings.mmproj or projector_of(spec, settings)
         return LlamaEngine(
             model_path=path,
             model_id=spec.id,
@@ -92,7 +105,7 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             parallel=plan.parallel,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
-            mmproj_path=None if settings.no_vision else settings.mmproj,
+            mmproj_path=mmproj,
         )
 
     return load
