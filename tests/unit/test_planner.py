@@ -82,6 +82,10 @@ BOUNDARIES = [
     ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 27648, -1),  # 16 GiB left: no 27B
     ((24,), {"parallel": 1}, "gemma-3-27b-it-qat", 32768, -1),  # --parallel 1: one long context
     ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
+    # Nothing fits a 2 GiB card at --ctx 65536: the CPU fallback still caps the context at the
+    # bundled model's trained 32768 (issue 12, defect 3: it gave 65536).
+    ((2,), {"ctx": 65536}, "gemma-3-270m", 32768, 0),
+    ((), {"ctx": 65536}, "gemma-3-270m", 32768, 0),
 ]
 
 
