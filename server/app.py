@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from server import __version__, hardware
+from server import __version__
 from server.api.access_log import AccessLogMiddleware
 from server.api.completions import router as completions_router
 from server.api.deps import Runtime
@@ -41,6 +41,7 @@ from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
 from server.gguf import read_header
+from server.hardware import GpuProbe
 from server.planner import Plan
 from server.registry import ModelSpec
 from server.settings import Settings
@@ -121,18 +122,20 @@ def create_app(
     plan: Plan,
     load_engine: EngineLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    gpu_probe: GpuProbe | None = None,
 ) -> FastAPI:
     """Build the ASGI app for a plan. `on_fatal` is told when the model cannot be loaded
     (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
-    `app.state.drain` runs the graceful shutdown. Raises SecurityConfigError for an unreadable
-    API key file."""
+    `gpu_probe` reads GPU memory for /metrics (default: NVML). `app.state.drain` runs the
+    graceful shutdown. Raises SecurityConfigError for an unreadable API key file."""
     runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases))
     load = load_engine or default_engine_loader(settings, plan)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    probe = gpu_probe or GpuProbe()
     metrics = Metrics(
         engine_stats=lambda: runtime.engine.stats() if runtime.engine else None,
-        gpu_memory=hardware.memory_in_use if plan.on_gpu else None,
+        gpu_memory=probe.memory_in_use if plan.on_gpu else None,
     )
 
     def install(engine: Engine) -> Engine:
@@ -153,6 +156,7 @@ def create_app(
             await loading
             if runtime.engine is not None:
                 await asyncio.to_thread(runtime.engine.close)
+            probe.close()
 
     app = FastAPI(title="gemma-serve", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime

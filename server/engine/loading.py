@@ -16,10 +16,13 @@ from typing import Any
 import llama_cpp
 from llama_cpp import _internals, _logger
 
+# One llama_decode takes at most N_BATCH tokens, and n_batch = n_ubatch = N_BATCH: the planner's
+# compute buffer is sized by the same constant (server/memory.py).
+from server.memory import N_BATCH
+
+__all__ = ["N_BATCH", "EngineLoadError", "LoadParams", "LoadedModel", "load"]
+
 _GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
-# One llama_decode takes at most this many tokens (n_batch = n_ubatch: the planner's compute
-# buffer is sized for it).
-N_BATCH = 512
 
 
 class EngineLoadError(RuntimeError):
