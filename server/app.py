@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from server.api.security import (
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
+from server.download import DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
@@ -62,8 +64,11 @@ def check_model_template(path: Path) -> None:
             raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
 
 
-def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
-    """Fetch and verify the model file, then load it as planned (runs in a worker thread)."""
+def default_engine_loader(
+    settings: Settings, plan: Plan, cancel: threading.Event | None = None
+) -> EngineLoader:
+    """Fetch and verify the model file, then load it as planned (runs in a worker thread). A set
+    `cancel` stops a download in progress (DownloadCancelled), to be resumed at the next start."""
 
     def load() -> Engine:
         # Imported here so that only a server that really loads a model imports llama_cpp.
@@ -71,14 +76,16 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
 
         spec, n_ctx = plan.model, plan.n_ctx
         try:
-            path = ensure_model_file(spec, settings.cache_dir)
+            path = ensure_model_file(spec, settings.cache_dir, cancel)
         except FetchError as exc:
             if plan.fallback is None:
                 raise
             spec = plan.fallback
             n_ctx = min(n_ctx, spec.architecture.context_length)
             log.warning("%s; serving the bundled %s instead", exc, spec.id)
-            path = ensure_model_file(spec, settings.cache_dir)
+            path = ensure_model_file(spec, settings.cache_dir, cancel)
+        if cancel is not None and cancel.is_set():
+            raise DownloadCancelled(spec.id)  # stopping: do not start loading it now
         if settings.chat_template == "gguf":
             check_model_template(path)
         return LlamaEngine(
@@ -107,6 +114,9 @@ async def _load(
 ) -> None:
     try:
         engine = await asyncio.to_thread(load)
+    except DownloadCancelled:
+        log.info("stopped during the download of %s; it resumes at the next start", runtime.spec.id)
+        return
     except Exception as exc:
         runtime.load_error = str(exc)
         on_fatal(f"cannot serve {runtime.spec.id}: {exc}")
@@ -129,7 +139,8 @@ def create_app(
     `gpu_probe` reads GPU memory for /metrics (default: NVML). `app.state.drain` runs the
     graceful shutdown. Raises SecurityConfigError for an unreadable API key file."""
     runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases))
-    load = load_engine or default_engine_loader(settings, plan)
+    stopping = threading.Event()  # set at shutdown: a download in progress stops
+    load = load_engine or default_engine_loader(settings, plan, stopping)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     probe = gpu_probe or GpuProbe()
@@ -152,7 +163,9 @@ def create_app(
         try:
             yield
         finally:
-            # A load in progress cannot be interrupted (it runs in llama.cpp); let it end first.
+            # A download in progress stops at once (it resumes at the next start); a load in
+            # llama.cpp cannot be interrupted: let it end first.
+            stopping.set()
             await loading
             if runtime.engine is not None:
                 await asyncio.to_thread(runtime.engine.close)

@@ -34,6 +34,7 @@ class CachedModel:
 
     model_id: str
     size: int
+    package: str | None = None  # the Python package that ships it (the bundled model)
     path: Path | None = None
     sha256: str | None = None
     origin: str | None = None
@@ -72,14 +73,17 @@ def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
 
 
 def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
+    package = next((s.package for s in spec.sources if isinstance(s, PypiSource)), None)
     found = _cached_file(spec, cache_dir)
     if found is None:
-        return CachedModel(spec.id, spec.file_size)
+        return CachedModel(spec.id, spec.file_size, package)
     path, record_file = found
     record = read_record(record_file)
     if record is None or not record_matches(record, path):
-        return CachedModel(spec.id, spec.file_size, path)
-    return CachedModel(spec.id, spec.file_size, path, record["sha256"], str(record["origin"]))
+        return CachedModel(spec.id, spec.file_size, package, path)
+    return CachedModel(
+        spec.id, spec.file_size, package, path, record["sha256"], str(record["origin"])
+    )
 
 
 def gather(settings: Settings, machine: Hardware, build: LlamaBuild) -> Facts:
@@ -124,6 +128,8 @@ def _build_lines(build: LlamaBuild) -> list[str]:
 
 
 def _model_line(model: CachedModel) -> str:
+    if model.path is None and model.package:
+        return f"  {model.model_id}: not assembled yet (it comes with the {model.package} package)"
     if model.path is None:
         return f"  {model.model_id}: not cached ({model.size / 1e9:.2f} GB to download)"
     if model.sha256 is None:
@@ -144,7 +150,7 @@ def render(facts: Facts) -> list[str]:
     if machine.driver:
         lines.append(f"NVIDIA driver {machine.driver}, CUDA {machine.cuda} (NVML)")
     else:
-        lines.append(f"NVIDIA driver: none ({machine.note or 'none found'})")
+        lines.append(f"NVML: {machine.note or 'no GPU found'}")
     if machine.devices:
         lines.append("GPUs:")
         lines += [device_line(i, d) for i, d in enumerate(machine.devices)]

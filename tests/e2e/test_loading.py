@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app, default_engine_loader
 from server.engine.types import Engine
+from server.capability import LlamaBuild
 from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
@@ -19,7 +20,7 @@ from .test_errors import GOOD, assert_error
 
 
 def cpu_plan() -> Plan:
-    return plan([], load_registry(), PlanOptions(ctx=1024))
+    return plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
 
 
 def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
