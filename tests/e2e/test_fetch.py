@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 import yaml
 
 from server.registry import default_registry_path
+from tests.conftest import start_server, wait_healthy
 from tests.hub import FakeHub
 
 REPO, FILE = "test-org/tiny-gemma-GGUF", "tiny-gemma-Q4_K_M.gguf"
@@ -275,3 +278,47 @@ def test_the_bundled_model_must_be_the_file_the_registry_names(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds a different file" in lines[0]
+
+
+def test_sigterm_during_the_first_download_exits_0_and_the_next_start_resumes(
+    tmp_path: Path, hub: FakeHub, model_path: Path
+) -> None:
+    registry = registry_with(tmp_path, [hub_source()])
+    args = ("--model", "tiny-gemma", "--registry-file", str(registry))
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0"}
+    hub.bytes_per_second = 4 << 20  # the 253 MB file would take a minute
+    server = start_server(tmp_path, *args, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        partial: Path | None = None
+        while time.monotonic() < deadline and server.process.poll() is None:
+            found = list((tmp_path / "cache" / "hub").rglob("blobs/*.incomplete"))
+            if found and found[0].stat().st_size > 8 << 20:
+                partial = found[0]
+                break
+            time.sleep(0.2)
+        assert partial is not None, server.log()
+        stopped_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0, server.log()
+        assert time.monotonic() - stopped_at < 10  # not the download's minute, nor SIGKILL's 30 s
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert "stopped during the download of tiny-gemma; it resumes at the next start" in (
+        server.log()
+    )
+    kept = partial.stat().st_size
+    assert 8 << 20 < kept < model_path.stat().st_size
+
+    hub.bytes_per_second = None
+    hub.requests.clear()
+    restarted = start_server(tmp_path, *args, env=env)
+    try:
+        wait_healthy(restarted)
+    finally:
+        restarted.process.send_signal(signal.SIGTERM)
+        restarted.process.wait(timeout=30)
+    assert downloads(hub) == [f"bytes={kept}-"]  # resumed where the first start stopped
+    (blob,) = (tmp_path / "cache" / "hub").rglob("blobs/*")
+    assert sha256(blob) == sha256(model_path)
