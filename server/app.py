@@ -38,7 +38,7 @@ from server.api.security import (
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
-from server.download import DownloadCancelled
+from server.download import Cancelled, DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
@@ -100,6 +100,7 @@ def default_engine_loader(
             parallel=plan.parallel,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
+            cancel=cancel,
         )
 
     return load
@@ -116,6 +117,9 @@ async def _load(
         engine = await asyncio.to_thread(load)
     except DownloadCancelled:
         log.info("stopped during the download of %s; it resumes at the next start", runtime.spec.id)
+        return
+    except Cancelled:
+        log.info("stopped while loading %s", runtime.spec.id)
         return
     except Exception as exc:
         runtime.load_error = str(exc)
@@ -163,8 +167,8 @@ def create_app(
         try:
             yield
         finally:
-            # A download in progress stops at once (it resumes at the next start); a load in
-            # llama.cpp cannot be interrupted: let it end first.
+            # A download in progress stops at once (it resumes at the next start), a load in
+            # llama.cpp at its next tensor; then wait for the loader to return.
             stopping.set()
             await loading
             if runtime.engine is not None:

@@ -36,7 +36,12 @@ ATTEMPTS = 5
 TIMEOUT = 30.0
 
 
-class DownloadCancelled(Exception):
+class Cancelled(Exception):
+    """Getting the model ready was stopped because the server is shutting down: nothing failed.
+    (Loading's own case, `LoadCancelled`, lives with the loader.)"""
+
+
+class DownloadCancelled(Cancelled):
     """The download was stopped by `cancel`; its partial file is kept for the next attempt."""
 
 

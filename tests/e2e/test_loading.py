@@ -3,6 +3,8 @@ with Retry-After) while the real engine loads, then 200; a model that fails to l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -85,3 +87,31 @@ def test_a_corrupted_model_file_is_refused_before_llama_cpp_sees_it(tmp_path: Pa
     truncated.write_bytes(b"GGUF" + b"\0" * 100)
     with pytest.raises(FetchError, match="incomplete"):
         verify_gguf(truncated, spec.id, spec.file_size, spec.sha256)
+
+
+LOAD_STOPPED = """
+import sys, threading
+from pathlib import Path
+from server.engine.loading import LoadCancelled, LoadParams, load
+stop = threading.Event()
+params = LoadParams(n_ctx=512, n_threads=1)
+loaded = load(Path(sys.argv[1]), params, cancel=stop)  # not set: loads as usual
+loaded.close()
+stop.set()
+try:
+    load(Path(sys.argv[1]), params, cancel=stop)
+except LoadCancelled:
+    print("stopped")
+"""
+
+
+def test_a_load_in_llama_cpp_stops_when_cancelled(model_path: Path) -> None:
+    # Shutdown sets the event: llama.cpp's progress callback then ends the load of the weights.
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_STOPPED, str(model_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["stopped"]
