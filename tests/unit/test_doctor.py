@@ -19,6 +19,7 @@ from server.capability import LlamaBuild
 from server.doctor import gather, render
 from server.hardware import GpuProbe
 from server.registry import load_registry
+from server.report import no_gpu_line
 from server.settings import Settings
 from tests.nvml import RTX_3090, RTX_4060_LAPTOP, FakeNvml
 from tests.unit.test_planner import CPU_BUILD, CUDA_BUILD
@@ -142,3 +143,28 @@ def test_two_gpus(tmp_path: Path) -> None:
     ]
     assert any(line.endswith("require GPU: yes") for line in lines)
     assert any("all layers split over the GPUs 77%/23%" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("nvml", "build", "expected"),
+    [
+        (
+            FakeNvml(init_error="Driver Not Loaded"),
+            CUDA_BUILD,
+            "no NVIDIA GPU found (no NVIDIA "
+            "driver found (Driver Not Loaded)); check that nvidia-smi works here",
+        ),
+        (
+            FakeNvml([RTX_3090]),
+            CPU_BUILD,
+            "found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is CPU-only",
+        ),
+    ],
+)
+def test_the_require_gpu_line_says_why(
+    tmp_path: Path, nvml: FakeNvml, build: LlamaBuild, expected: str
+) -> None:
+    machine = GpuProbe(nvml).hardware()
+    chosen = gather(Settings(cache_dir=tmp_path), machine, build).plan
+    assert not chosen.on_gpu
+    assert no_gpu_line(machine, chosen).startswith(expected)

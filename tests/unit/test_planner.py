@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
+from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild, parse_architectures
 from server.memory import GiB, MiB, compute_buffer, estimate, global_layers, kv_cache
 from server.planner import Device, Plan, PlanOptions
 from server.planner import plan as make_plan
@@ -341,3 +341,26 @@ def test_a_card_below_the_architectures_is_refused_with_one_line(registry: Regis
 def test_the_preview_build_plans_for_simulated_cards(registry: Registry) -> None:
     chosen = plan(gpus(24), registry, PlanOptions(), ASSUMED_CUDA_BUILD)
     assert chosen.model.id == "gemma-3-27b-it-qat" and chosen.on_gpu
+
+
+def test_the_system_info_flags_and_architectures_are_read() -> None:
+    assert CUDA_BUILD.features["CUDA"] == {
+        "ARCHS": "860",
+        "USE_GRAPHS": "1",
+        "PEER_MAX_BATCH_SIZE": "128",
+    }
+    assert list(CUDA_BUILD.features) == ["CUDA", "CPU"]
+    assert CUDA_BUILD.cuda_architectures == (86,)
+    assert CPU_BUILD.cuda_architectures == ()
+    many = LlamaBuild(True, system_info="CUDA : ARCHS = 500,610,700,750,800,860,890,1200 |")
+    assert many.cuda_architectures == (50, 61, 70, 75, 80, 86, 89, 120)
+    assert parse_architectures("61;70;75;80;86-real;89;90a;120") == (
+        61,
+        70,
+        75,
+        80,
+        86,
+        89,
+        90,
+        120,
+    )
