@@ -241,14 +241,16 @@ def _from_hub(
     remote: HubFile | None = None
     try:
         remote = metadata(source.repo, source.file)
-    except HfHubHTTPError as exc:
-        raise FetchError(_hub_error(source, exc)) from exc
-    except Exception as exc:  # offline or unreachable: the copy cached earlier, if any
+    except Exception as exc:
+        response = getattr(exc, "response", None) if isinstance(exc, HfHubHTTPError) else None
+        status = getattr(response, "status_code", None)
+        if status is not None and status < 500 and status != 429:  # denied, not found
+            raise FetchError(_hub_error(source, exc)) from exc
+        # Offline, unreachable or the hub failing: the copy cached earlier, if any.
         found = cached(hub_cache, source.repo, source.file)
         if found is None:
-            raise FetchError(
-                f"{where}: the hub cannot be reached and the file is not in the cache"
-            ) from exc
+            reason = f"the hub answered {status}" if status else "the hub cannot be reached"
+            raise FetchError(f"{where}: {reason} and the file is not in the cache") from exc
         path = found
     if remote is not None:
         try:

@@ -39,6 +39,7 @@ class FakeHub:
     corrupt: bool = False  # flip a byte in the middle of every GET
     bytes_per_second: int | None = None  # send file bodies this slowly
     announced_sha256: str | None = None  # announce this sha256 instead of the file's
+    fail_with: int | None = None  # answer every request with this HTTP status
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
@@ -80,6 +81,9 @@ class FakeHub:
 
     def _serve(self, handler: BaseHTTPRequestHandler, head: bool) -> None:
         self.requests.append((handler.command, handler.path, handler.headers.get("Range")))
+        if self.fail_with:
+            self._error(handler, self.fail_with, "ServiceUnavailable")
+            return
         # /{org}/{repo}/resolve/{revision}/{file}
         parts = handler.path.split("?")[0].strip("/").split("/")
         if len(parts) < 5 or parts[2] != "resolve":

@@ -43,7 +43,7 @@ def hub(model_path: Path) -> Iterator[FakeHub]:
 @pytest.fixture(autouse=True)
 def reset_hub(hub: FakeHub) -> None:
     hub.cut_after, hub.corrupt = None, False
-    hub.bytes_per_second, hub.announced_sha256 = None, None
+    hub.bytes_per_second, hub.announced_sha256, hub.fail_with = None, None, None
     hub.requests.clear()
 
 
@@ -215,6 +215,20 @@ def test_offline_the_cached_file_is_used(tmp_path: Path, hub: FakeHub) -> None:
     offline = pull(tmp_path, dead, registry)
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == first.stdout
+
+
+def test_a_failing_hub_falls_back_to_the_cache(tmp_path: Path, hub: FakeHub) -> None:
+    registry = registry_with(tmp_path, [hub_source()])
+    first = pull(tmp_path, hub, registry)
+    assert first.returncode == 0, first.stderr
+    hub.fail_with = 503
+    again = pull(tmp_path, hub, registry)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+    (tmp_path / "cache" / "hub").rename(tmp_path / "elsewhere")
+    result = pull(tmp_path, hub, registry)
+    assert result.returncode == 1
+    assert "the hub answered 503 and the file is not in the cache" in result.stderr
 
 
 def test_offline_without_a_cache_is_one_line(tmp_path: Path) -> None:
