@@ -169,10 +169,15 @@ def _ctx_limit(spec: ModelSpec, options: PlanOptions) -> int:
     return min(spec.architecture.context_length, options.max_ctx)
 
 
-def _cpu_ctx(spec: ModelSpec, options: PlanOptions) -> int:
+def _ctx(spec: ModelSpec, options: PlanOptions, default: int) -> int:
+    """`--ctx` capped by the model's trained context, else `default` capped by the limit."""
     if options.ctx:  # asked for: only the model's trained context limits it
         return min(options.ctx, spec.architecture.context_length)
-    return min(CPU_CTX, _ctx_limit(spec, options))
+    return min(default, _ctx_limit(spec, options))
+
+
+def _cpu_ctx(spec: ModelSpec, options: PlanOptions) -> int:
+    return _ctx(spec, options, CPU_CTX)
 
 
 @dataclass(frozen=True)
@@ -274,9 +279,7 @@ def _gpu_plan(
     )
 
     def ctx_for(spec: ModelSpec) -> int:
-        if options.ctx:  # asked for: only the model's trained context limits it
-            return min(options.ctx, spec.architecture.context_length)
-        return min(options.plan_ctx, _ctx_limit(spec, options))
+        return _ctx(spec, options, options.plan_ctx)
 
     rows = []
     chosen = forced
