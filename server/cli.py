@@ -31,7 +31,7 @@ from server.api.shutdown import Drain
 from server.app import create_app
 from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
 from server.fetch import FetchError, ensure_model_file
-from server.hardware import GpuProbe, Hardware, hide_from_cuda, simulated
+from server.hardware import GpuProbe, Hardware, as_cuda_sees_them, hide_from_cuda, simulated
 from server.planner import Plan, plan
 from server.registry import RegistryError, load_registry
 from server.report import as_json, describe, no_gpu_line, plan_options
@@ -181,11 +181,14 @@ def machine_and_build(
 ) -> tuple[Hardware, LlamaBuild]:
     """The GPUs NVML reports and what the installed llama.cpp can offload to.
 
-    Cards below the build's CUDA architectures are hidden from CUDA (CUDA_VISIBLE_DEVICES, unless
-    the user set it) before llama.cpp is imported and initialises CUDA, so llama.cpp never runs a
-    kernel on a card it has no code for.
+    A CUDA_VISIBLE_DEVICES the user set narrows the GPUs to those CUDA will show. Otherwise cards
+    below the build's CUDA architectures are hidden from CUDA (CUDA_VISIBLE_DEVICES) before
+    llama.cpp is imported and initialises CUDA, so llama.cpp never runs a kernel on a card it has
+    no code for.
     """
-    machine = (probe or GpuProbe()).hardware()
+    machine = as_cuda_sees_them(
+        (probe or GpuProbe()).hardware(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
     hide_from_cuda(machine.devices, settings.cuda_architectures)
     from server.engine.backends import llama_build  # loads llama.cpp (and CUDA, if built with it)
 

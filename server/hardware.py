@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from server.planner import Device, below_architectures
@@ -145,3 +145,28 @@ def hide_from_cuda(devices: list[Device], cuda_architectures: tuple[int, ...]) -
     old = below_architectures(devices, cuda_architectures)
     if old and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(devices, old)
+
+
+def as_cuda_sees_them(machine: Hardware, visible: str | None) -> Hardware:
+    """The GPUs CUDA will show llama.cpp when the user set CUDA_VISIBLE_DEVICES (indices in
+    NVML's order, which is CUDA's with CUDA_DEVICE_ORDER=PCI_BUS_ID, or UUIDs), in the order it
+    lists them: the plan is for those. CUDA stops at the first entry it cannot match; a form not
+    read here (MIG ids) leaves the list as NVML reports it."""
+    if visible is None:
+        return machine
+    devices: list[Device] = []
+    for token in (part.strip() for part in visible.split(",")):
+        if token.isdigit() and int(token) < len(machine.devices):
+            devices.append(machine.devices[int(token)])
+        elif token.startswith("GPU-") and (
+            found := [d for d in machine.devices if d.uuid and d.uuid.startswith(token)]
+        ):
+            devices.append(found[0])
+        elif token.isdigit() or token.startswith("GPU-") or not token:
+            break
+        else:
+            return machine
+    if devices == machine.devices:
+        return machine
+    note = None if devices else f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    return replace(machine, devices=devices, note=note or machine.note)

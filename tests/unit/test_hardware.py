@@ -11,7 +11,14 @@ import sys
 
 import pytest
 
-from server.hardware import GpuMemory, GpuProbe, cuda_visible_devices, hide_from_cuda, simulated
+from server.hardware import (
+    GpuMemory,
+    GpuProbe,
+    as_cuda_sees_them,
+    cuda_visible_devices,
+    hide_from_cuda,
+    simulated,
+)
 from server.planner import Device
 from server.settings import parse_size
 from tests.nvml import GTX_1080, RTX_3090, RTX_4060_LAPTOP, FakeNvml
@@ -166,3 +173,24 @@ def test_plan_with_a_bad_size_is_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "gemma-serve: error: not a memory size: 'lots' (try 24GiB or 8000MiB)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("visible", "names"),
+    [
+        (None, ["NVIDIA GeForce GTX 1080", "NVIDIA GeForce RTX 3090"]),
+        ("1", ["NVIDIA GeForce RTX 3090"]),
+        ("1,0", ["NVIDIA GeForce RTX 3090", "NVIDIA GeForce GTX 1080"]),  # CUDA's order is this
+        ("GPU-5a1f3c5e", ["NVIDIA GeForce RTX 3090"]),  # a UUID prefix
+        ("0,7,1", ["NVIDIA GeForce GTX 1080"]),  # CUDA stops at the first it cannot match
+        ("", []),
+        ("MIG-4f1c", ["NVIDIA GeForce GTX 1080", "NVIDIA GeForce RTX 3090"]),  # not read here
+    ],
+)
+def test_a_cuda_visible_devices_set_by_the_user_narrows_the_gpus(
+    visible: str | None, names: list[str]
+) -> None:
+    machine = as_cuda_sees_them(GpuProbe(FakeNvml([GTX_1080, RTX_3090])).hardware(), visible)
+    assert [device.name for device in machine.devices] == names
+    if not names:
+        assert machine.note == "CUDA_VISIBLE_DEVICES='' hides every GPU"
