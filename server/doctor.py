@@ -16,6 +16,7 @@ from pathlib import Path
 
 from server import __version__
 from server.capability import LlamaBuild
+from server.download import repo_dir
 from server.fetch import bundled_path, read_record, record_matches, record_path
 from server.hardware import Hardware
 from server.memory import gib
@@ -38,6 +39,7 @@ class CachedModel:
     path: Path | None = None
     sha256: str | None = None
     origin: str | None = None
+    partial: int = 0  # bytes of an interrupted download, resumed at the next start
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,22 @@ def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
+    """Bytes already downloaded of the model's first hub source (0 if none)."""
+    for source in spec.sources:
+        if isinstance(source, HuggingFaceSource):
+            blobs = repo_dir(cache_dir / "hub", source.repo) / "blobs"
+            return max((p.stat().st_size for p in blobs.glob("*.incomplete")), default=0)
+    return 0
+
+
 def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
     package = next((s.package for s in spec.sources if isinstance(s, PypiSource)), None)
     found = _cached_file(spec, cache_dir)
     if found is None:
-        return CachedModel(spec.id, spec.file_size, package)
+        return CachedModel(
+            spec.id, spec.file_size, package, partial=_partial_download(spec, cache_dir)
+        )
     path, record_file = found
     record = read_record(record_file)
     if record is None or not record_matches(record, path):
@@ -130,6 +143,11 @@ def _build_lines(build: LlamaBuild) -> list[str]:
 def _model_line(model: CachedModel) -> str:
     if model.path is None and model.package:
         return f"  {model.model_id}: not assembled yet (it comes with the {model.package} package)"
+    if model.path is None and model.partial:
+        return (
+            f"  {model.model_id}: not cached ({model.partial / 1e9:.2f} of "
+            f"{model.size / 1e9:.2f} GB downloaded; the download resumes at the next start)"
+        )
     if model.path is None:
         return f"  {model.model_id}: not cached ({model.size / 1e9:.2f} GB to download)"
     if model.sha256 is None:

@@ -168,3 +168,15 @@ def test_the_require_gpu_line_says_why(
     chosen = gather(Settings(cache_dir=tmp_path), machine, build).plan
     assert not chosen.on_gpu
     assert no_gpu_line(machine, chosen).startswith(expected)
+
+
+def test_an_interrupted_download_is_shown_with_its_progress(tmp_path: Path) -> None:
+    blobs = tmp_path / "hub" / "models--ggml-org--gemma-3-27b-it-qat-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    with (blobs / f"{'a' * 64}.incomplete").open("wb") as partial:
+        partial.truncate(3_200_000_000)  # sparse: the size without the disk
+    lines = report(tmp_path, FakeNvml([RTX_3090]), CUDA_BUILD)
+    assert (
+        "  gemma-3-27b-it-qat: not cached (3.20 of 15.91 GB downloaded; the download resumes at "
+        "the next start)"
+    ) in lines
