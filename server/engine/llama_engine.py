@@ -46,7 +46,8 @@ _IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 
 
 class LlamaEngine:
-    """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once."""
+    """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once.
+    A set `cancel` stops the load (LoadCancelled): the server is shutting down."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class LlamaEngine:
         queue_size: int = 64,
         request_timeout: float | None = None,
         mmproj_path: Path | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         params = LoadParams(
             n_ctx=n_ctx,
@@ -72,7 +74,7 @@ class LlamaEngine:
             tensor_split=tuple(tensor_split) if tensor_split else None,
             kv_cache_type=kv_cache_type,
         )
-        self._loaded = load(model_path, params)
+        self._loaded = load(model_path, params, cancel=cancel)
         self._model = self._loaded.model
         try:
             self._start_of_turn = self._special_token(START_OF_TURN)
