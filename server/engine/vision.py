@@ -118,6 +118,10 @@ class Projector:
         params.n_threads = n_threads
         params.print_timings = False
         params.warmup = False
+        if use_gpu:
+            # The planner budgets the projector's compute buffer with flash attention (about
+            # 121 MiB on CUDA); without it the attention scores alone take several times that.
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = mtmd.mtmd_init_from_file(str(path).encode(), model, params)
         if not self._ctx:
             raise ProjectorError(
