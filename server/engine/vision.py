@@ -208,7 +208,6 @@ class ImageSteps:
         self._memory = memory
         self._n_batch = n_batch
         self._last_was_image = False
-        self.images_decoded = 0
 
     def due(self, slots: list[Slot]) -> Slot | None:
         """The slot whose image to decode now, or None for a text step."""
@@ -248,7 +247,6 @@ class ImageSteps:
             self._fail(slot, f"llama.cpp could not decode the image (status {status})")
             return
         slot.image_decoded(image)
-        self.images_decoded += 1
         log.debug(
             "sequence %d: image of %d positions in %.0f ms",
             slot.seq_id,
