@@ -143,9 +143,14 @@ else
         sed 's/^ *1 //; s/^ *\([0-9]*\) \(.*\)/\1x \2/' | paste -sd',' - | sed 's/,/, /g')
 fi
 
+# The lowest architecture to build, as a number: 61 for "61-real;89-real".
+lowest=${archs%%;*}
+lowest=${lowest%%[!0-9]*}
 if ! nvcc=$(find_nvcc); then
     package="cuda-toolkit"
-    if [ -n "$driver_cuda" ]; then
+    if [ -n "$driver_cuda" ] && [ "${driver_cuda%%.*}" -ge 13 ] && [ "${lowest:-75}" -lt 75 ]; then
+        package="cuda-toolkit-12-9: CUDA 13 cannot compile for sm_$lowest"
+    elif [ -n "$driver_cuda" ]; then
         package="cuda-toolkit-${driver_cuda/./-}, matching the driver's CUDA $driver_cuda"
     fi
     no_cuda "found $found but no CUDA toolkit (no nvcc on PATH nor in ${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}/bin); for the GPU install the CUDA toolkit (NVIDIA's apt package $package: https://developer.nvidia.com/cuda-downloads) and run this again"
@@ -173,7 +178,11 @@ if [ -z "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ] && supported=$("$nvcc" --list-gp
         fi
     done
     if [ -z "$kept" ]; then
-        no_cuda "found $found, but CUDA $cuda_version ($nvcc) cannot compile for $dropped (it lists $(echo "$supported" | head -n1) to $(echo "$supported" | tail -n1)): install a CUDA toolkit that supports the card (CUDA 12.x for sm_50 to sm_70)"
+        hint="a newer CUDA toolkit (cuda-toolkit-12-8 or later for sm_120, RTX 50)"
+        if [ "$lowest" -lt 75 ]; then
+            hint="a CUDA 12 toolkit (cuda-toolkit-12-9, the last for sm_50 to sm_72)"
+        fi
+        no_cuda "found $found, but CUDA $cuda_version ($nvcc) cannot compile for $dropped (it lists $(echo "$supported" | head -n1) to $(echo "$supported" | tail -n1)): install $hint"
     fi
     if [ -n "$dropped" ]; then
         say "warning: CUDA $cuda_version cannot compile for $dropped; those GPUs are left out of the build"

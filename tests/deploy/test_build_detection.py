@@ -159,6 +159,16 @@ def test_gpu_without_toolkit_says_what_to_install(machine: Machine) -> None:
     assert len(found.message.splitlines()) == 1
 
 
+def test_pascal_card_without_toolkit_is_sent_to_cuda_12(machine: Machine) -> None:
+    """The driver runs CUDA 13, whose compiler no longer targets sm_61: name the last that does."""
+    machine.gpus(("NVIDIA GeForce GTX 1080 Ti", "6.1"), driver_cuda="13.0")
+    found = detect(machine)
+    assert found.choice["build"] == "cpu"
+    assert "(NVIDIA's apt package cuda-toolkit-12-9: CUDA 13 cannot compile for sm_61: " in (
+        found.message
+    )
+
+
 def test_gpu_and_toolkit_build_for_that_gpu_only(machine: Machine) -> None:
     machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
     nvcc = machine.nvcc()
@@ -216,8 +226,15 @@ IMPOSSIBLE = {
         ("NVIDIA GeForce GTX 1080", "6.1"),
         "13.0",
         ("13.0", SM_13_0),
-        "cannot compile for sm_61 (it lists sm_75 to sm_121): install a CUDA toolkit that "
-        "supports the card (CUDA 12.x for sm_50 to sm_70)",
+        "cannot compile for sm_61 (it lists sm_75 to sm_121): install a CUDA 12 toolkit "
+        "(cuda-toolkit-12-9, the last for sm_50 to sm_72)",
+    ),
+    "toolkit too old for the card": (
+        ("NVIDIA GeForce RTX 5090", "12.0"),
+        "12.8",
+        ("12.6", SM_12_8.replace(" sm_100 sm_101 sm_120", "")),
+        "cannot compile for sm_120 (it lists sm_50 to sm_90): install a newer CUDA toolkit "
+        "(cuda-toolkit-12-8 or later for sm_120, RTX 50)",
     ),
     "toolkit newer than the driver": (
         ("NVIDIA GeForce RTX 3090", "8.6"),
