@@ -275,3 +275,27 @@ def test_image_command_runs_outside_docker(tmp_path: Path) -> None:
         grace_s=30,  # compose.yaml's stop_grace_period
         while_up=healthcheck_passes,
     )
+
+
+def test_older_driver_fallbacks_name_images_that_exist() -> None:
+    """docs/docker.md's table for older drivers: nvidia/cuda's Ubuntu 24.04 images start at CUDA
+    12.5.1, so an older CUDA needs Ubuntu 22.04; a CUDA before 12.8 cannot compile sm_120, so the
+    architectures given with it are the image's own without 120."""
+    text = (ROOT / "docs" / "docker.md").read_text()
+    default_ubuntu = global_args()["UBUNTU_VERSION"]
+    rows = re.findall(r"^\| [^|]+ \| `(--build-arg CUDA_VERSION=[^`]*)` \|$", text, re.M)
+    assert len(rows) >= 4, rows
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("."))
+
+    for row in rows:
+        args = dict(re.findall(r"--build-arg (\w+)=(\S+)", row))
+        cuda, ubuntu = version(args["CUDA_VERSION"]), args.get("UBUNTU_VERSION", default_ubuntu)
+        assert len(cuda) == 3 and cuda < (12, 8), row
+        assert ubuntu in {"22.04", "24.04"}, row
+        if ubuntu == "24.04":
+            assert cuda >= (12, 5, 1), f"no nvidia/cuda:{args['CUDA_VERSION']}-*-ubuntu24.04"
+    [archs] = set(re.findall(r'--build-arg CUDA_ARCHITECTURES="([^"]+)"', text))
+    assert archs.split(";") == [a for a in cuda_architectures() if not a.startswith("120")]
+    assert "upgrade the driver" in text.lower()
