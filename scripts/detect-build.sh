@@ -54,7 +54,8 @@ find_nvcc() {
 }
 
 # "Cuda compilation tools, release 12.8, V12.8.93" -> 12.8
-nvcc_release() { "$1" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1; }
+# (`|| true`: a failing nvcc is reported by the empty answer, not by pipefail ending the script.)
+nvcc_release() { { "$1" --version 2>/dev/null || true; } | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1; }
 
 emit() { # build cmake_args [nvcc cuda_version]
     echo "build=$1"
@@ -111,7 +112,7 @@ smi_error=""
 if command -v nvidia-smi >/dev/null 2>&1; then
     if gpus=$(nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader 2>&1); then
         # The header's "CUDA Version: 12.4": the newest CUDA this driver runs.
-        driver_cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1)
+        driver_cuda=$({ nvidia-smi 2>/dev/null || true; } | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1)
     else
         smi_error=$(echo "$gpus" | head -n1)
         gpus=""
@@ -127,15 +128,18 @@ if [ -n "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ]; then
     found="the GPUs named in GEMMA_SERVE_CUDA_ARCHITECTURES"
 else
     if [ -z "$gpus" ]; then
-        if [ -n "$smi_error" ]; then
-            no_cuda "nvidia-smi found no usable GPU ($smi_error)"
-        fi
+        case "$smi_error" in
+            *"not a valid field"*) no_cuda "the NVIDIA driver is too old to report the GPUs' compute capability (nvidia-smi: $smi_error): upgrade the NVIDIA driver" ;;
+            ?*) no_cuda "nvidia-smi found no usable GPU ($smi_error)" ;;
+        esac
         if [ "$choice" = cuda ]; then
             no_cuda "no NVIDIA GPU found to build for (no nvidia-smi on PATH): set GEMMA_SERVE_CUDA_ARCHITECTURES, e.g. 86-real for an RTX 30 card"
         fi
         no_cuda "no NVIDIA GPU found (no nvidia-smi on PATH)"
     fi
-    if ! echo "$gpus" | grep -Eq ', *[0-9]+\.[0-9]+ *$'; then
+    # Only the GPU lines (nvidia-smi may add warnings, e.g. about an infoROM).
+    gpus=$(echo "$gpus" | grep -E ', *[0-9]+\.[0-9]+ *$' || true)
+    if [ -z "$gpus" ]; then
         no_cuda "nvidia-smi did not report the GPUs' compute capability (driver older than 510?): upgrade the NVIDIA driver"
     fi
     archs=$(echo "$gpus" | sed -n 's/.*, *\([0-9][0-9]*\)\.\([0-9][0-9]*\) *$/\1\2-real/p' | sort -n -u | paste -sd';' -)

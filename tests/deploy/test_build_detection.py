@@ -61,8 +61,9 @@ class Machine:
     def cuda_home(self) -> Path:
         return self.root / "cuda"
 
-    def gpus(self, *gpus: tuple[str, str], driver_cuda: str = "12.8") -> None:
-        listing = "".join(f"{name}, {cap}\\n" for name, cap in gpus)
+    def gpus(self, *gpus: tuple[str, str], driver_cuda: str = "12.8", warning: str = "") -> None:
+        listing = f"{warning}\\n" if warning else ""
+        listing += "".join(f"{name}, {cap}\\n" for name, cap in gpus)
         executable(
             self.bin / "nvidia-smi",
             f"""if [ "$*" = "--query-gpu=name,compute_cap --format=csv,noheader" ]; then
@@ -143,6 +144,25 @@ def test_nvidia_smi_without_a_driver_builds_for_the_cpu(machine: Machine) -> Non
     found = detect(machine)
     assert found.choice["build"] == "cpu"
     assert found.message == f"llama.cpp build: CPU: nvidia-smi found no usable GPU ({NO_DRIVER})"
+
+
+def test_driver_too_old_to_report_compute_capability(machine: Machine) -> None:
+    error = 'Field "compute_cap" is not a valid field to query.'
+    executable(machine.bin / "nvidia-smi", f"echo '{error}'\nexit 2\n")
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["build"] == "cpu"
+    assert found.message.endswith(f"(nvidia-smi: {error}): upgrade the NVIDIA driver")
+
+
+def test_warnings_from_nvidia_smi_are_not_gpus(machine: Machine) -> None:
+    warning = "WARNING: infoROM is corrupted at gpu 0000:01:00.0"
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"), warning=warning)
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["cmake_args"] == cuda_flags("86-real")
+    assert "for NVIDIA GeForce RTX 3090 (compute 8.6): " in found.message
+    assert "WARNING" not in found.message
 
 
 def test_gpu_without_toolkit_says_what_to_install(machine: Machine) -> None:
