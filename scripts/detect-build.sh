@@ -150,6 +150,9 @@ fi
 # The lowest architecture to build, as a number: 61 for "61-real;89-real".
 lowest=${archs%%;*}
 lowest=${lowest%%[!0-9]*}
+if [ -n "$lowest" ] && [ "$lowest" -lt 50 ] && [ "${archs//;/}" = "$archs" ]; then
+    no_cuda "found $found, older than any CUDA 12 toolkit compiles for (sm_50 and newer)"
+fi
 if ! nvcc=$(find_nvcc); then
     package="cuda-toolkit"
     if [ -n "$driver_cuda" ] && [ "${driver_cuda%%.*}" -ge 13 ] && [ "${lowest:-75}" -lt 75 ]; then
@@ -171,7 +174,7 @@ fi
 
 # Architectures this nvcc cannot compile for (CUDA 13 dropped Pascal and Volta, 12.8 added
 # Blackwell). `--list-gpu-code` (CUDA 11+) prints sm_75 sm_80 ...
-if [ -z "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ] && supported=$("$nvcc" --list-gpu-code 2>/dev/null); then
+if [ -z "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ] && supported=$("$nvcc" --list-gpu-code 2>/dev/null | tr -s ' ' '\n'); then
     kept=""
     dropped=""
     for arch in ${archs//;/ }; do

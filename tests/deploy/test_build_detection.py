@@ -256,6 +256,13 @@ IMPOSSIBLE = {
         "cannot compile for sm_120 (it lists sm_50 to sm_90): install a newer CUDA toolkit "
         "(cuda-toolkit-12-8 or later for sm_120, RTX 50)",
     ),
+    "card older than CUDA 12": (
+        ("Tesla K80", "3.7"),
+        "12.4",
+        ("12.4", SM_12_8.replace(" sm_100 sm_101 sm_120", "")),
+        "found Tesla K80 (compute 3.7), older than any CUDA 12 toolkit compiles for "
+        "(sm_50 and newer)",
+    ),
     "toolkit newer than the driver": (
         ("NVIDIA GeForce RTX 3090", "8.6"),
         "12.4",
