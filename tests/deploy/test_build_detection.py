@@ -179,6 +179,26 @@ def test_gpu_without_toolkit_says_what_to_install(machine: Machine) -> None:
     assert len(found.message.splitlines()) == 1
 
 
+@pytest.mark.skipif(
+    not Path("/usr/local/cuda/bin/nvcc").exists(), reason="no CUDA toolkit in /usr/local/cuda"
+)
+def test_sudo_path_finds_the_real_toolkit_in_usr_local_cuda(machine: Machine) -> None:
+    """What `sudo` leaves: PATH without /usr/local/cuda/bin, no CUDA_HOME. This machine's real
+    toolkit is found where NVIDIA's packages put it (the GPU is faked: there is none here)."""
+    release = subprocess.run(
+        ["/usr/local/cuda/bin/nvcc", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    version = release.split("release ")[1].split(",")[0]
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"), driver_cuda=version)
+    env = machine.env()
+    del env["CUDA_HOME"]
+    result = subprocess.run([str(DETECT)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "nvcc=/usr/local/cuda/bin/nvcc" in result.stdout.splitlines()
+    assert f"cuda_version={version}" in result.stdout.splitlines()
+    assert "CMAKE_CUDA_ARCHITECTURES=86-real" in result.stderr
+
+
 def test_pascal_card_without_toolkit_is_sent_to_cuda_12(machine: Machine) -> None:
     """The driver runs CUDA 13, whose compiler no longer targets sm_61: name the last that does."""
     machine.gpus(("NVIDIA GeForce GTX 1080 Ti", "6.1"), driver_cuda="13.0")
