@@ -209,3 +209,26 @@ def test_leaving_during_an_image_step_frees_the_slot(engine: LlamaEngine) -> Non
     asyncio.run(scenario())
     _, finished = asyncio.run(run(engine, ask(image(9), max_tokens=4)))
     assert finished.usage.completion_tokens >= 1
+
+
+def test_the_time_limit_ends_a_request_in_its_images(
+    model_path: Path, projector_path: Path
+) -> None:
+    limited = LlamaEngine(
+        model_path=model_path,
+        model_id="gemma-3-270m",
+        n_ctx=2048,
+        n_threads=2,
+        parallel=1,
+        request_timeout=0.2,
+        mmproj_path=projector_path,
+    )
+    try:
+        _, finished = asyncio.run(
+            run(limited, ask(*(image(seed) for seed in range(60, 66)), max_tokens=50))
+        )
+        assert finished.reason == "length"
+        assert finished.usage.completion_tokens <= 1
+        assert limited.stats().active == 0
+    finally:
+        limited.close()
