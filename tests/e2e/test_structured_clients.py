@@ -65,5 +65,4 @@ def test_a_pydantic_ai_agent_gets_its_output_type(base_url: str) -> None:
     )
     result = agent.run_sync(PROMPT)
     assert isinstance(result.output, City)
-    usage = result.usage()
-    assert usage.output_tokens is not None and usage.output_tokens < MAX_TOKENS
+    assert result.usage.output_tokens < MAX_TOKENS  # the answer ended on its own
