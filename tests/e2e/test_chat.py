@@ -196,7 +196,9 @@ def test_health_answers_quickly_while_a_long_generation_streams(
 def one_sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """A server that generates ONE sequence at a time: a generation leaked by a disconnect
     would hold it, and the next request would wait behind it (and fail its time bound)."""
-    running = start_server(tmp_path_factory.mktemp("one"), "--ctx", "2048", "--parallel", "1")
+    running = start_server(
+        tmp_path_factory.mktemp("one"), "--ctx", str(SERVER_CTX), "--parallel", "1"
+    )
     try:
         wait_healthy(running)
         with httpx.Client(base_url=running.base_url, timeout=120) as client:
