@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from server.api.chat_protocol import ChatCompletionRequest, ImagePart
 from server.api.errors import APIError
-from server.api.protocol import ChatCompletionRequest, ImagePart
 from server.api.responses_protocol import ResponseRequest
 from server.settings import Settings
 

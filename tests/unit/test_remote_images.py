@@ -8,9 +8,9 @@ import asyncio
 import httpx
 import pytest
 
+from server.api.chat_protocol import ChatCompletionRequest, ImagePart
 from server.api.errors import APIError
 from server.api.images import ImageCollector
-from server.api.protocol import ChatCompletionRequest, ImagePart
 from server.api.remote_images import RemoteImagePolicy, inline_remote_images
 from server.api.responses_protocol import ResponseRequest
 from tests.images import encode, picture
