@@ -230,3 +230,11 @@ class Settings(BaseSettings):
             "Default: prompts are never logged."
         ),
     )
+    # The chat page (`ui` helper).
+    ui: bool = Field(
+        True,
+        description=(
+            "Serve the chat page at / (static files; the API it calls keeps its keys). "
+            "--no-ui turns it off: / then answers 404."
+        ),
+    )
