@@ -44,9 +44,12 @@ ARTIFACTS = (
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("GEMMA_SERVE_CHROMIUM"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
+    """$GEMMA_SERVE_CHROMIUM if set (absent if no such file), else Debian's chromium."""
+    chosen = os.environ.get("GEMMA_SERVE_CHROMIUM")
+    if chosen:
+        return chosen if Path(chosen).is_file() else None
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -149,9 +152,16 @@ class CannedChat:
     """Answers the page's chat requests with canned streams (the real model cannot be made to
     write hostile HTML on request); records every request body the page sent."""
 
-    def __init__(self, page: Any, replies: list[str], pieces: int = 1) -> None:
+    def __init__(
+        self,
+        page: Any,
+        replies: list[str],
+        pieces: int = 1,
+        usage: dict[str, int] | None = None,
+    ) -> None:
         self.replies = list(replies)
         self.pieces = pieces
+        self.usage = usage
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         page.route("**/v1/chat/completions", self._answer)
@@ -163,7 +173,7 @@ class CannedChat:
         route.fulfill(
             status=200,
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-            body=canned_stream(text, self.pieces),
+            body=canned_stream(text, self.pieces, self.usage),
         )
 
 

@@ -18,6 +18,7 @@ from .conftest import (
     PHONE,
     CannedChat,
     Watched,
+    model_line_says,
     open_chat,
     screenshot,
     send,
@@ -139,15 +140,28 @@ def test_markdown_code_is_highlighted_and_copied_and_rendering_is_throttled(
     assert copied == "def add(a, b):\n    return a + b\n"
 
 
+SCREENSHOT_REPLY = """Use a **slice** with a step of -1:
+
+```python
+def reverse(text: str) -> str:
+    return text[::-1]
+
+print(reverse("gemma"))  # ammeg
+```
+
+- `text[::-1]` walks the string from its end to its start.
+- Strings are immutable, so this builds a new one.
+"""
+
+
 def test_phone_and_desktop_in_light_and_dark(chat: Watched, base_url: str) -> None:
     page = chat.page
-    reply_text = (
-        "Here is a small function:\n\n```python\ndef greet(name):\n    return f'Hello, {name}!'\n"
-        "```\n\nCall it with **any** name."
-    )
-    CannedChat(page, [reply_text, reply_text])
+    usage = {"prompt_tokens": 48, "completion_tokens": 71, "total_tokens": 119}
+    CannedChat(page, ["Paris.", SCREENSHOT_REPLY], usage=usage)
     open_chat(page, base_url)
-    send(page, "Write a greeting function in Python")
+    send(page, "What is the capital of France?")
+    page.click("#new-chat")
+    send(page, "How do I reverse a string in Python?")
     saved = [screenshot(page, "desktop-light")]
     page.emulate_media(color_scheme="dark")
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -184,3 +198,33 @@ def test_phone_and_desktop_in_light_and_dark(chat: Watched, base_url: str) -> No
 def _offscreen(page: Any, selector: str) -> bool:
     box = page.locator(selector).bounding_box()
     return box is None or box["x"] + box["width"] <= 0
+
+
+def test_a_page_opened_while_the_model_loads_shows_it_when_ready(
+    chat: Watched, base_url: str
+) -> None:
+    page = chat.page
+    calls = {"card": 0, "health": 0}
+
+    def card(route: Any) -> None:  # the first card is the one a loading server answers
+        calls["card"] += 1
+        response = route.fetch()
+        body = response.json()
+        if calls["card"] == 1:
+            body.update(context_length=None, device=None)
+        route.fulfill(response=response, json=body)
+
+    def health(route: Any) -> None:
+        calls["health"] += 1
+        if calls["health"] == 1:
+            route.fulfill(status=503, json={"error": {"message": "loading", "code": "loading"}})
+        else:
+            route.continue_()
+
+    page.route("**/v1/models/*", card)
+    page.route("**/health", health)
+    page.goto(f"{base_url}/")
+    model_line_says(page, "loading the model")
+    model_line_says(page, "context 4096 tokens")
+    assert calls == {"card": 2, "health": 2}
+    chat.expect_errors(lambda error: "503" in error)

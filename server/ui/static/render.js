@@ -16,6 +16,7 @@ function escapeHtml(text) {
 
 const markdown = new Marked({
   gfm: true,
+  breaks: true, // chat models end lines with a single newline and mean it
   renderer: {
     html: ({ text }) => escapeHtml(text),
     // A picture in a reply would be fetched from wherever the model points: show its alt text.

@@ -45,7 +45,8 @@ function usageLine(usage, seconds) {
   const cached = usage.prompt_tokens_details?.cached_tokens;
   if (cached) parts[0] += ` (${cached} cached)`;
   parts.push(`${usage.completion_tokens} completion tokens`);
-  if (seconds > 0) parts.push(`${(usage.completion_tokens / seconds).toFixed(1)} tokens/s`);
+  // A rate measured over a blink (a reply that came all at once) would be noise.
+  if (seconds >= 0.25) parts.push(`${(usage.completion_tokens / seconds).toFixed(1)} tokens/s`);
   return parts.join(" · ");
 }
 
