@@ -41,7 +41,8 @@ CLOSE_TIMEOUT = 30.0
 
 
 class LlamaEngine:
-    """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once."""
+    """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once.
+    A set `cancel` stops the load (LoadCancelled): the server is shutting down."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class LlamaEngine:
         parallel: int = 4,
         queue_size: int = 64,
         request_timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         params = LoadParams(
             n_ctx=n_ctx,
@@ -66,7 +68,7 @@ class LlamaEngine:
             tensor_split=tuple(tensor_split) if tensor_split else None,
             kv_cache_type=kv_cache_type,
         )
-        self._loaded = load(model_path, params)
+        self._loaded = load(model_path, params, cancel=cancel)
         self._model = self._loaded.model
         try:
             self._start_of_turn = self._special_token(START_OF_TURN)
