@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.capability import LlamaBuild
 from server.cli import parse_settings
 from server.engine.types import Engine
 from server.planner import PlanOptions, plan
@@ -31,7 +32,7 @@ def _not_loaded() -> Engine:
 
 
 def client_for(**settings: object) -> Iterator[TestClient]:
-    chosen = plan([], load_registry(), PlanOptions(ctx=1024))
+    chosen = plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
     app = create_app(
         Settings(**settings),  # type: ignore[arg-type]
         chosen,
