@@ -170,10 +170,12 @@ class CannedChat:
         self.requests.append(route.request.post_data_json)
         self.headers.append(route.request.headers)
         text = self.replies.pop(0) if self.replies else "(no more canned replies)"
+        # A reply that already is an event stream (an error event, a cut stream) is sent as is.
+        body = text if text.startswith("data:") else canned_stream(text, self.pieces, self.usage)
         route.fulfill(
             status=200,
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-            body=canned_stream(text, self.pieces, self.usage),
+            body=body,
         )
 
 

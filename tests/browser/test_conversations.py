@@ -14,7 +14,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from .conftest import CannedChat, Watched, open_chat, send, settings
+from .conftest import CannedChat, Watched, canned_stream, open_chat, send, settings
 
 STORAGE_KEY = "gemma-serve.conversations.v1"
 
@@ -219,3 +219,29 @@ def test_pictures_for_a_vision_model_are_sent_and_capped_in_saved_history(
     assert stored[0]["content"][1] == parts[1]  # the small one is kept
     assert stored[2]["content"][1]["type"] == "text"  # the big one is not
     assert "not saved" in stored[2]["content"][1]["text"]
+
+
+def test_a_failed_reply_is_shown_and_left_out_of_the_next_turn(
+    chat: Watched, base_url: str
+) -> None:
+    page = chat.page
+    error_event = {"error": {"message": "The engine stopped.", "type": "server_error"}}
+    cut = canned_stream("Half a rep").removesuffix("data: [DONE]\n\n")
+    canned = CannedChat(
+        page,
+        [f"data: {json.dumps(error_event)}\n\ndata: [DONE]\n\n", cut, "Fine now."],
+    )
+    open_chat(page, base_url)
+    failed = send(page, "first")
+    assert failed.locator(".error").inner_text() == "The engine stopped."
+    cut_short = send(page, "second")
+    assert cut_short.locator(".error").inner_text() == (
+        "The connection closed before the reply ended."
+    )
+    assert cut_short.locator(".body").inner_text() == "Half a rep"
+    send(page, "third")
+    assert canned.requests[2]["messages"] == [
+        {"role": "user", "content": "first"},
+        {"role": "user", "content": "second"},
+        {"role": "user", "content": "third"},
+    ]

@@ -49,7 +49,7 @@ export async function isReady() {
 /**
  * Stream a chat completion: yields each parsed `data:` chunk, ends at `[DONE]`. Aborting
  * `signal` closes the connection, which makes the server end the generation and free the
- * sequence. An error event in the stream is thrown as ApiError.
+ * sequence. An error event in the stream, or its end without `[DONE]`, is thrown as ApiError.
  */
 export async function* streamChat(body, apiKey, signal) {
   const response = await fetch("/v1/chat/completions", {
@@ -63,7 +63,7 @@ export async function* streamChat(body, apiKey, signal) {
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) throw new ApiError(0, "The connection closed before the reply ended.");
     buffer += value.replaceAll("\r\n", "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {

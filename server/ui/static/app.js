@@ -207,6 +207,7 @@ function stop() {
 }
 
 function setBusy(busy) {
+  document.body.classList.toggle("busy", busy);
   $("send").hidden = busy;
   $("stop").hidden = !busy;
   for (const id of ["new-chat", "delete-chat", "import-file", "title"]) $(id).disabled = busy;

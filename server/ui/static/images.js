@@ -24,14 +24,11 @@ export class Attachments {
         this.add(files);
       }
     });
-    const main = document.querySelector("main");
-    main.addEventListener("dragover", (event) => {
-      if (this.enabled) event.preventDefault();
-    });
-    main.addEventListener("drop", (event) => {
-      if (!this.enabled) return;
+    // A file dropped anywhere would otherwise make the browser leave the page to show it.
+    document.addEventListener("dragover", (event) => event.preventDefault());
+    document.addEventListener("drop", (event) => {
       event.preventDefault();
-      this.add(event.dataTransfer.files);
+      if (this.enabled) this.add(event.dataTransfer.files);
     });
   }
 
