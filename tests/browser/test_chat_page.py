@@ -46,7 +46,7 @@ def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
     }"""
     )
     settings(page, max_tokens="40")  # the small model may otherwise ramble for minutes
-    reply = send(page, "Write three sentences about the sea.")
+    reply = send(page, "Tell me a long story about the sea.")
     body = reply.locator(".body")
     assert body.inner_text().strip(), "the reply is empty"
     assert body.locator("p").count() >= 1, "the reply was not rendered as Markdown"
@@ -58,7 +58,7 @@ def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
     )
     assert page.text_content("#stats") == ""  # the live figures are gone with the stream
     assert page.title() == "gemma-serve chat"
-    assert page.locator(".conversation").first.inner_text().startswith("Write three sentences")
+    assert page.locator(".conversation").first.inner_text().startswith("Tell me a long story")
 
 
 def _active(base_url: str) -> int:
@@ -135,7 +135,7 @@ def test_markdown_code_is_highlighted_and_copied_and_rendering_is_throttled(
     renders = page.evaluate("window.renders")
     assert 1 <= renders <= 10, f"{renders} renders for {len(text)} deltas: not throttled"
     reply.locator("button.copy-code").click()
-    assert reply.locator("button.copy-code").inner_text() == "Copied"
+    expect(reply.locator("button.copy-code")).to_have_text("Copied")  # for 1.5 s
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == "def add(a, b):\n    return a + b\n"
 
@@ -184,6 +184,13 @@ def test_phone_and_desktop_in_light_and_dark(chat: Watched, base_url: str) -> No
     page.click("#close-sidebar")
     page.wait_for_timeout(300)
     assert _offscreen(page, "#sidebar")
+    page.click("#open-settings")
+    dialog = page.locator("#settings").bounding_box()
+    assert dialog is not None and dialog["x"] >= 0
+    assert dialog["x"] + dialog["width"] <= PHONE["width"]
+    saved.append(screenshot(page, "phone-settings"))
+    page.keyboard.press("Escape")  # closes the dialog, saves nothing
+    assert not page.is_visible("#settings")
     page.emulate_media(color_scheme="dark")
     saved.append(screenshot(page, "phone-dark"))
     assert all(path.stat().st_size > 5_000 for path in saved)

@@ -65,6 +65,9 @@ def test_the_whole_history_and_the_settings_are_sent_each_turn(
     canned = CannedChat(page, ["Hello! How can I help?", "You said hi."])
     open_chat(page, base_url)
     settings(page, system="Answer briefly.", temperature="0.3", top_p="0.9", max_tokens="50")
+    page.click("#open-settings")  # edited, then dismissed with Escape: nothing changes
+    page.fill("#settings-form [name=system]", "Answer at length.")
+    page.keyboard.press("Escape")
     send(page, "Hi")
     send(page, "What did I say?")
     second = canned.requests[1]

@@ -218,6 +218,8 @@ function openSettings() {
   for (const name of ["system", "temperature", "top_p", "max_tokens", "api_key"]) {
     form.elements[name].value = state.settings[name] ?? "";
   }
+  // Escape closes the dialog; browsers that keep the last returnValue then would save again.
+  $("settings").returnValue = "";
   $("settings").showModal();
 }
 
