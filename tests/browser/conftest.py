@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DESKTOP = {"width": 1280, "height": 800}
+REPLY_TIMEOUT_MS = 300_000
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = (
     Path(
@@ -204,7 +205,8 @@ def send(page: Any, text: str) -> Any:
     """Type a message, press Enter, wait for the reply to finish; the reply's element."""
     page.fill("#prompt", text)
     page.press("#prompt", "Enter")
-    page.wait_for_selector("#send:not([hidden])", timeout=120_000)
+    # A guard against a hang, not a speed bound: the other tests share the 2 cores.
+    page.wait_for_selector("#send:not([hidden])", timeout=REPLY_TIMEOUT_MS)
     return page.locator(".message.assistant").last
 
 

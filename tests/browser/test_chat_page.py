@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 from .conftest import (
     DESKTOP,
     PHONE,
+    REPLY_TIMEOUT_MS,
     CannedChat,
     Watched,
     model_line_says,
@@ -45,7 +46,7 @@ def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
                                                      characterData: true});
     }"""
     )
-    settings(page, max_tokens="40")  # the small model may otherwise ramble for minutes
+    settings(page, max_tokens="16")  # the small model may otherwise ramble for minutes
     reply = send(page, "Tell me a long story about the sea.")
     body = reply.locator(".body")
     assert body.inner_text().strip(), "the reply is empty"
@@ -70,7 +71,7 @@ def _stop_while_streaming(page: Any, base_url: str, how: str) -> None:
     page.press("#prompt", "Enter")
     # Streaming: some text has arrived and the Stop button shows.
     streamed = page.locator(".message.assistant .body").last
-    expect(streamed).to_have_text(re.compile(r"\S.{20}", re.DOTALL), timeout=120_000)
+    expect(streamed).to_have_text(re.compile(r"\S.{20}", re.DOTALL), timeout=REPLY_TIMEOUT_MS)
     assert page.is_visible("#stop") and not page.is_visible("#send")
     assert _active(base_url) == 1
     if how == "button":

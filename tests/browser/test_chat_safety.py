@@ -103,7 +103,7 @@ def test_the_api_key_field_makes_a_keyed_server_work(
         model_line_says(page, "API key")
         # The page's own request for /v1/models got 401: Chromium logs that as a console error.
         chat.expect_errors(lambda error: "401" in error)
-        settings(page, api_key="page-test-key", max_tokens="24")
+        settings(page, api_key="page-test-key", max_tokens="8")
         model_line_says(page, "context")
         reply = send(page, "Say hello.")
         assert reply.locator(".body").inner_text().strip()
