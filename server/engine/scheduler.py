@@ -23,7 +23,7 @@ from server.engine.prefix import pick_slot, reusable_prefix
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Slot
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
-from server.engine.vision import ImageSteps, Projector, safe_reuse
+from server.engine.vision import ImageSteps, Projector, keep_images_whole
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -118,13 +118,12 @@ class Scheduler:
         free = [(slot.seq_id, slot.cached, slot.last_used) for slot in self._slots if not slot.busy]
         slot = self._slots[pick_slot(free, job.tokens)]
         pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id))
-        reused = safe_reuse(
-            reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa), job.images
-        )
+        reused = reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa)
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0
         slot.cached = slot.cached[:reused]
+        reused = keep_images_whole(self._memory, slot, reused, job.images)
         try:
             seed = job.request.sampling.seed
             sampler = SamplerChain(

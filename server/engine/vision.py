@@ -102,6 +102,19 @@ def check_projector_file(path: Path, text_width: int) -> None:
         )
 
 
+def keep_images_whole(memory: Any, slot: Slot, reused: int, images: tuple[PromptImage, ...]) -> int:
+    """After the prefix cache chose to reuse `reused` tokens of the slot's KV: cut it back to an
+    image's start if that falls inside one (`safe_reuse`), forgetting the KV past it; returns
+    the tokens reused now."""
+    safe = safe_reuse(reused, images)
+    if safe < reused:
+        if not llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, safe, -1):
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+            safe = 0
+        slot.cached = slot.cached[:safe]
+    return safe
+
+
 class Projector:
     """An mtmd context: the projector file loaded beside the text model."""
 
