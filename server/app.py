@@ -45,6 +45,7 @@ from server.hardware import GpuProbe
 from server.planner import Plan
 from server.registry import ModelSpec
 from server.settings import Settings
+from server.ui import add_chat_page, is_page_path
 
 log = logging.getLogger("gemma_serve")
 
@@ -181,10 +182,14 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
+    if settings.ui:
+        add_chat_page(app)  # after the API: its paths are `/` and `/ui/*` only
     # add_middleware puts each one outside those added before it: innermost first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_size)
     if api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+        app.add_middleware(
+            APIKeyMiddleware, keys=api_keys, public_page=is_page_path if settings.ui else None
+        )
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     if settings.cors_origins:
         app.add_middleware(
