@@ -92,6 +92,7 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             parallel=plan.parallel,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
+            cache_ram=settings.cache_ram,
         )
 
     return load
