@@ -7,7 +7,7 @@
 #
 # CPU builds add -mno-amx-int8: ggml's AMX int8 kernels (enabled by -march=native on Xeon Sapphire
 # Rapids and newer) segfault in llama-cpp-python 0.3.36 on such CPUs; AVX-512 and AVX2 paths are
-# kept. For an NVIDIA GPU set CMAKE_ARGS="-DGGML_CUDA=on" (see README).
+# kept. For an NVIDIA GPU set CMAKE_ARGS="-DGGML_CUDA=on" (see docs/planning.md).
 #
 # usage: scripts/install-llama.sh VENV_PYTHON LLAMA_VERSION
 set -euo pipefail

@@ -2,7 +2,7 @@
 come back as a JSON object in the answer.
 
 Gemma 3's template knows system, user and assistant turns only, so this module turns everything
-tool-related into message text the template already handles (the format is in the README):
+tool-related into message text the template already handles (the format is in docs/api.md):
 
 - the offered tools become a system message (`tools_instruction`): one JSON line per tool (name,
   description, parameters schema) and the answer format,

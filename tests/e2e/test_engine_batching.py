@@ -196,7 +196,7 @@ def test_a_seed_reproduces_when_the_request_is_repeated(engine: LlamaEngine) -> 
     # text, whether its prompt is prefilled cold or found in the prefix cache (its last prompt
     # token is always decoded in a step of its own); another seed gives another text. Requests
     # running at the same moment may not: llama.cpp's arithmetic depends on which rows share a
-    # batch, which depends on when each request arrived (the README says so).
+    # batch, which depends on when each request arrived (docs/api.md says so).
     def seeded(seed: int) -> GenerationRequest:
         prompt = "Seed check, a prompt no other test sends: write a poem about the sea."
         return request(prompt, logprobs=None, sampling=SamplingParams(seed=seed))

@@ -75,7 +75,7 @@ def test_a_named_function_is_the_one_called(openai_client) -> None:  # type: ign
 def check(call) -> None:  # type: ignore[no-untyped-def]
     arguments = json.loads(call.function.arguments)
     if call.function.name == "get_forecast":
-        # `minimum`/`maximum` are not enforced by the grammar (README): check the rest.
+        # `minimum`/`maximum` are not enforced by the grammar (docs/api.md): check the rest.
         assert isinstance(arguments["days"], int)
     else:
         jsonschema.validate(arguments, SCHEMAS[call.function.name])

@@ -28,9 +28,10 @@ def gpus(*sizes: float) -> list[Device]:
     return [Device(f"GPU {i}", int(s * GiB), int(s * GiB)) for i, s in enumerate(sizes)]
 
 
-# The hardware table (also in the README): GiB free per GPU -> model, context per sequence,
-# layers, parallel sequences. On a GPU the plan makes room for at least 4 sequences of the context
-# (continuous batching), then adds as many as the memory left holds.
+# The hardware table (README.md and docs/planning.md show it; test_docs.py holds them to
+# this): GiB free per GPU -> model, context per sequence, layers, parallel sequences. On a GPU
+# the plan makes room for at least 4 sequences of the context (continuous batching), then adds as
+# many as the memory left holds.
 HARDWARE_TABLE = [
     ((), "gemma-3-270m", 8192, 0, 4),  # no GPU: the bundled model on the CPU, 4 sequences
     ((4,), "gemma-3-1b-it-qat", 32768, -1, 12),
