@@ -1,13 +1,13 @@
 """The prompt cache that outlives the slots, on the real engine (bundled model, llama.cpp):
-with more conversations than slots a later turn restores its saved history and says exactly what
-a cold prefill says; a budget of 0 saves nothing; a small budget evicts; the bytes held match what
-llama.cpp keeps per token (global layers: every position; sliding-window layers: the window)."""
+with more conversations than slots a later turn restores its saved history and answers exactly,
+logprobs included, what an engine with a slot per conversation answers; with a budget of 0 the
+history is prefilled again; a small budget evicts; the bytes held match what llama.cpp keeps per
+token (global layers: every position; sliding-window layers: the window)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,6 @@ import pytest
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
     ChatMessage,
-    Finished,
     GenerationRequest,
     PromptCacheStats,
     SamplingParams,
@@ -26,6 +25,7 @@ from server.engine.types import (
 SLOTS = 2
 CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
 MAX_TOKENS = 12
+TIE = 0.5  # nats: closer than this, batch numerics may pick either of the two best tokens
 N_SWA = 512  # Gemma 3 270M's sliding window
 KV_BYTES_PER_LAYER_TOKEN = 1024  # f16 K+V: 2 x 1 KV head x 256 dims x 2 bytes
 GLOBAL_LAYERS, SWA_LAYERS = 3, 15
@@ -34,7 +34,10 @@ GLOBAL_LAYERS, SWA_LAYERS = 3, 15
 @dataclass
 class Answer:
     text: str
-    usage_prompt_tokens: int
+    tokens: list[bytes]
+    logprobs: list[float]  # each generated token's
+    gaps: list[float]  # logprob of the most likely token minus the second's, at each step
+    prompt_tokens: int
     reused: int  # prompt tokens the engine did not prefill
 
 
@@ -45,6 +48,14 @@ def first_turn(k: int) -> tuple[ChatMessage, ...]:
     return (ChatMessage("user", f"Conversation {k}. {story} Which box is item {k + 3}?"),)
 
 
+def second_turn(k: int, reply: str) -> tuple[ChatMessage, ...]:
+    return (
+        *first_turn(k),
+        ChatMessage("assistant", reply),
+        ChatMessage("user", "And the next item?"),
+    )
+
+
 def ask(engine: LlamaEngine, messages: tuple[ChatMessage, ...]) -> Answer:
     async def main() -> Answer:
         before = engine.reused_prompt_tokens()
@@ -53,48 +64,39 @@ def ask(engine: LlamaEngine, messages: tuple[ChatMessage, ...]) -> Answer:
                 messages=messages,
                 max_tokens=MAX_TOKENS,
                 sampling=SamplingParams(temperature=0),
+                logprobs=2,
             )
         )
-        text, finished = "", None
+        answer = Answer("", [], [], [], job.prompt_tokens, 0)
         async for event in job.events():
             if isinstance(event, TextDelta):
-                text += event.text
-            elif isinstance(event, Finished):
-                finished = event
-        assert finished is not None
-        reused = engine.reused_prompt_tokens() - before
-        return Answer(text, finished.usage.prompt_tokens, reused)
+                answer.text += event.text
+                for token in event.logprobs:
+                    answer.tokens.append(token.bytes)
+                    answer.logprobs.append(token.logprob)
+                    answer.gaps.append(token.top[0].logprob - token.top[1].logprob)
+            else:
+                assert event.usage.prompt_tokens == job.prompt_tokens
+        answer.reused = engine.reused_prompt_tokens() - before
+        return answer
 
     return asyncio.run(main())
 
 
-def conversations(engine: LlamaEngine, replies: list[str] | None = None) -> list[Answer]:
-    """Every conversation's first turn, then every second turn, one request at a time. The
-    second turns carry `replies` (the first turns' texts unless given), so that two engines can
-    be asked exactly the same."""
+def conversations(engine: LlamaEngine) -> list[Answer]:
+    """Every conversation's first turn, then every second turn, one request at a time (the
+    replies are the bundled model's first-turn answers, the same for every engine here)."""
     firsts = [ask(engine, first_turn(k)) for k in range(CONVERSATIONS)]
-    texts = replies or [answer.text for answer in firsts]
-    seconds = [
-        ask(
-            engine,
-            (
-                *first_turn(k),
-                ChatMessage("assistant", texts[k]),
-                ChatMessage("user", "And the next item?"),
-            ),
-        )
-        for k in range(CONVERSATIONS)
-    ]
-    return firsts + seconds
+    return firsts + [ask(engine, second_turn(k, firsts[k].text)) for k in range(CONVERSATIONS)]
 
 
-def engine_with(model_path: Path, cache_ram: int) -> LlamaEngine:
+def engine_with(model_path: Path, *, parallel: int, cache_ram: int) -> LlamaEngine:
     return LlamaEngine(
         model_path=model_path,
         model_id="gemma-3-270m",
         n_ctx=2048,
         n_threads=2,
-        parallel=SLOTS,
+        parallel=parallel,
         cache_ram=cache_ram,
     )
 
@@ -105,53 +107,82 @@ def cache_stats(engine: LlamaEngine) -> PromptCacheStats:
     return stats
 
 
-@pytest.fixture(scope="module")
-def cold(model_path: Path) -> list[Answer]:
-    """The reference: no saved states (the slots' own prefix reuse still works)."""
-    engine = engine_with(model_path, cache_ram=0)
+def run(model_path: Path, *, parallel: int, cache_ram: int) -> tuple[list[Answer], LlamaEngine]:
+    engine = engine_with(model_path, parallel=parallel, cache_ram=cache_ram)
     try:
-        answers = conversations(engine)
-        stats = cache_stats(engine)
-        assert stats.saves == 0 and stats.restores == 0 and stats.saved_bytes == 0
-        assert stats.saved_states == 0 and stats.budget_bytes == 0
+        return conversations(engine), engine
     finally:
-        engine.close()
+        engine.close()  # stats stay readable
+
+
+@pytest.fixture(scope="module")
+def roomy(model_path: Path) -> list[Answer]:
+    """The reference: a slot for every conversation, so each keeps its own KV."""
+    answers, engine = run(model_path, parallel=CONVERSATIONS, cache_ram=0)
+    assert cache_stats(engine).restores == 0
     return answers
 
 
 @pytest.fixture(scope="module")
-def warm_engine(model_path: Path) -> Iterator[LlamaEngine]:
-    engine = engine_with(model_path, cache_ram=256)
-    yield engine
-    engine.close()
+def warm(model_path: Path) -> tuple[list[Answer], PromptCacheStats, list[str]]:
+    """More conversations than slots, with the prompt cache; and the engine's warnings."""
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("gemma_serve.engine")
+    logger.addHandler(handler)
+    try:
+        answers, engine = run(model_path, parallel=SLOTS, cache_ram=256)
+    finally:
+        logger.removeHandler(handler)
+    return answers, cache_stats(engine), warnings
 
 
-def test_a_later_turn_restores_its_history_and_says_the_same(
-    warm_engine: LlamaEngine, cold: list[Answer], caplog: pytest.LogCaptureFixture
+def test_a_later_turn_restores_its_history_exactly(
+    warm: tuple[list[Answer], PromptCacheStats, list[str]], roomy: list[Answer]
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gemma_serve.engine")
-    replies = [answer.text for answer in cold[:CONVERSATIONS]]
-    warm = conversations(warm_engine, replies)
-    stats = cache_stats(warm_engine)
-
-    assert [a.text for a in warm] == [a.text for a in cold]  # temperature 0: the very same text
-    firsts, seconds = warm[:CONVERSATIONS], warm[CONVERSATIONS:]
+    answers, stats, warnings = warm
+    firsts, seconds = answers[:CONVERSATIONS], answers[CONVERSATIONS:]
     for first, second in zip(firsts, seconds, strict=True):
         assert first.reused == 0  # nothing to reuse yet
-        # the whole first-turn prompt (and the reply's KV) came from a slot or a saved state
-        assert second.reused > first.usage_prompt_tokens > 600
-    # with the cache off, a history evicted from its slot is prefilled cold again
-    cold_seconds = cold[CONVERSATIONS:]
-    assert sum(a.reused == 0 for a in cold_seconds) >= CONVERSATIONS - SLOTS
+        # the first turn (prompt and reply) came from a slot or a saved state
+        assert second.reused > first.prompt_tokens > 600
     assert stats.restores >= CONVERSATIONS - SLOTS
-    assert stats.hits >= CONVERSATIONS and stats.saves >= stats.restores
+    assert stats.hits == CONVERSATIONS and stats.saves >= stats.restores
     assert stats.save_seconds > 0 and stats.restore_seconds > 0
+    # A restored state is the very KV the sequence had: each answer, to the last bit of every
+    # logprob, is the one an engine with a slot per conversation gives.
+    assert [(a.text, a.logprobs, a.reused) for a in answers] == [
+        (a.text, a.logprobs, a.reused) for a in roomy
+    ]
     # the restored window was where the decision expected it (the engine warns otherwise)
-    assert not [r for r in caplog.records if "expected" in r.getMessage()]
+    assert warnings == []
 
 
-def test_saved_bytes_are_what_llama_cpp_keeps_per_token(warm_engine: LlamaEngine) -> None:
-    stats = cache_stats(warm_engine)
+def test_without_the_cache_an_evicted_history_is_prefilled_again(
+    model_path: Path, roomy: list[Answer]
+) -> None:
+    answers, engine = run(model_path, parallel=SLOTS, cache_ram=0)
+    stats = cache_stats(engine)
+    assert stats.saves == stats.restores == stats.evictions == 0
+    assert stats.saved_states == stats.saved_bytes == stats.budget_bytes == 0
+    seconds = answers[CONVERSATIONS:]
+    assert sum(a.reused == 0 for a in seconds) >= CONVERSATIONS - SLOTS
+    # A cold prefill computes the history's KV in other batches than the first turn did, so its
+    # logits differ in the last bits: the answers agree up to the first near tie (as the
+    # batching tests compare), and the first turns, cold everywhere, agree exactly.
+    assert [a.logprobs for a in answers[:CONVERSATIONS]] == [
+        a.logprobs for a in roomy[:CONVERSATIONS]
+    ]
+    for cold, kept in zip(seconds, roomy[CONVERSATIONS:], strict=True):
+        trusted = next((i for i, gap in enumerate(kept.gaps) if gap < TIE), MAX_TOKENS)
+        assert trusted >= 1 and cold.tokens[:trusted] == kept.tokens[:trusted]
+
+
+def test_saved_bytes_are_what_llama_cpp_keeps_per_token(
+    warm: tuple[list[Answer], PromptCacheStats, list[str]],
+) -> None:
+    _, stats, _ = warm
     assert stats.saved_states >= 1
     assert stats.saved_bytes <= stats.budget_bytes == 256 << 20
     # Each saved history holds ~750 tokens: every position of the global layers, the last 512
@@ -166,7 +197,7 @@ def test_a_small_budget_evicts_the_least_recently_used(model_path: Path) -> None
     # One saved history takes ~10 MiB (see above): a 12 MiB budget holds one at a time. Four
     # first turns on two slots: the third and the fourth each push a history out of its slot;
     # the second one saved pushes the first out of the budget.
-    engine = engine_with(model_path, cache_ram=12)
+    engine = engine_with(model_path, parallel=SLOTS, cache_ram=12)
     try:
         for k in range(4):
             assert ask(engine, first_turn(k)).reused == 0
