@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from server import __version__, hardware
+from server import __version__
 from server.api.access_log import AccessLogMiddleware
 from server.api.completions import router as completions_router
 from server.api.deps import Runtime
@@ -37,10 +38,12 @@ from server.api.security import (
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
+from server.download import Cancelled, DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file
 from server.gguf import read_header
+from server.hardware import GpuProbe
 from server.planner import Plan
 from server.registry import ModelSpec
 from server.settings import Settings
@@ -61,8 +64,11 @@ def check_model_template(path: Path) -> None:
             raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
 
 
-def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
-    """Fetch and verify the model file, then load it as planned (runs in a worker thread)."""
+def default_engine_loader(
+    settings: Settings, plan: Plan, cancel: threading.Event | None = None
+) -> EngineLoader:
+    """Fetch and verify the model file, then load it as planned (runs in a worker thread). A set
+    `cancel` stops a download in progress (DownloadCancelled), to be resumed at the next start."""
 
     def load() -> Engine:
         # Imported here so that only a server that really loads a model imports llama_cpp.
@@ -70,14 +76,16 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
 
         spec, n_ctx = plan.model, plan.n_ctx
         try:
-            path = ensure_model_file(spec, settings.cache_dir)
+            path = ensure_model_file(spec, settings.cache_dir, cancel)
         except FetchError as exc:
             if plan.fallback is None:
                 raise
             spec = plan.fallback
             n_ctx = min(n_ctx, spec.architecture.context_length)
             log.warning("%s; serving the bundled %s instead", exc, spec.id)
-            path = ensure_model_file(spec, settings.cache_dir)
+            path = ensure_model_file(spec, settings.cache_dir, cancel)
+        if cancel is not None and cancel.is_set():
+            raise DownloadCancelled(spec.id)  # stopping: do not start loading it now
         if settings.chat_template == "gguf":
             check_model_template(path)
         return LlamaEngine(
@@ -93,6 +101,7 @@ def default_engine_loader(settings: Settings, plan: Plan) -> EngineLoader:
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
             cache_ram=settings.cache_ram,
+            cancel=cancel,
         )
 
     return load
@@ -107,6 +116,12 @@ async def _load(
 ) -> None:
     try:
         engine = await asyncio.to_thread(load)
+    except DownloadCancelled:
+        log.info("stopped during the download of %s; it resumes at the next start", runtime.spec.id)
+        return
+    except Cancelled:
+        log.info("stopped while loading %s", runtime.spec.id)
+        return
     except Exception as exc:
         runtime.load_error = str(exc)
         on_fatal(f"cannot serve {runtime.spec.id}: {exc}")
@@ -122,18 +137,21 @@ def create_app(
     plan: Plan,
     load_engine: EngineLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    gpu_probe: GpuProbe | None = None,
 ) -> FastAPI:
     """Build the ASGI app for a plan. `on_fatal` is told when the model cannot be loaded
     (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
-    `app.state.drain` runs the graceful shutdown. Raises SecurityConfigError for an unreadable
-    API key file."""
+    `gpu_probe` reads GPU memory for /metrics (default: NVML). `app.state.drain` runs the
+    graceful shutdown. Raises SecurityConfigError for an unreadable API key file."""
     runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases))
-    load = load_engine or default_engine_loader(settings, plan)
+    stopping = threading.Event()  # set at shutdown: a download in progress stops
+    load = load_engine or default_engine_loader(settings, plan, stopping)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    probe = gpu_probe or GpuProbe()
     metrics = Metrics(
         engine_stats=lambda: runtime.engine.stats() if runtime.engine else None,
-        gpu_memory=hardware.memory_in_use if plan.on_gpu else None,
+        gpu_memory=probe.memory_in_use if plan.on_gpu else None,
     )
 
     def install(engine: Engine) -> Engine:
@@ -150,10 +168,13 @@ def create_app(
         try:
             yield
         finally:
-            # A load in progress cannot be interrupted (it runs in llama.cpp); let it end first.
+            # A download in progress stops at once (it resumes at the next start), a load in
+            # llama.cpp at its next tensor; then wait for the loader to return.
+            stopping.set()
             await loading
             if runtime.engine is not None:
                 await asyncio.to_thread(runtime.engine.close)
+            probe.close()
 
     app = FastAPI(title="gemma-serve", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime

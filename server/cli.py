@@ -25,19 +25,21 @@ from typing import Any
 import uvicorn
 from pydantic import BeforeValidator, ValidationError
 
-from server import __version__, hardware
+from server import __version__
 from server.api.security import SecurityConfigError, is_loopback
 from server.api.shutdown import Drain
 from server.app import create_app
+from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
 from server.fetch import FetchError, ensure_model_file
+from server.hardware import GpuProbe, Hardware, as_cuda_sees_them, hide_from_cuda, simulated
 from server.planner import Plan, plan
 from server.registry import RegistryError, load_registry
-from server.report import as_json, describe, plan_options
+from server.report import as_json, describe, no_gpu_line, plan_options
 from server.settings import Settings
 
 log = logging.getLogger("gemma_serve")
 
-COMMANDS = ("serve", "plan", "pull")
+COMMANDS = ("serve", "plan", "pull", "doctor")
 
 
 def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
@@ -48,6 +50,8 @@ def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
         return {"choices": list(typing.get_args(annotation))}
     args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
     base = args[0] if args else annotation
+    if base is bool:  # `--require-gpu` alone means true; `--log-prompts false` still parses
+        return {"type": str, "nargs": "?", "const": "true"}
     if base is int:
         return {"type": int}
     if base is float:
@@ -96,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", help="Download and verify a model ahead of time.")
     pull.add_argument("pull_model", metavar="MODEL", help="Registry id, e.g. gemma-3-27b-it-qat.")
     _add_settings_flags(pull)
+    doctor = commands.add_parser(
+        "doctor",
+        help="Print versions, GPUs, the llama.cpp build, the model cache and the plan: one "
+        "screen to paste into a bug report.",
+    )
+    _add_settings_flags(doctor)
     return parser
 
 
@@ -166,18 +176,47 @@ class DrainingServer(uvicorn.Server):
             self._draining = asyncio.ensure_future(drain_then_exit())
 
 
-def _plan(settings: Settings, machine: hardware.Hardware) -> Plan:
-    """Plan and log the decision as one block: devices, every model, the pick and why."""
-    chosen = plan(machine.devices, load_registry(settings.registry_file), plan_options(settings))
-    log.info("plan:\n%s", "\n".join(describe(machine, chosen)))
+def machine_and_build(
+    settings: Settings, probe: GpuProbe | None = None
+) -> tuple[Hardware, LlamaBuild]:
+    """The GPUs NVML reports and what the installed llama.cpp can offload to.
+
+    A CUDA_VISIBLE_DEVICES the user set narrows the GPUs to those CUDA will show. Otherwise cards
+    below the build's CUDA architectures are hidden from CUDA (CUDA_VISIBLE_DEVICES) before
+    llama.cpp is imported and initialises CUDA, so llama.cpp never runs a kernel on a card it has
+    no code for.
+    """
+    machine = as_cuda_sees_them(
+        (probe or GpuProbe()).hardware(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
+    hide_from_cuda(machine.devices, settings.cuda_architectures)
+    from server.engine.backends import llama_build  # loads llama.cpp (and CUDA, if built with it)
+
+    return machine, llama_build()
+
+
+def _plan(settings: Settings, machine: Hardware, build: LlamaBuild) -> Plan:
+    """Plan and log the decision as one block: devices, every model, the pick and why; as a
+    warning when a GPU was found but is not used."""
+    chosen = plan(
+        machine.devices, load_registry(settings.registry_file), plan_options(settings), build
+    )
+    level = logging.WARNING if machine.devices and not chosen.on_gpu else logging.INFO
+    log.log(level, "plan:\n%s", "\n".join(describe(machine, chosen)))
     return chosen
 
 
 def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: bool) -> int:
     try:
-        machine = hardware.simulated(gpu_memory) if gpu_memory else hardware.probe()
+        # Simulated cards imply a CUDA build: the preview of a machine that is not this one,
+        # made without loading llama.cpp.
+        machine, build = (
+            (simulated(gpu_memory), ASSUMED_CUDA_BUILD)
+            if gpu_memory
+            else machine_and_build(settings)
+        )
         chosen = plan(
-            machine.devices, load_registry(settings.registry_file), plan_options(settings)
+            machine.devices, load_registry(settings.registry_file), plan_options(settings), build
         )
     except (RegistryError, ValueError) as exc:
         return _fail(str(exc))
@@ -185,6 +224,18 @@ def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: 
         print(json.dumps(as_json(machine, chosen), indent=2))  # noqa: T201 - the command's output
     else:
         print("\n".join(describe(machine, chosen)))  # noqa: T201 - the command's output
+    return 0
+
+
+def show_doctor(settings: Settings) -> int:
+    from server.doctor import gather, render
+
+    try:
+        machine, build = machine_and_build(settings)
+        facts = gather(settings, machine, build)
+    except RegistryError as exc:
+        return _fail(str(exc))
+    print("\n".join(render(facts)))  # noqa: T201 - the command's output
     return 0
 
 
@@ -205,9 +256,12 @@ def pull(settings: Settings, model_id: str) -> int:
 def serve(settings: Settings) -> int:
     _configure_logging(settings.log_level, "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
-        chosen = _plan(settings, hardware.probe())
+        machine, build = machine_and_build(settings)
+        chosen = _plan(settings, machine, build)
     except RegistryError as exc:
         return _fail(str(exc))
+    if settings.require_gpu and not chosen.on_gpu:
+        return _fail(f"--require-gpu is set: {no_gpu_line(machine, chosen)}", 1)
     spec = chosen.model
     try:
         sock = _bind(settings.host, settings.port)
@@ -281,6 +335,11 @@ def parse_settings(argv: Sequence[str]) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The planner splits the model over the GPUs in NVML's order, the PCI bus order; llama.cpp
+    # applies the split in CUDA's order, which is fastest-first unless this is set before CUDA
+    # initialises (when llama.cpp is imported, later): on a mixed box the shares would land on
+    # the wrong cards.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     try:
         command, settings, extras = parse_command(sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
@@ -293,4 +352,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_plan(settings, extras.get("gpu_memory"), bool(extras.get("json")))
     if command == "pull":
         return pull(settings, extras["pull_model"])
+    if command == "doctor":
+        return show_doctor(settings)
     return serve(settings)

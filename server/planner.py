@@ -1,41 +1,23 @@
 """Which model to serve, with how much context, on which devices: a pure function of figures.
 
-`plan(devices, registry, options)` does no I/O, so every decision is tested with tables of numbers
-(tests/unit/test_planner.py) for GPUs that are not present.
+`plan(devices, registry, options, build)` does no I/O, so every decision is tested with tables of
+numbers (tests/unit/test_planner.py) for GPUs and llama.cpp builds that are not present. The
+devices are what NVML reports; the build is what the installed llama.cpp can offload to
+(`LlamaBuild`): a card the build cannot use is refused with one line saying why and what fixes
+it, and the plan is made for the devices that remain. The memory estimate is server/memory.py.
 
-The memory estimate follows what llama.cpp really allocates (src/llama-kv-cache-iswa.cpp,
-src/llama-context.cpp), checked against llama.cpp's own reports in tests/e2e/test_memory.py:
-- weights: the GGUF file's size (Gemma 3 ties its output head to the token embeddings, which
-  llama.cpp keeps on the CPU for the input lookup *and* copies to the GPU for the output, so the
-  GPU holds about the whole file);
-- KV cache: n_ctx is padded to 256 cells; global layers (every `swa_pattern`-th) keep n_ctx cells,
-  sliding-window layers keep pad(min(n_ctx, window + n_ubatch), 256) cells (`swa_full=False`, as
-  gemma-serve loads), or n_ctx with `swa_full=True`; a cell of a layer holds K and V for every KV
-  head;
-- parallel sequences: gemma-serve gives each of its `parallel` sequences its own KV stream
-  (`kv_unified=false`, llama.cpp's n_ctx = context x parallel), so the KV cache above is allocated
-  once per sequence; the compute buffer does not grow with them;
-- compute buffers: dominated by the logits of one micro-batch (vocab x n_ubatch x 4 bytes: 512 MiB
-  for Gemma's 262,144-token vocabulary), plus a small allowance for activations;
-- a margin per GPU (llama-server's `--fit-target` default, 1 GiB) for the driver, the CUDA context
-  and other programs.
+One function per case: `_cpu_plan` (no usable GPU), `_too_small_plan` (GPUs, but no model fits
+them: the bundled model on the CPU) and `_gpu_plan`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from server.registry import Architecture, ModelSpec, PypiSource, Registry
+from server.capability import CUDA_REBUILD, LlamaBuild, capability_text
+from server.memory import GiB, KvType, estimate, gib, kv_cache, pad
+from server.registry import ModelSpec, PypiSource, Registry
 
-MiB = 1 << 20
-GiB = 1 << 30
-
-KvType = Literal["f16", "q8_0"]
-# Bytes per element as ggml stores them: q8_0 packs 32 values in 34 bytes.
-KV_BYTES_PER_ELEMENT: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32}
-CELL_PADDING = 256
-ACTIVATIONS_ALLOWANCE = 64 * MiB
 CTX_STEP = 1024
 # On a GPU the plan always makes room for this many sequences decoded together, then adds as many
 # more as the memory left allows, up to MAX_GPU_PARALLEL.
@@ -51,10 +33,6 @@ CPU_PARALLEL = 4
 CPU_CTX = 8192
 
 
-def _pad(value: int, to: int = CELL_PADDING) -> int:
-    return -(-value // to) * to
-
-
 @dataclass(frozen=True)
 class Device:
     """One GPU as the hardware probe saw it (or as `--gpu-memory` describes it)."""
@@ -62,74 +40,9 @@ class Device:
     name: str
     total: int
     free: int
-
-
-@dataclass(frozen=True)
-class KvCache:
-    global_bytes: int
-    swa_bytes: int
-
-    @property
-    def total(self) -> int:
-        return self.global_bytes + self.swa_bytes
-
-
-def global_layers(arch: Architecture) -> int:
-    return sum(1 for i in range(arch.block_count) if i % arch.swa_pattern == arch.swa_pattern - 1)
-
-
-def kv_cache(
-    arch: Architecture,
-    n_ctx: int,
-    *,
-    n_ubatch: int = 512,
-    kv_type: KvType = "f16",
-    swa_full: bool = False,
-) -> KvCache:
-    """KV cache bytes llama.cpp allocates for one sequence of `n_ctx` tokens."""
-    cells = _pad(n_ctx)
-    swa_cells = cells if swa_full else _pad(min(cells, arch.sliding_window + n_ubatch))
-    per_cell = arch.head_count_kv * (arch.key_length + arch.value_length)
-    bytes_per_cell_layer = per_cell * KV_BYTES_PER_ELEMENT[kv_type]
-    n_global = global_layers(arch)
-    n_swa = arch.block_count - n_global
-    return KvCache(
-        global_bytes=round(n_global * cells * bytes_per_cell_layer),
-        swa_bytes=round(n_swa * swa_cells * bytes_per_cell_layer),
-    )
-
-
-def compute_buffer(arch: Architecture, n_ubatch: int = 512) -> int:
-    return arch.vocab_size * n_ubatch * 4 + ACTIVATIONS_ALLOWANCE
-
-
-@dataclass(frozen=True)
-class Estimate:
-    weights: int
-    kv: int
-    compute: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.kv + self.compute
-
-
-def estimate(
-    spec: ModelSpec,
-    n_ctx: int,
-    *,
-    n_gpus: int = 1,
-    kv_type: KvType = "f16",
-    n_ubatch: int = 512,
-    n_seq: int = 1,
-) -> Estimate:
-    """Device memory to hold `spec` fully offloaded with `n_seq` sequences of `n_ctx` tokens each
-    (each GPU has its own compute buffer when the model is split)."""
-    return Estimate(
-        weights=spec.file_size,
-        kv=n_seq * kv_cache(spec.architecture, n_ctx, n_ubatch=n_ubatch, kv_type=kv_type).total,
-        compute=compute_buffer(spec.architecture, n_ubatch) * max(1, n_gpus),
-    )
+    # Compute capability x 10 (86 for 8.6); None where unknown (a simulated card).
+    compute_capability: int | None = None
+    uuid: str | None = None  # NVML's "GPU-..." id, which CUDA_VISIBLE_DEVICES also takes
 
 
 @dataclass(frozen=True)
@@ -143,8 +56,10 @@ class PlanOptions:
     gpu_layers: int | None = None
     margin: int = GiB
     kv_type: KvType = "f16"
-    n_ubatch: int = 512
     parallel: int | None = None  # sequences decoded together; None: chosen by the plan
+    # The CUDA architectures the build has kernels for, as compute capability x 10
+    # (GEMMA_SERVE_CUDA_ARCHITECTURES); empty: as the build reports them, if it does.
+    cuda_architectures: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,10 +77,10 @@ class Plan:
     model: ModelSpec
     n_ctx: int
     n_gpu_layers: int  # -1: every layer on the GPU; 0: CPU only
-    tensor_split: tuple[float, ...] | None
-    available: int
-    needed: int
     reason: str
+    tensor_split: tuple[float, ...] | None = None
+    available: int = 0  # GPU memory the plan may use, margins taken off
+    needed: int = 0
     warnings: tuple[str, ...] = ()
     candidates: tuple[Candidate, ...] = field(default=())
     # What to serve if the chosen model cannot be fetched (offline, gated): the bundled model.
@@ -173,14 +88,14 @@ class Plan:
     fallback: ModelSpec | None = None
     # Sequences decoded together, each with `n_ctx` tokens of its own.
     parallel: int = CPU_PARALLEL
+    # GPUs the candidates were measured against (0: no usable GPU, the table has no "fits").
+    gpus: int = 0
+    # One line for each GPU found but not used: which card, why, and what fixes it.
+    refusals: tuple[str, ...] = ()
 
     @property
     def on_gpu(self) -> bool:
         return self.n_gpu_layers != 0
-
-
-def gib(n: int | float) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def cpu_model(registry: Registry) -> ModelSpec:
@@ -191,207 +106,270 @@ def cpu_model(registry: Registry) -> ModelSpec:
     return min(registry.models, key=lambda spec: spec.file_size)
 
 
+def usable_devices(
+    devices: list[Device], build: LlamaBuild, options: PlanOptions
+) -> tuple[list[Device], tuple[str, ...]]:
+    """The devices this llama.cpp build can run on, and one line for each refusal saying which
+    card, why it is not used and what fixes it."""
+    archs = options.cuda_architectures or build.cuda_architectures
+    old = below_architectures(devices, archs)
+    lines = [
+        f"{device.name} has compute capability "
+        f"{capability_text(device.compute_capability or 0)}, below the lowest this llama.cpp "
+        f"build has kernels for ({capability_text(min(archs))}): it is not used; to use it, "
+        "build llama-cpp-python on this machine (make serve GPU=cuda builds for the GPUs present)"
+        for device in old
+    ]
+    usable = [device for device in devices if device not in old]
+    if usable and not build.gpu_offload:
+        cards = ", ".join(f"{device.name} ({gib(device.total)})" for device in usable)
+        lines.append(
+            f"found {cards} but {build.why_no_gpu()}, so the GPU is not used; to serve on it, "
+            f"rebuild llama-cpp-python with CUDA: {CUDA_REBUILD}"
+        )
+        usable = []
+    return usable, tuple(lines)
+
+
+def below_architectures(devices: list[Device], archs: tuple[int, ...]) -> list[Device]:
+    """The cards older than the lowest CUDA architecture the build has kernels for: llama.cpp
+    would abort on them with "no kernel image is available"."""
+    if not archs:
+        return []
+    return [
+        device
+        for device in devices
+        if device.compute_capability is not None and device.compute_capability < min(archs)
+    ]
+
+
+def plan(
+    devices: list[Device], registry: Registry, options: PlanOptions, build: LlamaBuild
+) -> Plan:
+    """Pick the model, context, offload and parallel sequences for the devices `build` can use.
+
+    No usable GPU: the bundled model on the CPU (or the forced one), CPU_PARALLEL sequences, and a
+    warning for each card found but refused. GPUs: the largest model that fits fully with
+    MIN_GPU_PARALLEL (or `parallel`) sequences of `plan_ctx` tokens each, its compute buffers and
+    a margin per GPU; then the largest context per sequence that still fits, up to the model's
+    trained context or `max_ctx`; then as many sequences as the memory left holds (unless
+    `parallel` is given). If no model fits, the bundled model on the CPU. A forced model that
+    does not fit is partially offloaded, with a warning. An explicit `ctx` (capped by the model's
+    trained context) or `gpu_layers` is used as given.
+    """
+    forced = registry.get(options.model) if options.model else None
+    usable, refusals = usable_devices(devices, build, options)
+    if not usable:
+        found = "no usable GPU" if devices else "no NVIDIA GPU found"
+        return _cpu_plan(registry, options, forced, found, refusals)
+    return _gpu_plan(usable, registry, options, forced, refusals)
+
+
 def _ctx_limit(spec: ModelSpec, options: PlanOptions) -> int:
     return min(spec.architecture.context_length, options.max_ctx)
 
 
-def _largest_ctx(
-    spec: ModelSpec, available: int, n_gpus: int, options: PlanOptions, n_seq: int
-) -> int:
-    """The largest context (plan_ctx, then steps of CTX_STEP up to the limit) that fits `n_seq`
-    sequences."""
-    high = _ctx_limit(spec, options)
-    low = min(options.plan_ctx, high)
-    best = low
-    for ctx in sorted({low, high, *range(_pad(low, CTX_STEP), high, CTX_STEP)}):
-        if (
-            estimate(
-                spec,
-                ctx,
-                n_gpus=n_gpus,
-                kv_type=options.kv_type,
-                n_ubatch=options.n_ubatch,
-                n_seq=n_seq,
-            ).total
-            > available
-        ):
-            break
-        best = ctx
-    return best
+def _ctx(spec: ModelSpec, options: PlanOptions, default: int) -> int:
+    """`--ctx` capped by the model's trained context, else `default` capped by the limit."""
+    if options.ctx:  # asked for: only the model's trained context limits it
+        return min(options.ctx, spec.architecture.context_length)
+    return min(default, _ctx_limit(spec, options))
 
 
-def _partial_layers(
-    spec: ModelSpec, n_ctx: int, available: int, n_gpus: int, options: PlanOptions, n_seq: int
-) -> int:
-    """How many layers fit on the GPU when the whole model does not (0 if none)."""
-    est = estimate(
-        spec,
-        n_ctx,
-        n_gpus=n_gpus,
-        kv_type=options.kv_type,
-        n_ubatch=options.n_ubatch,
-        n_seq=n_seq,
-    )
-    per_layer = (est.weights + est.kv) / (spec.architecture.block_count + 1)
-    room = available - est.compute
-    return max(0, min(spec.architecture.block_count, int(room // per_layer)))
+def _cpu_ctx(spec: ModelSpec, options: PlanOptions) -> int:
+    return _ctx(spec, options, CPU_CTX)
 
 
-def _gpu_parallel(
-    spec: ModelSpec, n_ctx: int, available: int, n_gpus: int, options: PlanOptions
-) -> int:
-    """As many sequences of `n_ctx` as the memory left after the model holds: at least
-    MIN_GPU_PARALLEL (the plan made room for them), at most MAX_GPU_PARALLEL."""
-    base = estimate(
-        spec, n_ctx, n_gpus=n_gpus, kv_type=options.kv_type, n_ubatch=options.n_ubatch, n_seq=0
-    ).total
-    per_sequence = kv_cache(
-        spec.architecture, n_ctx, n_ubatch=options.n_ubatch, kv_type=options.kv_type
-    ).total
-    fitting = (available - base) // per_sequence
-    return int(max(MIN_GPU_PARALLEL, min(MAX_GPU_PARALLEL, fitting)))
+@dataclass(frozen=True)
+class _Budget:
+    """The memory the usable GPUs offer (nothing for the CPU) and what a model needs of it."""
 
+    options: PlanOptions
+    n_gpus: int = 0
+    available: int = 0
+    n_seq: int = CPU_PARALLEL
 
-def plan(devices: list[Device], registry: Registry, options: PlanOptions) -> Plan:
-    """Pick the model, context, offload and parallel sequences for these devices.
-
-    No GPU: the bundled model on the CPU (or the forced one), CPU_PARALLEL sequences. GPUs: the
-    largest model that fits fully with MIN_GPU_PARALLEL (or `parallel`) sequences of `plan_ctx`
-    tokens each, its compute buffers and a margin per GPU; then the largest context per sequence
-    that still fits, up to the model's trained context or `max_ctx`; then as many sequences as the
-    memory left holds (unless `parallel` is given). If no model fits,
-    the bundled model on the CPU. A forced model that does not fit is partially offloaded, with a
-    warning. An explicit `ctx` or `gpu_layers` is used as given.
-    """
-    forced = registry.get(options.model) if options.model else None
-    n_gpus = len(devices)
-    available = sum(max(0, device.free - options.margin) for device in devices)
-    split = _tensor_split(devices, options.margin) if n_gpus > 1 else None
-
-    def ctx_for(spec: ModelSpec) -> int:
-        if options.ctx:  # asked for: only the model's trained context limits it
-            return min(options.ctx, spec.architecture.context_length)
-        return min(options.plan_ctx if devices else CPU_CTX, _ctx_limit(spec, options))
-
-    n_seq = options.parallel or (MIN_GPU_PARALLEL if devices else CPU_PARALLEL)
-
-    def needed(spec: ModelSpec, n_ctx: int) -> int:
+    def needed(self, spec: ModelSpec, n_ctx: int, n_seq: int | None = None) -> int:
         return estimate(
             spec,
             n_ctx,
-            n_gpus=max(1, n_gpus),
-            kv_type=options.kv_type,
-            n_ubatch=options.n_ubatch,
-            n_seq=n_seq,
+            n_gpus=max(1, self.n_gpus),
+            kv_type=self.options.kv_type,
+            n_seq=self.n_seq if n_seq is None else n_seq,
         ).total
 
-    if not devices:
-        spec = forced or cpu_model(registry)
-        n_ctx = ctx_for(spec)
-        ignored = ("--gpu-layers has no effect without a GPU",) if options.gpu_layers else ()
-        why = f"{spec.id} was asked for" if forced else f"{spec.id} is the bundled model"
-        rows = tuple(
-            Candidate(s.id, ctx_for(s), needed(s, ctx_for(s)), False) for s in registry.models
-        )
-        return Plan(
+    def per_sequence(self, spec: ModelSpec, n_ctx: int) -> int:
+        return kv_cache(spec.architecture, n_ctx, kv_type=self.options.kv_type).total
+
+    def largest_ctx(self, spec: ModelSpec) -> int:
+        """The largest context (plan_ctx, then steps of CTX_STEP up to the limit) that fits."""
+        high = _ctx_limit(spec, self.options)
+        low = min(self.options.plan_ctx, high)
+        best = low
+        for ctx in sorted({low, high, *range(pad(low, CTX_STEP), high, CTX_STEP)}):
+            if self.needed(spec, ctx) > self.available:
+                break
+            best = ctx
+        return best
+
+    def partial_layers(self, spec: ModelSpec, n_ctx: int) -> int:
+        """How many layers fit on the GPU when the whole model does not (0 if none)."""
+        est = estimate(
             spec,
             n_ctx,
-            0,
-            None,
-            0,
-            needed(spec, n_ctx),
-            f"no NVIDIA GPU found: {why}; running on the CPU",
-            ignored,
-            rows,
-            parallel=n_seq,
+            n_gpus=max(1, self.n_gpus),
+            kv_type=self.options.kv_type,
+            n_seq=self.n_seq,
         )
+        per_layer = (est.weights + est.kv) / (spec.architecture.block_count + 1)
+        room = self.available - est.compute
+        return max(0, min(spec.architecture.block_count, int(room // per_layer)))
 
-    by_size = sorted(registry.models, key=lambda spec: spec.file_size, reverse=True)
-    rows_list = []
-    chosen: ModelSpec | None = forced
-    for spec in by_size:
-        n_ctx = ctx_for(spec)
-        memory = needed(spec, n_ctx)
-        row = Candidate(spec.id, n_ctx, memory, memory <= available)
-        if chosen is None and row.fits:
-            chosen = spec
-        rows_list.append(row)
+    def parallel(self, spec: ModelSpec, n_ctx: int) -> int:
+        """As many sequences of `n_ctx` as the memory left after the model holds: at least
+        MIN_GPU_PARALLEL (the plan made room for them), at most MAX_GPU_PARALLEL."""
+        fitting = (self.available - self.needed(spec, n_ctx, 0)) // self.per_sequence(spec, n_ctx)
+        return int(max(MIN_GPU_PARALLEL, min(MAX_GPU_PARALLEL, fitting)))
 
-    if chosen is None:
-        spec = cpu_model(registry)
-        n_ctx = options.ctx or min(CPU_CTX, _ctx_limit(spec, options))
-        return Plan(
-            spec,
-            n_ctx,
-            0,
-            None,
-            available,
-            needed(spec, n_ctx),
-            f"no model fits in {gib(available)} of GPU memory (after a {gib(options.margin)}"
-            f" margin per GPU): {spec.id} runs on the CPU",
-            (),
-            tuple(rows_list),
-            parallel=options.parallel or CPU_PARALLEL,
-        )
 
-    n_ctx = (
-        ctx_for(chosen) if options.ctx else _largest_ctx(chosen, available, n_gpus, options, n_seq)
-    )
-    total = needed(chosen, n_ctx)
+def _cpu_plan(
+    registry: Registry,
+    options: PlanOptions,
+    forced: ModelSpec | None,
+    found: str,
+    refusals: tuple[str, ...],
+) -> Plan:
+    """No GPU this build can use: the bundled model (or the one asked for) on the CPU."""
+    budget = _Budget(options, n_seq=options.parallel or CPU_PARALLEL)
+    spec = forced or cpu_model(registry)
+    n_ctx = _cpu_ctx(spec, options)
+    why = f"{spec.id} was asked for" if forced else f"{spec.id} is the bundled model"
+    ignored = ("--gpu-layers has no effect without a GPU",) if options.gpu_layers else ()
     rows = tuple(
-        Candidate(r.model_id, n_ctx, total, total <= available) if r.model_id == chosen.id else r
-        for r in rows_list
+        Candidate(s.id, _cpu_ctx(s, options), budget.needed(s, _cpu_ctx(s, options)), False)
+        for s in registry.models
     )
-    warnings: list[str] = []
+    return Plan(
+        model=spec,
+        n_ctx=n_ctx,
+        n_gpu_layers=0,
+        reason=f"{found}: {why}; running on the CPU",
+        needed=budget.needed(spec, n_ctx),
+        warnings=ignored,
+        candidates=rows,
+        parallel=budget.n_seq,
+        refusals=refusals,
+    )
+
+
+def _gpu_plan(
+    devices: list[Device],
+    registry: Registry,
+    options: PlanOptions,
+    forced: ModelSpec | None,
+    refusals: tuple[str, ...],
+) -> Plan:
+    """The largest model that fits the GPUs (or the forced one), as much context and as many
+    sequences as they hold."""
+    budget = _Budget(
+        options,
+        n_gpus=len(devices),
+        available=sum(max(0, device.free - options.margin) for device in devices),
+        n_seq=options.parallel or MIN_GPU_PARALLEL,
+    )
+
+    def ctx_for(spec: ModelSpec) -> int:
+        return _ctx(spec, options, options.plan_ctx)
+
+    rows = []
+    chosen = forced
+    for spec in sorted(registry.models, key=lambda spec: spec.file_size, reverse=True):
+        memory = budget.needed(spec, ctx_for(spec))
+        rows.append(Candidate(spec.id, ctx_for(spec), memory, memory <= budget.available))
+        if chosen is None and rows[-1].fits:
+            chosen = spec
+    if chosen is None:
+        return _too_small_plan(registry, options, budget, tuple(rows), refusals)
+
+    n_ctx = ctx_for(chosen) if options.ctx else budget.largest_ctx(chosen)
+    total = budget.needed(chosen, n_ctx)
+    warnings = []
     layers = -1
     if options.gpu_layers is not None:
         layers = options.gpu_layers
-    elif total > available:
-        layers = _partial_layers(chosen, n_ctx, available, n_gpus, options, n_seq)
-        blocks = chosen.architecture.block_count
-        # n_gpu_layers == block count: every block on the GPU, the output layer on the CPU.
-        offload = (
-            f"all {blocks} layers on the GPU but the output layer on the CPU (slower)"
-            if layers == blocks
-            else f"offloading {layers} of {blocks} layers to the GPU, the rest runs on the CPU "
-            "(slow)"
-        )
-        warnings.append(
-            f"{chosen.id} needs {gib(total)} at {n_seq} x {n_ctx} tokens of context but "
-            f"{gib(available)} "
-            f"is available: {offload}"
-        )
-    fallback = None if forced or chosen.id == cpu_model(registry).id else cpu_model(registry)
-    where = f"{n_gpus} GPUs" if n_gpus > 1 else "the GPU"
-    if forced:
-        reason = f"{chosen.id} was asked for"
-    else:
-        reason = (
-            f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
-            f"{gib(available)} available) with {n_seq} sequences of {n_ctx} tokens"
-        )
-    parallel = n_seq
-    if options.parallel is None and layers == -1 and total <= available:
-        parallel = _gpu_parallel(chosen, n_ctx, available, max(1, n_gpus), options)
-        total = (
-            needed(chosen, n_ctx)
-            + (parallel - n_seq)
-            * kv_cache(
-                chosen.architecture, n_ctx, n_ubatch=options.n_ubatch, kv_type=options.kv_type
-            ).total
-        )
+    elif total > budget.available:
+        layers = budget.partial_layers(chosen, n_ctx)
+        warnings.append(_offload_warning(chosen, n_ctx, layers, total, budget))
+    parallel = budget.n_seq
+    if options.parallel is None and layers == -1 and total <= budget.available:
+        parallel = budget.parallel(chosen, n_ctx)
+        total += (parallel - budget.n_seq) * budget.per_sequence(chosen, n_ctx)
+    where = f"{len(devices)} GPUs" if len(devices) > 1 else "the GPU"
+    reason = (
+        f"{chosen.id} was asked for"
+        if forced
+        else f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
+        f"{gib(budget.available)} available) with {budget.n_seq} sequences of {n_ctx} tokens"
+    )
+    bundled = cpu_model(registry)
     return Plan(
-        chosen,
-        n_ctx,
-        layers,
-        split,
-        available,
-        total,
-        reason,
-        tuple(warnings),
-        rows,
-        fallback,
-        parallel,
+        model=chosen,
+        n_ctx=n_ctx,
+        n_gpu_layers=layers,
+        reason=reason,
+        tensor_split=_tensor_split(devices, options.margin) if len(devices) > 1 else None,
+        available=budget.available,
+        needed=total,
+        warnings=tuple(warnings),
+        candidates=tuple(
+            Candidate(row.model_id, n_ctx, total, total <= budget.available)
+            if row.model_id == chosen.id
+            else row
+            for row in rows
+        ),
+        fallback=None if forced or chosen.id == bundled.id else bundled,
+        parallel=parallel,
+        gpus=len(devices),
+        refusals=refusals,
+    )
+
+
+def _too_small_plan(
+    registry: Registry,
+    options: PlanOptions,
+    budget: _Budget,
+    rows: tuple[Candidate, ...],
+    refusals: tuple[str, ...],
+) -> Plan:
+    """GPUs, but not one model fits them: the bundled model on the CPU."""
+    spec = cpu_model(registry)
+    n_ctx = _cpu_ctx(spec, options)
+    return Plan(
+        model=spec,
+        n_ctx=n_ctx,
+        n_gpu_layers=0,
+        reason=f"no model fits in {gib(budget.available)} of GPU memory (after a "
+        f"{gib(options.margin)} margin per GPU): {spec.id} runs on the CPU",
+        available=budget.available,
+        needed=budget.needed(spec, n_ctx),
+        candidates=rows,
+        parallel=options.parallel or CPU_PARALLEL,
+        gpus=budget.n_gpus,
+        refusals=refusals,
+    )
+
+
+def _offload_warning(spec: ModelSpec, n_ctx: int, layers: int, total: int, budget: _Budget) -> str:
+    blocks = spec.architecture.block_count
+    # n_gpu_layers == block count: every block on the GPU, the output layer on the CPU.
+    offload = (
+        f"all {blocks} layers on the GPU but the output layer on the CPU (slower)"
+        if layers == blocks
+        else f"offloading {layers} of {blocks} layers to the GPU, the rest runs on the CPU (slow)"
+    )
+    return (
+        f"{spec.id} needs {gib(total)} at {budget.n_seq} x {n_ctx} tokens of context but "
+        f"{gib(budget.available)} is available: {offload}"
     )
 
 

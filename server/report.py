@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.capability import capability_text
 from server.hardware import Hardware
-from server.planner import GiB, Plan, PlanOptions, gib
+from server.memory import GiB, gib
+from server.planner import Device, Plan, PlanOptions
 from server.settings import Settings
 
 
@@ -19,6 +21,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         margin=settings.gpu_margin,
         kv_type=settings.kv_cache_type,
         parallel=settings.parallel,
+        cuda_architectures=settings.cuda_architectures,
     )
 
 
@@ -39,23 +42,31 @@ def _where(plan: Plan) -> str:
     return f"{plan.n_gpu_layers} of {blocks} layers on the GPU"
 
 
+def device_line(index: int, device: Device) -> str:
+    capability = (
+        f", compute capability {capability_text(device.compute_capability)}"
+        if device.compute_capability is not None
+        else ""
+    )
+    return (
+        f"  {index}: {device.name}: {gib(device.total)} total, {gib(device.free)} free{capability}"
+    )
+
+
 def describe(hardware: Hardware, plan: Plan) -> list[str]:
     """Devices, every model with the memory it needs, the pick and why."""
     lines = []
     if hardware.devices:
         versions = f" (driver {hardware.driver}, CUDA {hardware.cuda})" if hardware.driver else ""
         lines.append(f"GPUs{versions}:")
-        lines += [
-            f"  {i}: {d.name}: {gib(d.total)} total, {gib(d.free)} free"
-            for i, d in enumerate(hardware.devices)
-        ]
+        lines += [device_line(i, d) for i, d in enumerate(hardware.devices)]
     else:
         lines.append(f"GPUs: none ({hardware.note or 'none found'})")
     lines.append(f"  {'model':<22} {'context':>8} {'needed':>10} {'available':>10}  fits")
     for row in plan.candidates:
         mark = "  <- pick" if row.model_id == plan.model.id else ""
-        fits = ("yes" if row.fits else "no") if hardware.devices else "-"
-        available = gib(plan.available) if hardware.devices else "-"
+        fits = ("yes" if row.fits else "no") if plan.gpus else "-"
+        available = gib(plan.available) if plan.gpus else "-"
         lines.append(
             f"  {row.model_id:<22} {row.n_ctx:>8} {gib(row.needed):>10} "
             f"{available:>10}  {fits}{mark}"
@@ -65,14 +76,35 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
         f"{plan.parallel} requests at once"
     )
     lines.append(f"why: {plan.reason}")
-    lines += [f"warning: {warning}" for warning in plan.warnings]
+    lines += [f"warning: {warning}" for warning in plan.refusals + plan.warnings]
     return lines
+
+
+def no_gpu_line(hardware: Hardware, plan: Plan) -> str:
+    """One line: why this plan does not run on a GPU, and what to do (for --require-gpu)."""
+    if not hardware.devices:
+        return (
+            f"no NVIDIA GPU found ({hardware.note or 'none found'}); check that nvidia-smi "
+            "works here (in a container: start it with the GPUs, e.g. docker run --gpus all), "
+            "or unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU"
+        )
+    if plan.refusals:
+        return "; ".join(plan.refusals)
+    return f"{plan.reason}; unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU"
 
 
 def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
     return {
         "devices": [
-            {"name": d.name, "total_bytes": d.total, "free_bytes": d.free} for d in hardware.devices
+            {
+                "name": d.name,
+                "total_bytes": d.total,
+                "free_bytes": d.free,
+                "compute_capability": (
+                    capability_text(d.compute_capability) if d.compute_capability else None
+                ),
+            }
+            for d in hardware.devices
         ],
         "driver": hardware.driver,
         "cuda": hardware.cuda,
@@ -96,5 +128,5 @@ def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
             "needed_bytes": plan.needed,
         },
         "reason": plan.reason,
-        "warnings": list(plan.warnings),
+        "warnings": list(plan.refusals + plan.warnings),
     }

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.capability import parse_architectures
+
 ChatTemplateChoice = Literal["pinned", "gguf"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 KvCacheType = Literal["f16", "q8_0"]
@@ -54,6 +56,16 @@ def split_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 # NoDecode: pydantic-settings would otherwise expect JSON in the environment variable.
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(split_list)]
+
+
+def _architectures(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return parse_architectures(value)
+    return tuple(sorted(int(item) for item in value))
+
+
+# "61;70;86-real" (CMake's list, as the CUDA image sets it) -> (61, 70, 86).
+CudaArchitectures = Annotated[tuple[int, ...], NoDecode, BeforeValidator(_architectures)]
 
 
 def _default_cache_dir() -> Path:
@@ -240,5 +252,24 @@ class Settings(BaseSettings):
         description=(
             "Log each request's messages (debugging only: prompts may hold private data). "
             "Default: prompts are never logged."
+        ),
+    )
+
+    # --- GPU requirements (plan) ---
+    require_gpu: bool = Field(
+        False,
+        description=(
+            "Exit with an error instead of falling back to the CPU when no usable GPU is found "
+            "(no driver, no device, a CPU-only llama.cpp build, a card the build has no kernels "
+            "for, no model fits): a supervisor then restarts it, e.g. after the NVIDIA modules "
+            "load. Set in the CUDA image and the systemd unit."
+        ),
+    )
+    cuda_architectures: CudaArchitectures = Field(
+        (),
+        description=(
+            "CUDA architectures the llama.cpp build has kernels for, as CMake lists them "
+            "(e.g. 61;70;75;80;86;89;90;120; the CUDA image sets it); a GPU below the lowest "
+            "is not used. Default: as the build reports them."
         ),
     )

@@ -1,14 +1,17 @@
 """A loopback HTTP server standing in for the Hugging Face hub (point HF_ENDPOINT at it).
 
-It serves real files the way the hub's `resolve` endpoint does for huggingface_hub: HEAD with
-`X-Repo-Commit`, `ETag` and the size, GET with `Range` support. Knobs make it misbehave the ways a
-real download can: cut the connection mid-transfer, serve corrupted bytes, demand a token.
+It serves real files the way the hub's `resolve` endpoint does for a file stored in LFS: HEAD
+with `X-Repo-Commit`, an `ETag` that is a git hash, `X-Linked-Etag` (the LFS object id: the
+file's sha256) and `X-Linked-Size`; GET with `Range` support. Knobs make it misbehave the ways a
+real download can: cut the connection mid-transfer, send slowly, serve corrupted bytes, announce
+a wrong sha256, demand a token.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,10 +22,13 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @dataclass
 class HubFile:
     data: bytes
-    etag: str = ""
+    sha256: str = ""  # the LFS object id
+    git_hash: str = ""  # what git stores: the LFS pointer file's blob hash
 
     def __post_init__(self) -> None:
-        self.etag = self.etag or hashlib.sha256(self.data).hexdigest()
+        self.sha256 = self.sha256 or hashlib.sha256(self.data).hexdigest()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\n"
+        self.git_hash = self.git_hash or hashlib.sha1(pointer.encode()).hexdigest()
 
 
 @dataclass
@@ -31,6 +37,9 @@ class FakeHub:
     gated: dict[str, str] = field(default_factory=dict)  # "org/repo" -> the token that opens it
     cut_after: int | None = None  # close the first GET after this many bytes
     corrupt: bool = False  # flip a byte in the middle of every GET
+    bytes_per_second: int | None = None  # send file bodies this slowly
+    announced_sha256: str | None = None  # announce this sha256 instead of the file's
+    fail_with: int | None = None  # answer every request with this HTTP status
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
@@ -72,6 +81,9 @@ class FakeHub:
 
     def _serve(self, handler: BaseHTTPRequestHandler, head: bool) -> None:
         self.requests.append((handler.command, handler.path, handler.headers.get("Range")))
+        if self.fail_with:
+            self._error(handler, self.fail_with, "ServiceUnavailable")
+            return
         # /{org}/{repo}/resolve/{revision}/{file}
         parts = handler.path.split("?")[0].strip("/").split("/")
         if len(parts) < 5 or parts[2] != "resolve":
@@ -96,7 +108,9 @@ class FakeHub:
             start = int(range_header.removeprefix("bytes=").split("-")[0])
         handler.send_response(206 if start else 200)
         handler.send_header("X-Repo-Commit", COMMIT)
-        handler.send_header("ETag", f'"{file.etag}"')
+        handler.send_header("ETag", f'"{file.git_hash}"')
+        handler.send_header("X-Linked-Etag", f'"{self.announced_sha256 or file.sha256}"')
+        handler.send_header("X-Linked-Size", str(len(data)))
         handler.send_header("Accept-Ranges", "bytes")
         handler.send_header("Content-Length", str(len(data) - start))
         if start:
@@ -111,5 +125,14 @@ class FakeHub:
             handler.wfile.flush()
             handler.close_connection = True
             handler.connection.shutdown(2)  # the transfer breaks off mid-file
+            return
+        if self.bytes_per_second:
+            step = max(1, self.bytes_per_second // 20)
+            try:
+                for offset in range(0, len(body), step):
+                    handler.wfile.write(body[offset : offset + step])
+                    time.sleep(0.05)
+            except OSError:  # the client went away
+                handler.close_connection = True
             return
         handler.wfile.write(body)

@@ -2,7 +2,8 @@
 
 What a home operator wants on a dashboard: requests by route and status, tokens in and out,
 time to first token and the gap between tokens, how many sequences run and wait, and GPU memory
-in use. Engine load and GPU memory are read when Prometheus scrapes, not tracked on every token.
+in use. Engine load and GPU memory are read when Prometheus scrapes, not tracked on every token;
+the scrape is collected in a worker thread, since GPU memory comes from the NVML driver.
 
 Route labels are the app's route templates (`/v1/models/{model_id}`), and anything else is
 `other`, so a client probing random paths or methods cannot grow the label set without bound.
@@ -10,6 +11,7 @@ Route labels are the app's route templates (`/v1/models/{model_id}`), and anythi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -165,7 +167,8 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def endpoint(self, request: Request) -> Response:
-        return Response(self.render(), media_type=CONTENT_TYPE_LATEST)
+        # Collecting reads GPU memory through NVML, a blocking driver call: off the event loop.
+        return Response(await asyncio.to_thread(self.render), media_type=CONTENT_TYPE_LATEST)
 
 
 def route_label(routes: Sequence[BaseRoute], scope: Scope) -> str:

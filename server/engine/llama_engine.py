@@ -43,6 +43,7 @@ CLOSE_TIMEOUT = 30.0
 class LlamaEngine:
     """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once.
 
+    A set `cancel` stops the load (LoadCancelled): the server is shutting down.
     `cache_ram`: MiB of host memory for sequence states saved when their slot is taken for
     another prompt (`prompt_cache.PromptCache`); 0 keeps only what the slots hold."""
 
@@ -61,6 +62,7 @@ class LlamaEngine:
         queue_size: int = 64,
         request_timeout: float | None = None,
         cache_ram: int = 0,
+        cancel: threading.Event | None = None,
     ) -> None:
         params = LoadParams(
             n_ctx=n_ctx,
@@ -70,7 +72,7 @@ class LlamaEngine:
             tensor_split=tuple(tensor_split) if tensor_split else None,
             kv_cache_type=kv_cache_type,
         )
-        self._loaded = load(model_path, params)
+        self._loaded = load(model_path, params, cancel=cancel)
         self._model = self._loaded.model
         try:
             self._start_of_turn = self._special_token(START_OF_TURN)

@@ -9,6 +9,7 @@ loads with these same parameters to hold the planner's estimate to llama.cpp's o
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,22 @@ from typing import Any
 import llama_cpp
 from llama_cpp import _internals, _logger
 
+# One llama_decode takes at most N_BATCH tokens, and n_batch = n_ubatch = N_BATCH: the planner's
+# compute buffer is sized by the same constant (server/memory.py).
+from server.download import Cancelled
+from server.memory import N_BATCH
+
+__all__ = ["N_BATCH", "EngineLoadError", "LoadCancelled", "LoadParams", "LoadedModel", "load"]
+
 _GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
-# One llama_decode takes at most this many tokens (n_batch = n_ubatch: the planner's compute
-# buffer is sized for it).
-N_BATCH = 512
 
 
 class EngineLoadError(RuntimeError):
     """The model could not be loaded; the message is one line for the user."""
+
+
+class LoadCancelled(Cancelled):
+    """Loading was stopped through `cancel` (the server is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,22 @@ class LoadedModel:
         self.model.close()  # type: ignore[no-untyped-call]
 
 
-def model_params(params: LoadParams) -> tuple[llama_cpp.llama_model_params, Any]:
-    """llama.cpp's model parameters, and the ctypes array they point into (keep it alive)."""
+def model_params(
+    params: LoadParams, cancel: threading.Event | None = None
+) -> tuple[llama_cpp.llama_model_params, Any]:
+    """llama.cpp's model parameters, and the ctypes objects they point into (keep them alive).
+    With `cancel`, llama.cpp's progress callback stops the load once it is set."""
     model = llama_cpp.llama_model_default_params()
     model.n_gpu_layers = params.n_gpu_layers
-    split = None
+    split: Any = None
     if params.tensor_split:
         split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*params.tensor_split)
         model.tensor_split = split
+    if cancel is not None:
+        # llama.cpp calls it as the tensors load; returning false aborts the load.
+        callback = llama_cpp.llama_progress_callback(lambda _progress, _data: not cancel.is_set())
+        model.progress_callback = callback
+        split = (split, callback)
     return model, split
 
 
@@ -95,13 +112,23 @@ def context_params(params: LoadParams) -> llama_cpp.llama_context_params:
     return context
 
 
-def load(path: Path, params: LoadParams, *, verbose: bool = False) -> LoadedModel:
-    """Load `path` as `params` say; llama.cpp's log goes to stderr only when `verbose`."""
+def load(
+    path: Path,
+    params: LoadParams,
+    *,
+    verbose: bool = False,
+    cancel: threading.Event | None = None,
+) -> LoadedModel:
+    """Load `path` as `params` say; llama.cpp's log goes to stderr only when `verbose`. A set
+    `cancel` stops loading the weights (LoadCancelled): a big model takes a while to read, and a
+    SIGTERM meanwhile should not wait for it."""
     _logger.set_verbose(verbose)
     try:
-        model_p, keep = model_params(params)
+        model_p, keep = model_params(params, cancel)
         model = _internals.LlamaModel(path_model=str(path), params=model_p, verbose=verbose)
     except (ValueError, RuntimeError, OSError) as exc:
+        if cancel is not None and cancel.is_set():
+            raise LoadCancelled(str(path)) from exc
         raise EngineLoadError(f"llama.cpp could not load {path}: {exc}") from exc
     try:
         context = _internals.LlamaContext(

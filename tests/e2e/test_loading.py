@@ -3,6 +3,8 @@ with Retry-After) while the real engine loads, then 200; a model that fails to l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app, default_engine_loader
+from server.capability import LlamaBuild
 from server.engine.types import Engine
 from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
@@ -19,7 +22,7 @@ from .test_errors import GOOD, assert_error
 
 
 def cpu_plan() -> Plan:
-    return plan([], load_registry(), PlanOptions(ctx=1024))
+    return plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
 
 
 def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
@@ -84,3 +87,31 @@ def test_a_corrupted_model_file_is_refused_before_llama_cpp_sees_it(tmp_path: Pa
     truncated.write_bytes(b"GGUF" + b"\0" * 100)
     with pytest.raises(FetchError, match="incomplete"):
         verify_gguf(truncated, spec.id, spec.file_size, spec.sha256)
+
+
+LOAD_STOPPED = """
+import sys, threading
+from pathlib import Path
+from server.engine.loading import LoadCancelled, LoadParams, load
+stop = threading.Event()
+params = LoadParams(n_ctx=512, n_threads=1)
+loaded = load(Path(sys.argv[1]), params, cancel=stop)  # not set: loads as usual
+loaded.close()
+stop.set()
+try:
+    load(Path(sys.argv[1]), params, cancel=stop)
+except LoadCancelled:
+    print("stopped")
+"""
+
+
+def test_a_load_in_llama_cpp_stops_when_cancelled(model_path: Path) -> None:
+    # Shutdown sets the event: llama.cpp's progress callback then ends the load of the weights.
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_STOPPED, str(model_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["stopped"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.planner import MiB, compute_buffer, estimate, kv_cache
+from server.memory import MiB, compute_buffer, estimate, kv_cache
 from server.registry import load_registry
 
 LOAD = """

@@ -100,3 +100,65 @@ def test_a_model_that_cannot_be_fetched_stops_the_server_with_one_line(tmp_path:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("gemma-serve: error: cannot serve gemma-3-1b-it-qat: cannot get")
     assert "not in the cache" in last
+
+
+NO_GPU_HERE = not os.path.exists("/proc/driver/nvidia")
+
+
+@pytest.mark.skipif(not NO_GPU_HERE, reason="this machine has an NVIDIA driver")
+@pytest.mark.parametrize(
+    ("args", "env"), [(("--require-gpu",), {}), ((), {"GEMMA_SERVE_REQUIRE_GPU": "true"})]
+)
+def test_require_gpu_without_a_gpu_exits_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    result = run_cli(
+        *args,
+        "--port",
+        str(free_port()),
+        "--cache-dir",
+        str(tmp_path),
+        "--log-level",
+        "error",
+        env=env,
+    )
+    assert_one_line_error(result, 1, "--require-gpu is set: no NVIDIA GPU found (no NVIDIA driver")
+    assert "unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing fetched, nothing loaded
+
+
+def test_boolean_settings_are_flags_with_an_optional_value() -> None:
+    assert parse_settings(["--require-gpu"]).require_gpu is True
+    assert parse_settings(["--require-gpu", "false", "--port", "1"]).require_gpu is False
+    assert parse_settings(["serve", "--log-prompts", "true"]).log_prompts is True
+
+
+def test_cuda_architectures_take_cmakes_list() -> None:
+    settings = parse_settings(["--cuda-architectures", "61;70;75;80;86-real;89;90a;120"])
+    assert settings.cuda_architectures == (61, 70, 75, 80, 86, 89, 90, 120)
+
+
+ORDER = """
+import os, sys
+from server.cli import main
+assert "llama_cpp" not in sys.modules  # importing the CLI does not start CUDA
+main(["plan", "--gpu-memory", "8GiB", "--json"])
+print(os.environ.get("CUDA_DEVICE_ORDER"), "llama_cpp" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"), [(None, "PCI_BUS_ID"), ("FASTEST_FIRST", "FASTEST_FIRST")]
+)
+def test_cuda_device_order_is_set_before_llama_cpp_is_imported(
+    preset: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_DEVICE_ORDER"}
+    if preset:
+        env["CUDA_DEVICE_ORDER"] = preset
+    result = subprocess.run(
+        [sys.executable, "-c", ORDER], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    # The preview (--gpu-memory) does not load llama.cpp at all: it stays fast.
+    assert result.stderr.split() == [expected, "False"]

@@ -3,11 +3,17 @@ only when a GPU probe is given (NVML figures injected: this machine has no GPU).
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import Request
 
 from server.api.metrics import Metrics
 from server.engine.types import EngineStats
-from server.hardware import GpuMemory, memory_in_use, probe
+from server.hardware import GpuMemory, GpuProbe
+from tests.nvml import RTX_3090, Card, FakeNvml, Memory
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,8 +48,29 @@ def test_no_engine_figures_while_loading_and_no_gpu_series_without_a_gpu() -> No
     assert "gemma_serve_requests_in_progress" in names
 
 
-def test_memory_in_use_matches_the_probe() -> None:
-    # Without an NVIDIA driver (this machine): empty, never an error; with one: every GPU.
-    gpus = memory_in_use()
-    assert [gpu.name for gpu in gpus] == [device.name for device in probe().devices]
-    assert all(0 < gpu.used <= gpu.total for gpu in gpus)
+@dataclass
+class ThreadNotingNvml(FakeNvml):
+    """Notes which thread reads the GPU memory."""
+
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def nvmlDeviceGetMemoryInfo(self, card: Card) -> Memory:
+        self.threads.append(threading.current_thread())
+        return super().nvmlDeviceGetMemoryInfo(card)
+
+
+def test_a_scrape_reads_gpu_memory_from_the_probe_off_the_event_loop() -> None:
+    nvml = ThreadNotingNvml([RTX_3090])
+    metrics = Metrics(engine_stats=lambda: None, gpu_memory=GpuProbe(nvml).memory_in_use)
+
+    async def scrape() -> str:
+        response = await metrics.endpoint(Request({"type": "http", "method": "GET"}))
+        return bytes(response.body).decode()
+
+    text = asyncio.run(scrape())
+    assert (
+        'gemma_serve_gpu_memory_used_bytes{gpu="0",name="NVIDIA GeForce RTX 3090"} 3.6175872e+08'
+        in text
+    )
+    assert nvml.threads and threading.main_thread() not in nvml.threads
+    assert nvml.inits == 1

@@ -5,18 +5,35 @@ from __future__ import annotations
 
 import pytest
 
-from server.planner import (
-    Device,
-    GiB,
-    MiB,
-    PlanOptions,
-    compute_buffer,
-    estimate,
-    global_layers,
-    kv_cache,
-    plan,
-)
+from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild, parse_architectures
+from server.memory import GiB, MiB, compute_buffer, estimate, global_layers, kv_cache
+from server.planner import Device, Plan, PlanOptions
+from server.planner import plan as make_plan
 from server.registry import Registry, load_registry
+
+# What llama.cpp reports on a machine with a CUDA build and an RTX 3090, and with the CPU-only
+# build installed by default (the figures are the ones llama.cpp prints there).
+CUDA_BUILD = LlamaBuild(
+    gpu_offload=True,
+    backends=("CUDA", "CPU"),
+    devices=("CUDA0 (GPU): NVIDIA GeForce RTX 3090", "CPU (CPU): AMD Ryzen 9 5950X"),
+    system_info="CUDA : ARCHS = 860 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | "
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | "
+    "REPACK = 1 |",
+)
+CPU_BUILD = LlamaBuild(
+    gpu_offload=False,
+    backends=("CPU",),
+    devices=("CPU (CPU): AMD Ryzen 9 5950X",),
+    system_info="CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    "OPENMP = 1 | REPACK = 1 |",
+)
+
+
+def plan(
+    devices: list[Device], registry: Registry, options: PlanOptions, build: LlamaBuild = CUDA_BUILD
+) -> Plan:
+    return make_plan(devices, registry, options, build)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +100,10 @@ BOUNDARIES = [
     ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 27648, -1),  # 16 GiB left: no 27B
     ((24,), {"parallel": 1}, "gemma-3-27b-it-qat", 32768, -1),  # --parallel 1: one long context
     ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
+    # Nothing fits a 2 GiB card at --ctx 65536: the CPU fallback still caps the context at the
+    # bundled model's trained 32768 (issue 12, defect 3: it gave 65536).
+    ((2,), {"ctx": 65536}, "gemma-3-270m", 32768, 0),
+    ((), {"ctx": 65536}, "gemma-3-270m", 32768, 0),
 ]
 
 
@@ -229,3 +250,117 @@ def test_each_gpu_of_a_split_has_its_own_compute_buffer(registry: Registry) -> N
     spec = registry.get("gemma-3-27b-it-qat")
     one, two = estimate(spec, 8192), estimate(spec, 8192, n_gpus=2)
     assert two.total - one.total == compute_buffer(spec.architecture)
+
+
+# --- the llama.cpp build as an input ------------------------------------------------------------
+
+RTX_3090 = Device("NVIDIA GeForce RTX 3090", 24576 * MiB, 24231 * MiB, 86, "GPU-3090")
+RTX_4060_LAPTOP = Device("NVIDIA GeForce RTX 4060 Laptop GPU", 8188 * MiB, 7863 * MiB, 89)
+GTX_1080 = Device("NVIDIA GeForce GTX 1080", 8192 * MiB, 8000 * MiB, 61, "GPU-1080")
+TESLA_P100 = Device("Tesla P100-PCIE-16GB", 16384 * MiB, 16000 * MiB, 60, "GPU-P100")
+
+# devices, build, options -> model, on the GPU, GPUs measured against, refusals
+BUILD_TABLE = [
+    ([RTX_3090], CUDA_BUILD, {}, "gemma-3-27b-it-qat", True, 1, 0),
+    ([RTX_3090], CPU_BUILD, {}, "gemma-3-270m", False, 0, 1),  # the card is not used
+    ([], CUDA_BUILD, {}, "gemma-3-270m", False, 0, 0),
+    ([], CPU_BUILD, {}, "gemma-3-270m", False, 0, 0),
+    ([RTX_3090, RTX_4060_LAPTOP], CUDA_BUILD, {}, "gemma-3-27b-it-qat", True, 2, 0),
+    ([RTX_3090, RTX_4060_LAPTOP], CPU_BUILD, {}, "gemma-3-270m", False, 0, 1),
+    ([RTX_4060_LAPTOP], CUDA_BUILD, {}, "gemma-3-4b-it-qat", True, 1, 0),
+    # GEMMA_SERVE_CUDA_ARCHITECTURES=61;70;...: a P100 (6.0) is refused, a GTX 1080 (6.1) is not.
+    ([TESLA_P100], CUDA_BUILD, {"cuda_architectures": (61, 70, 86)}, "gemma-3-270m", False, 0, 1),
+    ([GTX_1080], CUDA_BUILD, {"cuda_architectures": (61, 70, 86)}, "gemma-3-4b-it-qat", True, 1, 0),
+    (
+        [TESLA_P100, RTX_3090],
+        CUDA_BUILD,
+        {"cuda_architectures": (61,)},
+        "gemma-3-27b-it-qat",
+        True,
+        1,
+        1,
+    ),
+    # Without the variable, the build's own list (CUDA : ARCHS = 860) decides.
+    ([GTX_1080], CUDA_BUILD, {}, "gemma-3-270m", False, 0, 1),
+    # A model asked for by name on a CPU build: served on the CPU, with the fix.
+    ([RTX_3090], CPU_BUILD, {"model": "gemma-3-27b-it-qat"}, "gemma-3-27b-it-qat", False, 0, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("devices", "build", "options", "model", "on_gpu", "gpus", "refusals"), BUILD_TABLE
+)
+def test_the_plan_is_for_the_devices_the_build_can_use(
+    registry: Registry,
+    devices: list[Device],
+    build: LlamaBuild,
+    options: dict[str, object],
+    model: str,
+    on_gpu: bool,
+    gpus: int,
+    refusals: int,
+) -> None:
+    chosen = plan(devices, registry, PlanOptions(**options), build)  # type: ignore[arg-type]
+    assert (chosen.model.id, chosen.on_gpu, chosen.gpus) == (model, on_gpu, gpus)
+    assert len(chosen.refusals) == refusals
+    if not on_gpu:
+        assert chosen.n_ctx == 8192 and chosen.parallel == 4 and chosen.tensor_split is None
+
+
+def test_a_cpu_build_names_the_card_why_and_the_fix_in_one_line(registry: Registry) -> None:
+    chosen = plan([RTX_3090], registry, PlanOptions(), CPU_BUILD)
+    assert chosen.refusals == (
+        "found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is CPU-only, so the "
+        "GPU is not used; to serve on it, rebuild llama-cpp-python with CUDA: make serve "
+        'GPU=cuda (or: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+        "llama-cpp-python)",
+    )
+    assert chosen.reason == ("no usable GPU: gemma-3-270m is the bundled model; running on the CPU")
+    assert chosen.fallback is None  # nothing to download for the card
+
+
+def test_a_cuda_build_whose_runtime_sees_no_device_says_so(registry: Registry) -> None:
+    no_device = LlamaBuild(gpu_offload=False, backends=("CUDA", "CPU"))
+    (line,) = plan([RTX_3090], registry, PlanOptions(), no_device).refusals
+    assert "has CUDA but its runtime finds no usable device" in line
+
+
+def test_a_card_below_the_architectures_is_refused_with_one_line(registry: Registry) -> None:
+    chosen = plan(
+        [TESLA_P100, RTX_3090], registry, PlanOptions(cuda_architectures=(61, 70)), CUDA_BUILD
+    )
+    assert chosen.refusals == (
+        "Tesla P100-PCIE-16GB has compute capability 6.0, below the lowest this llama.cpp build "
+        "has kernels for (6.1): it is not used; to use it, build llama-cpp-python on this "
+        "machine (make serve GPU=cuda builds for the GPUs present)",
+    )
+    assert chosen.tensor_split is None  # the model on the 3090 alone
+    assert chosen.available == RTX_3090.free - GiB
+
+
+def test_the_preview_build_plans_for_simulated_cards(registry: Registry) -> None:
+    chosen = plan(gpus(24), registry, PlanOptions(), ASSUMED_CUDA_BUILD)
+    assert chosen.model.id == "gemma-3-27b-it-qat" and chosen.on_gpu
+
+
+def test_the_system_info_flags_and_architectures_are_read() -> None:
+    assert CUDA_BUILD.features["CUDA"] == {
+        "ARCHS": "860",
+        "USE_GRAPHS": "1",
+        "PEER_MAX_BATCH_SIZE": "128",
+    }
+    assert list(CUDA_BUILD.features) == ["CUDA", "CPU"]
+    assert CUDA_BUILD.cuda_architectures == (86,)
+    assert CPU_BUILD.cuda_architectures == ()
+    many = LlamaBuild(True, system_info="CUDA : ARCHS = 500,610,700,750,800,860,890,1200 |")
+    assert many.cuda_architectures == (50, 61, 70, 75, 80, 86, 89, 120)
+    assert parse_architectures("61;70;75;80;86-real;89;90a;120") == (
+        61,
+        70,
+        75,
+        80,
+        86,
+        89,
+        90,
+        120,
+    )

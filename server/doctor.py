@@ -1,0 +1,191 @@
+"""`gemma-serve doctor`: one screen a person pastes into a bug report.
+
+Versions, the NVIDIA driver and each GPU as NVML reports them, what the installed llama.cpp build
+can offload to, the model cache and what it holds, and the plan (the same block as
+`gemma-serve plan`). `gather` collects the facts (the only I/O); `render` is a pure function of
+them, so each line is tested for GPUs that are not present.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from server import __version__
+from server.capability import LlamaBuild
+from server.download import repo_dir
+from server.fetch import bundled_path, read_record, record_matches, record_path
+from server.hardware import Hardware
+from server.memory import gib
+from server.planner import Plan, plan
+from server.registry import HuggingFaceSource, ModelSpec, PypiSource, load_registry
+from server.report import describe, device_line, plan_options
+from server.settings import Settings
+
+_ENVIRONMENT = ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """A registry model as the cache holds it: where, and the sha256 verified for the file as
+    it is now (None: not verified, or changed since)."""
+
+    model_id: str
+    size: int
+    package: str | None = None  # the Python package that ships it (the bundled model)
+    path: Path | None = None
+    sha256: str | None = None
+    origin: str | None = None
+    partial: int = 0  # bytes of an interrupted download, resumed at the next start
+
+
+@dataclass(frozen=True)
+class Facts:
+    python: str
+    machine: Hardware
+    build: LlamaBuild
+    settings: Settings
+    free_disk: int | None
+    models: tuple[CachedModel, ...]
+    plan: Plan
+    environment: tuple[tuple[str, str | None], ...]
+
+
+def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
+    """(file, its checksum record) of the first of `spec`'s sources the cache holds."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for source in spec.sources:
+        if isinstance(source, PypiSource):
+            try:
+                path = bundled_path(source, cache_dir)
+            except ImportError:
+                continue
+        elif isinstance(source, HuggingFaceSource):
+            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
+            if not isinstance(found, str):
+                continue
+            path = Path(found)
+        if path.is_file():
+            return path, record_path(cache_dir, source)
+    return None
+
+
+def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
+    """Bytes already downloaded of the model's first hub source (0 if none)."""
+    for source in spec.sources:
+        if isinstance(source, HuggingFaceSource):
+            blobs = repo_dir(cache_dir / "hub", source.repo) / "blobs"
+            return max((p.stat().st_size for p in blobs.glob("*.incomplete")), default=0)
+    return 0
+
+
+def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
+    package = next((s.package for s in spec.sources if isinstance(s, PypiSource)), None)
+    found = _cached_file(spec, cache_dir)
+    if found is None:
+        return CachedModel(
+            spec.id, spec.file_size, package, partial=_partial_download(spec, cache_dir)
+        )
+    path, record_file = found
+    record = read_record(record_file)
+    if record is None or not record_matches(record, path):
+        return CachedModel(spec.id, spec.file_size, package, path)
+    return CachedModel(
+        spec.id, spec.file_size, package, path, record["sha256"], str(record["origin"])
+    )
+
+
+def gather(settings: Settings, machine: Hardware, build: LlamaBuild) -> Facts:
+    """Everything the report says, read from this machine."""
+    registry = load_registry(settings.registry_file)
+    chosen = plan(machine.devices, registry, plan_options(settings), build)
+    try:
+        free: int | None = shutil.disk_usage(_existing(settings.cache_dir)).free
+    except OSError:
+        free = None
+    return Facts(
+        python=platform.python_version(),
+        machine=machine,
+        build=build,
+        settings=settings,
+        free_disk=free,
+        models=tuple(cached_model(spec, settings.cache_dir) for spec in registry.models),
+        plan=chosen,
+        environment=tuple((name, os.environ.get(name)) for name in _ENVIRONMENT),
+    )
+
+
+def _existing(path: Path) -> Path:
+    """The nearest existing directory at or above `path` (the cache may not exist yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _build_lines(build: LlamaBuild) -> list[str]:
+    offload = "yes" if build.gpu_offload else "no"
+    lines = [
+        f"llama.cpp build: backends {', '.join(build.backends) or 'none'}; GPU offload: {offload}"
+    ]
+    lines += [f"  device: {device}" for device in build.devices]
+    for backend, features in build.features.items():
+        flags = " ".join(
+            name if value == "1" else f"{name}={value}" for name, value in features.items()
+        )
+        lines.append(f"  {backend} flags: {flags}")
+    return lines
+
+
+def _model_line(model: CachedModel) -> str:
+    if model.path is None and model.package:
+        return f"  {model.model_id}: not assembled yet (it comes with the {model.package} package)"
+    if model.path is None and model.partial:
+        return (
+            f"  {model.model_id}: not cached ({model.partial / 1e9:.2f} of "
+            f"{model.size / 1e9:.2f} GB downloaded; the download resumes at the next start)"
+        )
+    if model.path is None:
+        return f"  {model.model_id}: not cached ({model.size / 1e9:.2f} GB to download)"
+    if model.sha256 is None:
+        return f"  {model.model_id}: cached at {model.path}, sha256 not verified yet"
+    return (
+        f"  {model.model_id}: cached at {model.path}, sha256 {model.sha256} verified "
+        f"({model.origin})"
+    )
+
+
+def render(facts: Facts) -> list[str]:
+    """The report, line by line."""
+    machine, settings = facts.machine, facts.settings
+    lines = [
+        f"gemma-serve {__version__}, Python {facts.python}, "
+        f"llama-cpp-python {facts.build.version or 'unknown'}"
+    ]
+    if machine.driver:
+        lines.append(f"NVIDIA driver {machine.driver}, CUDA {machine.cuda} (NVML)")
+    else:
+        lines.append(f"NVML: {machine.note or 'no GPU found'}")
+    if machine.devices:
+        lines.append("GPUs:")
+        lines += [device_line(i, d) for i, d in enumerate(machine.devices)]
+    else:
+        lines.append("GPUs: none")
+    lines += _build_lines(facts.build)
+    lines.append(
+        "environment: "
+        + ", ".join(
+            f"{name}={value if value is not None else '(unset)'}"
+            for name, value in facts.environment
+        )
+        + f", require GPU: {'yes' if settings.require_gpu else 'no'}"
+    )
+    free = f"{gib(facts.free_disk)} free" if facts.free_disk is not None else "free space unknown"
+    lines.append(f"cache: {settings.cache_dir} ({free})")
+    lines += [_model_line(model) for model in facts.models]
+    lines.append("plan:")
+    lines += [f"  {line}" for line in describe(machine, facts.plan)]
+    return lines

