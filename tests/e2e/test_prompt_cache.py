@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
@@ -21,6 +25,7 @@ from server.engine.types import (
     SamplingParams,
     TextDelta,
 )
+from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
 
 SLOTS = 2
 CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
@@ -206,3 +211,59 @@ def test_a_small_budget_evicts_the_least_recently_used(model_path: Path) -> None
         engine.close()
     assert stats.saves == 2 and stats.evictions == 1
     assert stats.saved_states == 1 and 0 < stats.saved_bytes <= 12 << 20
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("one-slot"), "--parallel", "1", "--ctx", "2048")
+    try:
+        wait_healthy(running)
+        yield running
+    finally:
+        stop_server(running)
+
+
+def test_metrics_count_saves_restores_and_reused_tokens(one_slot_server: RunningServer) -> None:
+    def chat(messages: tuple[ChatMessage, ...]) -> dict[str, Any]:
+        body = {
+            "model": MODEL_ID,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+        }
+        response = httpx.post(
+            f"{one_slot_server.base_url}/v1/chat/completions", json=body, timeout=300
+        )
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def figures() -> dict[str, float]:
+        text = httpx.get(f"{one_slot_server.base_url}/metrics").text
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("gemma_serve_prompt_cache_")
+        }
+
+    before = figures()
+    assert before["gemma_serve_prompt_cache_budget_bytes"] == 4096 << 20  # the default
+    first = chat(first_turn(0))
+    chat(first_turn(1))  # takes the one slot: the first conversation's state is saved
+    reply = first["choices"][0]["message"]["content"]
+    second = chat(second_turn(0, reply))  # restored into the slot
+    after = figures()
+
+    def grew(name: str) -> float:
+        return (
+            after[f"gemma_serve_prompt_cache_{name}"] - before[f"gemma_serve_prompt_cache_{name}"]
+        )
+
+    assert grew("saves_total") == 2  # the first conversation, then the second
+    assert grew("restores_total") == 1 and grew("hits_total") == 1
+    assert grew("reused_tokens_total") > first["usage"]["prompt_tokens"] > 600
+    assert second["usage"]["prompt_tokens"] > grew("reused_tokens_total")
+    assert after["gemma_serve_prompt_cache_saved_states"] == 1  # the second conversation's
+    assert 0 < after["gemma_serve_prompt_cache_saved_bytes"] < 16 << 20
+    assert grew("save_seconds_total") > 0 and grew("restore_seconds_total") > 0
