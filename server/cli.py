@@ -287,9 +287,12 @@ def serve(settings: Settings) -> int:
         return _fail(str(exc))
     if not (settings.api_keys or settings.api_keys_file) and not is_loopback(settings.host):
         log.warning(
-            "no API key is set and the server listens on %s: anyone who can reach the port can "
-            "use it; set GEMMA_SERVE_API_KEYS or --api-keys-file",
+            "no API key is set and the server listens on %s, not on loopback only: any client "
+            "that reaches this host or container on port %d can use the API (from other machines "
+            "too, unless a firewall or a container port published on 127.0.0.1 only keeps them "
+            "out); set GEMMA_SERVE_API_KEYS or --api-keys-file",
             settings.host,
+            settings.port,
         )
     config = uvicorn.Config(
         app,

@@ -86,11 +86,11 @@ def no_gpu_line(hardware: Hardware, plan: Plan) -> str:
         return (
             f"no NVIDIA GPU found ({hardware.note or 'none found'}); check that nvidia-smi "
             "works here (in a container: start it with the GPUs, e.g. docker run --gpus all), "
-            "or unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU"
+            "or set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU"
         )
     if plan.refusals:
         return "; ".join(plan.refusals)
-    return f"{plan.reason}; unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU"
+    return f"{plan.reason}; set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU"
 
 
 def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
+from server.api.security import HostPolicy
 from server.settings import Settings
 
 from .files import COMPOSE_FILE, DOCKER_ENV_EXAMPLE, ROOT, dockerignore_includes, stage
@@ -141,3 +142,20 @@ def test_env_example_names_real_settings() -> None:
     for line in DOCKER_ENV_EXAMPLE.read_text().splitlines():
         for key in re.findall(r"\bGEMMA_SERVE_([A-Z_]+)=", line):
             assert key.lower() in Settings.model_fields, key
+
+
+def test_env_example_lets_other_containers_call_by_service_name() -> None:
+    """A front-end on the compose network sends `Host: gemma-serve:8000`: refused (421) by the
+    image's defaults, allowed by the line the env example shows."""
+    [line] = [
+        line
+        for line in DOCKER_ENV_EXAMPLE.read_text().splitlines()
+        if line.startswith("#GEMMA_SERVE_ALLOWED_HOSTS=")
+    ]
+    allowed = Settings(allowed_hosts=line.partition("=")[2]).allowed_hosts
+    assert "gemma-serve" in compose()["services"]
+    host = stage("cuda").env()["GEMMA_SERVE_HOST"]
+    header = "gemma-serve:8000"
+    assert not HostPolicy(host).allows(header)
+    assert HostPolicy(host, allowed).allows(header)
+    assert "http://gemma-serve:8000" in COMPOSE_FILE.read_text()

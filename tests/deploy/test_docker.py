@@ -39,6 +39,9 @@ BUILD_PACKAGES = re.compile(r"^(build-essential|gcc.*|g\+\+.*|clang.*|cmake|make
 # sm_120 (RTX 50) needs CUDA 12.8: its ptxas lists sm_120, 12.6's does not (checked with the
 # ptxas of the nvidia-cuda-nvcc-cu12 wheels 12.6.85 and 12.8.93).
 MIN_CUDA_FOR_ARCH = {120: (12, 8), 100: (12, 8), 90: (11, 8), 89: (11, 8), 86: (11, 1)}
+# CUDA 13 dropped sm_50 to sm_72: 13.0's `nvcc --list-gpu-code` starts at sm_75, while 12.8.93's
+# ptxas still assembles sm_61 and sm_70.
+MAX_CUDA_FOR_ARCH = {61: (12, 9), 70: (12, 9)}
 
 
 def apt_packages(stage_: Stage) -> set[str]:
@@ -88,12 +91,14 @@ def test_cuda_architectures_are_explicit() -> None:
     for arch in archs:
         assert re.fullmatch(r"\d+(-real|-virtual)?", arch), f"not an explicit architecture: {arch}"
     numbers = {int(arch.split("-")[0]) for arch in archs}
-    # RTX 20 (75), A100 (80), RTX 30 (86), RTX 40 (89), H100 (90), RTX 50 (120).
-    assert {75, 80, 86, 89, 90, 120} <= numbers
+    # GTX 10 (61), V100 (70), RTX 20 (75), A100 (80), RTX 30 (86), RTX 40 (89), H100 (90),
+    # RTX 50 (120): no card from Pascal on meets "no kernel image".
+    assert {61, 70, 75, 80, 86, 89, 90, 120} <= numbers
     assert any(arch.endswith("-virtual") for arch in archs), "PTX for GPUs newer than the list"
     cuda = tuple(int(part) for part in global_args()["CUDA_VERSION"].split(".")[:2])
     for number in numbers:
         assert cuda >= MIN_CUDA_FOR_ARCH.get(number, (0, 0)), f"CUDA {cuda} cannot build {number}"
+        assert cuda <= MAX_CUDA_FOR_ARCH.get(number, (99, 0)), f"CUDA {cuda} dropped {number}"
 
     build = " ".join(stage("cuda-builder").values("RUN"))
     assert "-DGGML_CUDA=on" in build
@@ -103,6 +108,21 @@ def test_cuda_architectures_are_explicit() -> None:
     # The CPU code must not be tuned to the build machine either.
     for builder in ("cuda-builder", "cpu-builder"):
         assert "-DGGML_NATIVE=OFF" in " ".join(stage(builder).values("RUN"))
+
+
+def test_cuda_image_requires_a_gpu_and_names_its_kernels() -> None:
+    """A GPU image without a GPU exits (and compose restarts it) instead of serving the CPU model;
+    the server is told which architectures the image has kernels for."""
+    cuda_env = stage("cuda").env()
+    assert cuda_env["GEMMA_SERVE_REQUIRE_GPU"] == "1"
+    # The runtime stage re-declares the global ARG, so ${CUDA_ARCHITECTURES} is the builder's list.
+    assert cuda_env["GEMMA_SERVE_CUDA_ARCHITECTURES"] == "${CUDA_ARCHITECTURES}"
+    assert "CUDA_ARCHITECTURES" in stage("cuda").values("ARG")
+    assert Settings(require_gpu=cuda_env["GEMMA_SERVE_REQUIRE_GPU"]).require_gpu is True
+    lowest = Settings(cuda_architectures=global_args()["CUDA_ARCHITECTURES"]).cuda_architectures
+    assert min(lowest) == 61
+    # The CPU image is the CPU fallback itself.
+    assert "GEMMA_SERVE_REQUIRE_GPU" not in stage("cpu").env()
 
 
 @pytest.mark.parametrize("builder", ["cuda-builder", "cpu-builder"])
@@ -197,6 +217,7 @@ def test_dockerignore_sends_the_inputs_and_nothing_secret() -> None:
     assert set(copied) == {
         "pyproject.toml",
         "scripts/install-llama.sh",
+        "scripts/detect-build.sh",
         "README.md",
         "models.yaml",
         "server/",
@@ -254,3 +275,27 @@ def test_image_command_runs_outside_docker(tmp_path: Path) -> None:
         grace_s=30,  # compose.yaml's stop_grace_period
         while_up=healthcheck_passes,
     )
+
+
+def test_older_driver_fallbacks_name_images_that_exist() -> None:
+    """docs/docker.md's table for older drivers: nvidia/cuda's Ubuntu 24.04 images start at CUDA
+    12.5.1, so an older CUDA needs Ubuntu 22.04; a CUDA before 12.8 cannot compile sm_120, so the
+    architectures given with it are the image's own without 120."""
+    text = (ROOT / "docs" / "docker.md").read_text()
+    default_ubuntu = global_args()["UBUNTU_VERSION"]
+    rows = re.findall(r"^\| [^|]+ \| `(--build-arg CUDA_VERSION=[^`]*)` \|$", text, re.M)
+    assert len(rows) >= 4, rows
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("."))
+
+    for row in rows:
+        args = dict(re.findall(r"--build-arg (\w+)=(\S+)", row))
+        cuda, ubuntu = version(args["CUDA_VERSION"]), args.get("UBUNTU_VERSION", default_ubuntu)
+        assert len(cuda) == 3 and cuda < (12, 8), row
+        assert ubuntu in {"22.04", "24.04"}, row
+        if ubuntu == "24.04":
+            assert cuda >= (12, 5, 1), f"no nvidia/cuda:{args['CUDA_VERSION']}-*-ubuntu24.04"
+    [archs] = set(re.findall(r'--build-arg CUDA_ARCHITECTURES="([^"]+)"', text))
+    assert archs.split(";") == [a for a in cuda_architectures() if not a.startswith("120")]
+    assert "upgrade the driver" in text.lower()

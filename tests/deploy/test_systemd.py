@@ -168,10 +168,23 @@ def test_restart_back_off_and_stop_timeout() -> None:
     assert seconds(one("TimeoutStopSec")) >= 2 * drain_grace_s() + 5
 
 
+def test_waits_for_the_nvidia_driver_and_requires_a_gpu() -> None:
+    """At boot the NVIDIA modules load asynchronously: the unit orders itself after the
+    persistence daemon, and where the GPU is still missing it exits and is restarted instead of
+    serving the CPU model for good."""
+    for key in ("After", "Wants"):
+        assert "nvidia-persistenced.service" in one(key, section="Unit").split()
+    env = dict(item.split("=", 1) for item in service("Environment"))
+    assert Settings(require_gpu=env["GEMMA_SERVE_REQUIRE_GPU"]).require_gpu is True
+    assert one("Restart") == "on-failure"
+    # The env file is read after Environment= and wins: the example shows the way out.
+    assert "#GEMMA_SERVE_REQUIRE_GPU=0" in UNIT_ENV_EXAMPLE.read_text().splitlines()
+
+
 def test_exec_start_runs_with_the_units_environment(tmp_path: Path) -> None:
     """ExecStart with only the unit's Environment= (systemd starts services with a clean
     environment), %S pointing at a temporary directory, this checkout's venv standing in for
-    /opt/gemma-serve, and the port and context an env file would set."""
+    /opt/gemma-serve, and the port, context and CPU permission an env file would set."""
     state = tmp_path / "state"
     (state / "gemma-serve").mkdir(parents=True)
     env = {
@@ -181,6 +194,8 @@ def test_exec_start_runs_with_the_units_environment(tmp_path: Path) -> None:
     assert "%" not in "".join(env.values()), "a specifier the test does not stand in for"
     port = free_port()
     env |= {"PATH": "/usr/bin:/bin", "GEMMA_SERVE_PORT": str(port), "GEMMA_SERVE_CTX": "1024"}
+    # What the env file of a machine without a GPU, like this one, says (the unit requires one).
+    env["GEMMA_SERVE_REQUIRE_GPU"] = "0"
     venv_bin = str(Path(sys.executable).parent)
     command = one("ExecStart").replace(f"{INSTALL_PREFIX}/bin", venv_bin).split()
     serve_and_stop(

@@ -123,7 +123,7 @@ def test_require_gpu_without_a_gpu_exits_with_one_line(
         env=env,
     )
     assert_one_line_error(result, 1, "--require-gpu is set: no NVIDIA GPU found (no NVIDIA driver")
-    assert "unset GEMMA_SERVE_REQUIRE_GPU to serve on the CPU" in result.stderr
+    assert "set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing fetched, nothing loaded
 
 

@@ -1,0 +1,250 @@
+"""scripts/detect-build.sh, run on a fake machine (tests/deploy/fake_machine.py): no
+`nvidia-smi`, one without a driver, GPUs with and without a toolkit, toolkits too old or too new
+for the card or the driver, explicit choices and given CMAKE_ARGS. Each case asserts the flags
+chosen and the one-line reason. Nothing is compiled.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .fake_machine import (
+    CPU_FLAGS,
+    DETECT,
+    NO_DRIVER,
+    SM_12_8,
+    SM_13_0,
+    Machine,
+    cuda_flags,
+    detect,
+    executable,
+)
+
+
+def test_no_nvidia_smi_builds_for_the_cpu_even_with_a_toolkit(machine: Machine) -> None:
+    machine.nvcc()  # like this machine: an nvcc, no GPU
+    found = detect(machine)
+    assert found.code == 0
+    assert found.choice == {"build": "cpu", "cmake_args": CPU_FLAGS}
+    assert found.message == "llama.cpp build: CPU: no NVIDIA GPU found (no nvidia-smi on PATH)"
+
+
+def test_nvidia_smi_without_a_driver_builds_for_the_cpu(machine: Machine) -> None:
+    machine.no_driver()
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["build"] == "cpu"
+    assert found.message == f"llama.cpp build: CPU: nvidia-smi found no usable GPU ({NO_DRIVER})"
+
+
+def test_driver_too_old_to_report_compute_capability(machine: Machine) -> None:
+    error = 'Field "compute_cap" is not a valid field to query.'
+    executable(machine.bin / "nvidia-smi", f"echo '{error}'\nexit 2\n")
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["build"] == "cpu"
+    assert found.message.endswith(f"(nvidia-smi: {error}): upgrade the NVIDIA driver")
+
+
+def test_warnings_from_nvidia_smi_are_not_gpus(machine: Machine) -> None:
+    warning = "WARNING: infoROM is corrupted at gpu 0000:01:00.0"
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"), warning=warning)
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["cmake_args"] == cuda_flags("86-real")
+    assert "for NVIDIA GeForce RTX 3090 (compute 8.6): " in found.message
+    assert "WARNING" not in found.message
+
+
+def test_gpu_without_toolkit_says_what_to_install(machine: Machine) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"), driver_cuda="12.4")
+    found = detect(machine)
+    assert found.code == 0
+    assert found.choice == {"build": "cpu", "cmake_args": CPU_FLAGS}
+    assert found.message == (
+        "llama.cpp build: CPU: found NVIDIA GeForce RTX 3090 (compute 8.6) but no CUDA toolkit "
+        f"(no nvcc on PATH nor in {machine.cuda_home}/bin); for the GPU install the CUDA toolkit "
+        "(NVIDIA's apt package cuda-toolkit-12-4, matching the driver's CUDA 12.4: "
+        "https://developer.nvidia.com/cuda-downloads) and run this again"
+    )
+    assert len(found.message.splitlines()) == 1
+
+
+@pytest.mark.skipif(
+    not Path("/usr/local/cuda/bin/nvcc").exists(), reason="no CUDA toolkit in /usr/local/cuda"
+)
+def test_sudo_path_finds_the_real_toolkit_in_usr_local_cuda(machine: Machine) -> None:
+    """What `sudo` leaves: PATH without /usr/local/cuda/bin, no CUDA_HOME. This machine's real
+    toolkit is found where NVIDIA's packages put it (the GPU is faked: there is none here)."""
+    release = subprocess.run(
+        ["/usr/local/cuda/bin/nvcc", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    version = release.split("release ")[1].split(",")[0]
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"), driver_cuda=version)
+    env = machine.env()
+    del env["CUDA_HOME"]
+    result = subprocess.run([str(DETECT)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "nvcc=/usr/local/cuda/bin/nvcc" in result.stdout.splitlines()
+    assert f"cuda_version={version}" in result.stdout.splitlines()
+    assert "CMAKE_CUDA_ARCHITECTURES=86-real" in result.stderr
+
+
+def test_pascal_card_without_toolkit_is_sent_to_cuda_12(machine: Machine) -> None:
+    """The driver runs CUDA 13, whose compiler no longer targets sm_61: name the last that does."""
+    machine.gpus(("NVIDIA GeForce GTX 1080 Ti", "6.1"), driver_cuda="13.0")
+    found = detect(machine)
+    assert found.choice["build"] == "cpu"
+    assert "(NVIDIA's apt package cuda-toolkit-12-9: CUDA 13 cannot compile for sm_61: " in (
+        found.message
+    )
+
+
+def test_gpu_and_toolkit_build_for_that_gpu_only(machine: Machine) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    nvcc = machine.nvcc()
+    found = detect(machine)
+    assert found.code == 0
+    assert found.choice == {
+        "build": "cuda",
+        "cmake_args": cuda_flags("86-real"),
+        "nvcc": str(nvcc),
+        "cuda_version": "12.8",
+    }
+    assert found.message == (
+        f"llama.cpp build: CUDA 12.8 ({nvcc}) for NVIDIA GeForce RTX 3090 (compute 8.6): "
+        "CMAKE_CUDA_ARCHITECTURES=86-real"
+    )
+
+
+def test_several_gpus_one_architecture_each(machine: Machine) -> None:
+    machine.gpus(
+        ("NVIDIA GeForce RTX 4090", "8.9"),
+        ("NVIDIA GeForce RTX 3060", "8.6"),
+        ("NVIDIA GeForce RTX 3060", "8.6"),
+    )
+    machine.nvcc()
+    found = detect(machine)
+    assert found.choice["cmake_args"] == cuda_flags("86-real;89-real")
+    assert found.message.endswith(
+        "for 2x NVIDIA GeForce RTX 3060 (compute 8.6), NVIDIA GeForce RTX 4090 (compute 8.9): "
+        "CMAKE_CUDA_ARCHITECTURES=86-real;89-real"
+    )
+
+
+def test_toolkit_off_path_is_found_in_cuda_home(machine: Machine) -> None:
+    """`sudo` resets PATH; NVIDIA's packages install nvcc in /usr/local/cuda/bin, off PATH."""
+    machine.gpus(("NVIDIA RTX A6000", "8.6"))
+    nvcc = machine.nvcc(on_path=False)
+    found = detect(machine)
+    assert found.choice["build"] == "cuda" and found.choice["nvcc"] == str(nvcc)
+
+
+def test_a_card_the_toolkit_cannot_compile_for_is_left_out(machine: Machine) -> None:
+    machine.gpus(
+        ("NVIDIA GeForce RTX 4090", "8.9"), ("Tesla V100-PCIE-16GB", "7.0"), driver_cuda="13.0"
+    )
+    machine.nvcc(release="13.0", codes=SM_13_0)
+    found = detect(machine)
+    assert found.choice["cmake_args"] == cuda_flags("89-real")
+    assert "warning: CUDA 13.0 cannot compile for sm_70" in found.message
+
+
+# A GPU and a toolkit, but no CUDA build possible: (GPU, driver's CUDA, nvcc release and the
+# architectures it lists, what the reason says).
+IMPOSSIBLE = {
+    "toolkit too new for the card": (
+        ("NVIDIA GeForce GTX 1080", "6.1"),
+        "13.0",
+        ("13.0", SM_13_0),
+        "cannot compile for sm_61 (it lists sm_75 to sm_121): install a CUDA 12 toolkit "
+        "(cuda-toolkit-12-9, the last for sm_50 to sm_72)",
+    ),
+    "toolkit too old for the card": (
+        ("NVIDIA GeForce RTX 5090", "12.0"),
+        "12.8",
+        ("12.6", SM_12_8.replace(" sm_100 sm_101 sm_120", "")),
+        "cannot compile for sm_120 (it lists sm_50 to sm_90): install a newer CUDA toolkit "
+        "(cuda-toolkit-12-8 or later for sm_120, RTX 50)",
+    ),
+    "card older than CUDA 12": (
+        ("Tesla K80", "3.7"),
+        "12.4",
+        ("12.4", SM_12_8.replace(" sm_100 sm_101 sm_120", "")),
+        "found Tesla K80 (compute 3.7), older than any CUDA 12 toolkit compiles for "
+        "(sm_50 and newer)",
+    ),
+    "toolkit newer than the driver": (
+        ("NVIDIA GeForce RTX 3090", "8.6"),
+        "12.4",
+        ("13.0", SM_13_0),
+        "is newer than this driver runs (CUDA 12.4): upgrade the NVIDIA driver, or install "
+        "cuda-toolkit-12-4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", IMPOSSIBLE)
+def test_no_cuda_build_possible_falls_back_or_fails_when_asked(machine: Machine, case: str) -> None:
+    gpu, driver_cuda, (release, codes), reason = IMPOSSIBLE[case]
+    machine.gpus(gpu, driver_cuda=driver_cuda)
+    machine.nvcc(release=release, codes=codes)
+    found = detect(machine)
+    assert found.code == 0 and found.choice == {"build": "cpu", "cmake_args": CPU_FLAGS}
+    assert found.message.startswith("llama.cpp build: CPU: ") and found.message.endswith(reason)
+    asked = detect(machine, GEMMA_SERVE_BUILD="cuda")
+    assert asked.code == 1 and asked.choice == {}
+    assert asked.message.startswith("llama.cpp build: GEMMA_SERVE_BUILD=cuda, but ")
+    assert asked.message.endswith(reason)
+
+
+def test_explicit_cpu_wins_over_a_gpu(machine: Machine) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    machine.nvcc()
+    found = detect(machine, GEMMA_SERVE_BUILD="cpu")
+    assert found.choice == {"build": "cpu", "cmake_args": CPU_FLAGS}
+    assert found.message == "llama.cpp build: CPU (GEMMA_SERVE_BUILD=cpu)"
+
+
+def test_explicit_cuda_without_toolkit_is_an_error(machine: Machine) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    found = detect(machine, GEMMA_SERVE_BUILD="cuda")
+    assert found.code == 1 and found.choice == {}
+    assert found.message.startswith("llama.cpp build: GEMMA_SERVE_BUILD=cuda, but found NVIDIA")
+    assert "install the CUDA toolkit" in found.message
+
+
+def test_explicit_cuda_without_gpu_needs_the_architectures(machine: Machine) -> None:
+    nvcc = machine.nvcc()
+    found = detect(machine, GEMMA_SERVE_BUILD="cuda")
+    assert found.code == 1
+    assert "set GEMMA_SERVE_CUDA_ARCHITECTURES" in found.message
+    # A build for other machines: the list given, no GPU needed.
+    archs = "75-real;89-real"
+    found = detect(machine, GEMMA_SERVE_BUILD="cuda", GEMMA_SERVE_CUDA_ARCHITECTURES=archs)
+    assert found.code == 0
+    assert found.choice["cmake_args"] == cuda_flags("75-real;89-real")
+    assert found.choice["nvcc"] == str(nvcc)
+
+
+def test_given_cmake_args_win(machine: Machine) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    machine.nvcc()
+    found = detect(machine, CMAKE_ARGS="-DGGML_BLAS=ON", GEMMA_SERVE_BUILD="cuda")
+    assert found.choice == {"build": "custom", "cmake_args": "-DGGML_BLAS=ON"}
+    assert found.message == "llama.cpp build: CMAKE_ARGS given, used as is: -DGGML_BLAS=ON"
+    # A CUDA build given by hand still reports the toolkit, for the wheel cache key.
+    found = detect(machine, CMAKE_ARGS="-DGGML_CUDA=on")
+    assert found.choice["cmake_args"] == "-DGGML_CUDA=on"
+    assert found.choice["cuda_version"] == "12.8"
+
+
+def test_unknown_choice_is_refused(machine: Machine) -> None:
+    found = detect(machine, GEMMA_SERVE_BUILD="gpu")
+    assert found.code == 2
+    assert found.message == (
+        "llama.cpp build: GEMMA_SERVE_BUILD=gpu is not one of cpu, cuda, auto (make: GPU=cpu|cuda)"
+    )

