@@ -22,12 +22,10 @@ from fastapi import FastAPI
 
 from server import __version__
 from server.api.access_log import AccessLogMiddleware
-from server.api.completions import router as completions_router
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
 from server.api.metering import MeteredEngine
 from server.api.metrics import Metrics
-from server.api.responses import router as responses_router
 from server.api.routes import router
 from server.api.security import (
     APIKeyMiddleware,
@@ -47,6 +45,7 @@ from server.hardware import GpuProbe
 from server.planner import Plan
 from server.registry import ModelSpec
 from server.settings import Settings
+from server.ui import add_chat_page, is_page_path
 
 log = logging.getLogger("gemma_serve")
 
@@ -155,10 +154,10 @@ def create_app(
     )
 
     def install(engine: Engine) -> Engine:
-        return MeteredEngine(engine, metrics, log_prompts=settings.log_prompts)
+        return MeteredEngine(engine, metrics)
 
     async def interrupt() -> None:
-        # MeteredEngine.close() is idempotent: the lifespan closes the engine again, harmlessly.
+        # Engine.close() is idempotent: the lifespan closes the engine again, harmlessly.
         if runtime.engine is not None:
             await asyncio.to_thread(runtime.engine.close)
 
@@ -183,13 +182,15 @@ def create_app(
     app.state.drain = Drain(settings.shutdown_grace, interrupt)
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(completions_router)
-    app.include_router(responses_router)
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
+    if settings.ui:
+        add_chat_page(app)  # after the API: its paths are `/` and `/ui/*` only
     # add_middleware puts each one outside those added before it: innermost first.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_size)
     if api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=api_keys)
+        app.add_middleware(
+            APIKeyMiddleware, keys=api_keys, public_page=is_page_path if settings.ui else None
+        )
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     if settings.cors_origins:
         app.add_middleware(

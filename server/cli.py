@@ -71,6 +71,16 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             help=f"{field.description} [env: GEMMA_SERVE_{name.upper()}]",
             **_flag_type(field.annotation, field.metadata),
         )
+        if field.annotation is bool and field.default is True:
+            # A feature on by default gets a plain off switch: `--no-ui` for `--ui false`.
+            parser.add_argument(
+                f"--no-{name.replace('_', '-')}",
+                dest=name,
+                action="store_const",
+                const=False,
+                default=argparse.SUPPRESS,
+                help=f"Same as --{name.replace('_', '-')} false.",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

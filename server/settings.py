@@ -273,3 +273,12 @@ class Settings(BaseSettings):
             "is not used. Default: as the build reports them."
         ),
     )
+
+    # --- The chat page (ui) ---
+    ui: bool = Field(
+        True,
+        description=(
+            "Serve the chat page at / (static files; the API it calls keeps its keys). "
+            "--no-ui turns it off: / then answers 404."
+        ),
+    )

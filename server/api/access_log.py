@@ -3,7 +3,7 @@
 The line is written when the response has been sent in full (for a stream: after `[DONE]`):
 client, method, path, status, tokens in and out, time to first text, total time and the user
 agent. Client-supplied text (path, user agent) is escaped, and nothing from the request body is
-ever logged here (prompts are logged only with --log-prompts, by `metering`).
+ever logged here (prompts are logged only with --log-prompts, by `serving`).
 """
 
 from __future__ import annotations

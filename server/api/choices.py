@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.api.protocol import (
+from server.api.chat_protocol import (
     AssistantMessage,
     ChoiceLogprobs,
     Delta,
@@ -23,8 +23,14 @@ from server.api.protocol import (
     ToolCallDelta,
     TopLogprob,
 )
-from server.api.tool_calls import ArgumentsPiece, CallStart, ContentPiece, Piece, ToolCallParser
-from server.api.tools import ToolPlan
+from server.api.tool_call_parser import (
+    ArgumentsPiece,
+    CallStart,
+    ContentPiece,
+    Piece,
+    ToolCallParser,
+)
+from server.api.tool_prompt import ToolPlan
 from server.engine import types as engine
 
 

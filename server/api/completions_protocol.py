@@ -3,7 +3,7 @@
 As in `protocol`, unknown top-level fields are ignored and every known field is bounded, so an
 out-of-range value is a 400 naming it. Fields gemma-serve cannot honour (`suffix`, `best_of`
 other than `n`, token-id prompts, `echo` with `logprobs`) are declared so that the converter can
-refuse them by name instead of dropping them.
+refuse them by name instead of dropping them (the audit is in docs/api.md).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from server.api.protocol import StreamOptions, Usage, WireModel
-
-LogitBias = dict[str, Annotated[float, Field(ge=-100, le=100)]]
 
 
 class CompletionRequest(WireModel):
@@ -38,11 +36,11 @@ class CompletionRequest(WireModel):
     stop: Annotated[list[str], Field(max_length=4)] | str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: LogitBias | None = Field(
+    logit_bias: dict[str, float] | None = Field(
         None, description="Token id (as a string) -> bias added to its logit, -100 to 100."
     )
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(None, description="Ignored: bookkeeping.")
     suffix: str | None = Field(None, description="Refused unless empty: no fill-in-the-middle.")
 
 

@@ -2,16 +2,12 @@
 
 `MeteredEngine` wraps the loaded engine (installed in `app.py`): its prepared generations time
 the first piece of text and the gaps between pieces, count tokens from `Finished.usage`, and
-note them on the HTTP request's `RequestRecord` for the access log. It also makes `close()`
-idempotent (graceful shutdown closes the engine early, the lifespan closes it again) and turns a
-generation that ends without `Finished` (the engine was closed under it) into `EngineUnavailable`,
-so that a stream ends with an error event and a plain request with a 503, never a 500.
+note them on the HTTP request's `RequestRecord` for the access log. Metrics only: everything else
+is the wrapped engine's contract, passed through unchanged.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -23,16 +19,12 @@ from server.engine.types import (
     Engine,
     EngineInfo,
     EngineStats,
-    EngineUnavailable,
     Event,
     Finished,
     GenerationRequest,
     PreparedGeneration,
     TextDelta,
 )
-from server.logtext import printable
-
-log = logging.getLogger("gemma_serve.prompts")
 
 
 @dataclass
@@ -63,7 +55,6 @@ class MeteredGeneration:
         metrics, record = self._metrics, self._record
         started = time.monotonic()
         last: float | None = None
-        finished = False
         # NOTE: aclosing: when our consumer stops early, the engine's generator is closed too,
         # which is what cancels the generation.
         async with aclosing(self._inner.events()) as events:
@@ -78,36 +69,23 @@ class MeteredGeneration:
                         metrics.inter_token_latency.observe(now - last)
                     last = now
                 elif isinstance(event, Finished):
-                    finished = True
                     metrics.prompt_tokens.inc(event.usage.prompt_tokens)
                     metrics.completion_tokens.inc(event.usage.completion_tokens)
                     if record is not None:
                         record.prompt_tokens += event.usage.prompt_tokens
                         record.completion_tokens += event.usage.completion_tokens
                 yield event
-        if not finished:
-            raise EngineUnavailable(
-                "the generation was stopped because the server is shutting down"
-            )
 
 
 class MeteredEngine:
-    """Engine proxy: same contract as the wrapped engine, plus metrics and an idempotent close."""
+    """Engine proxy: the wrapped engine's contract, plus metrics."""
 
-    def __init__(self, inner: Engine, metrics: Metrics, *, log_prompts: bool = False) -> None:
+    def __init__(self, inner: Engine, metrics: Metrics) -> None:
         self._inner = inner
         self.info: EngineInfo = inner.info
         self._metrics = metrics
-        self._log_prompts = log_prompts
-        self._close_lock = threading.Lock()
-        self._closed = False
 
     async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
-        if self._log_prompts:
-            text = request.prompt
-            if text is None:
-                text = " | ".join(f"{m.role}: {m.content}" for m in request.messages)
-            log.info("prompt: %s", printable(text, limit=10_000))
         prepared = await self._inner.prepare(request)
         return MeteredGeneration(prepared, self._metrics, current_record.get())
 
@@ -115,8 +93,4 @@ class MeteredEngine:
         return self._inner.stats()
 
     def close(self) -> None:
-        with self._close_lock:  # NOTE: two threads may close at once (drain, then lifespan)
-            if self._closed:
-                return
-            self._closed = True
-            self._inner.close()
+        self._inner.close()

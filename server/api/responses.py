@@ -1,6 +1,6 @@
-"""OpenAI's Responses API, `POST /v1/responses`, stateless: pure converters and a thin router.
+"""OpenAI's Responses API, `POST /v1/responses`, stateless: pure converters (request and answer).
 
-`to_generation_request` maps the request onto the engine's chat path (`instructions` becomes a
+`to_response_sequences` maps the request onto the engine's chat path (`instructions` becomes a
 system message before the input) or refuses a field by name. Nothing is stored: `store` is
 accepted and answered with `store: false`, and `previous_response_id` is a 400. A response cut
 by `max_output_tokens` is `status: "incomplete"` with `incomplete_details.reason:
@@ -10,24 +10,20 @@ by `max_output_tokens` is `status: "incomplete"` with `incomplete_details.reason
 
 from __future__ import annotations
 
+import itertools
 import json
-import logging
-import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, get_args
 
-from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
-from server.api.deps import EngineDep, RuntimeDep
-from server.api.errors import APIError, stream_failure
+from server.api import validators
+from server.api.errors import APIError
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
+    InputTokensDetails,
     OutputMessage,
     OutputText,
     ResponseError,
@@ -35,88 +31,70 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.routes import _PING_SECONDS, _ClientGone, _unless_disconnected
+from server.api.serving import Sequences, ServerEvent
+from server.api.validators import invalid, unsupported
 from server.engine.types import (
     ChatMessage,
     Event,
     Finished,
     GenerationRequest,
     JsonFormat,
-    RequestRejected,
     Role,
     SamplingParams,
     TextDelta,
 )
 
-log = logging.getLogger("gemma_serve.api")
-
-router = APIRouter()
-
-_ROLES: dict[str, Role] = {
-    "user": "user",
-    "system": "system",
-    "developer": "developer",
-    "assistant": "assistant",
-}
+_ROLES: tuple[Role, ...] = get_args(Role)
 _REFUSED_PARTS = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
-
-
-def _unsupported(param: str, message: str) -> APIError:
-    return APIError(400, message, param=param, code="unsupported_parameter")
 
 
 def _refuse_unsupported(request: ResponseRequest) -> None:
     if request.previous_response_id is not None:
-        raise _unsupported(
+        raise unsupported(
             "previous_response_id",
             "gemma-serve stores no responses; send the whole conversation as input instead.",
         )
     if request.conversation is not None:
-        raise _unsupported("conversation", "gemma-serve keeps no conversations.")
+        raise unsupported("conversation", "gemma-serve keeps no conversations.")
     if request.background:
-        raise _unsupported("background", "Background responses are not supported.")
+        raise unsupported("background", "Background responses are not supported.")
     if request.tools:
-        raise _unsupported("tools", "Tools are not supported by the Responses endpoint yet.")
+        raise unsupported("tools", "Tools are not supported by the Responses endpoint yet.")
     if request.tool_choice not in (None, "none", "auto"):
-        raise _unsupported("tool_choice", "Tools are not supported by the Responses endpoint yet.")
+        raise unsupported("tool_choice", "Tools are not supported by the Responses endpoint yet.")
     if request.reasoning is not None and request.reasoning.effort not in (None, "none"):
-        raise _unsupported("reasoning.effort", "Gemma 3 is not a reasoning model.")
+        raise unsupported("reasoning.effort", "Gemma 3 is not a reasoning model.")
     if request.truncation == "auto":
-        raise _unsupported("truncation", "Only truncation 'disabled' is supported.")
+        raise unsupported("truncation", "Only truncation 'disabled' is supported.")
     if request.include:
-        raise _unsupported("include", f"include {request.include[0]!r} is not supported.")
+        raise unsupported("include", f"include {request.include[0]!r} is not supported.")
     if request.top_logprobs:
-        raise _unsupported("top_logprobs", "Returning log probabilities is not supported yet.")
+        raise unsupported("top_logprobs", "Returning log probabilities is not supported yet.")
     if request.prompt is not None:
-        raise _unsupported("prompt", "Stored prompt templates are not supported.")
+        raise unsupported("prompt", "Stored prompt templates are not supported.")
     if request.text and request.text.verbosity not in (None, "medium"):
-        raise _unsupported("text.verbosity", "Only verbosity 'medium' is supported.")
-
-
-def _text(text: str, param: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON allows lone surrogates ("\ud800"); UTF-8 does not
-        raise APIError(
-            400,
-            "The text is not valid Unicode (a lone surrogate).",
-            param=param,
-            code="invalid_value",
-        ) from exc
-    return text
+        raise unsupported("text.verbosity", "Only verbosity 'medium' is supported.")
+    for name, what in (
+        ("background_options", "Background responses are not supported."),
+        ("context_management", "gemma-serve does not compact or trim the context."),
+        ("moderation", "gemma-serve runs no moderation model."),
+        ("image", "This model does not generate images."),
+        ("access_programs", "gemma-serve has no access programs."),
+    ):
+        if getattr(request, name) is not None:
+            raise unsupported(name, what)
+    if request.stream_options is not None and not request.stream:
+        raise invalid("stream_options", "stream_options is only allowed when stream is true.")
 
 
 def _item_message(item: InputItem, index: int) -> ChatMessage:
     param = f"input[{index}]"
     if item.type not in (None, "message"):
-        raise _unsupported(f"{param}.type", f"Input items of type {item.type!r} are not supported.")
-    role = _ROLES.get(item.role or "")
+        raise unsupported(f"{param}.type", f"Input items of type {item.type!r} are not supported.")
+    role = next((role for role in _ROLES if role == item.role), None)
     if role is None:
-        raise APIError(
-            400,
-            f"{param}.role must be one of {', '.join(_ROLES)} (got {item.role!r}).",
-            param=f"{param}.role",
-            code="invalid_value",
+        raise invalid(
+            f"{param}.role", f"{param}.role must be one of {', '.join(_ROLES)} (got {item.role!r})."
         )
     if item.content is None:
         raise APIError(
@@ -126,7 +104,7 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
             code="missing_required_parameter",
         )
     if isinstance(item.content, str):
-        return ChatMessage(role, _text(item.content, f"{param}.content"))
+        return ChatMessage(role, validators.text(item.content, f"{param}.content"))
     texts = []
     for part_index, part in enumerate(item.content):
         part_param = f"{param}.content[{part_index}]"
@@ -139,25 +117,24 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
             )
         text = part.refusal if part.type == "refusal" else part.text
         if part.type not in ("input_text", "output_text", "refusal") or text is None:
-            raise APIError(
-                400,
-                f"{part_param} must be an input_text or output_text part with its text.",
-                param=part_param,
-                code="invalid_value",
+            raise invalid(
+                part_param, f"{part_param} must be an input_text or output_text part with its text."
             )
-        texts.append(_text(text, f"{part_param}.text"))
+        texts.append(validators.text(text, f"{part_param}.text"))
     return ChatMessage(role, "\n".join(texts))
 
 
 def _messages(request: ResponseRequest) -> tuple[ChatMessage, ...]:
     messages = []
     if request.instructions:
-        messages.append(ChatMessage("system", _text(request.instructions, "instructions")))
+        messages.append(
+            ChatMessage("system", validators.text(request.instructions, "instructions"))
+        )
     if isinstance(request.input, str):
-        messages.append(ChatMessage("user", _text(request.input, "input")))
+        messages.append(ChatMessage("user", validators.text(request.input, "input")))
     else:
         if not request.input:
-            raise APIError(400, "input must not be empty.", param="input", code="invalid_value")
+            raise invalid("input", "input must not be empty.")
         messages += [_item_message(item, index) for index, item in enumerate(request.input)]
     return tuple(messages)
 
@@ -185,6 +162,10 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
     )
 
 
+def _refusal_param(index: int, param: str | None) -> str | None:
+    return "input" if param == "messages" else param
+
+
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     """Map a Responses request onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
@@ -196,14 +177,24 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     )
 
 
-@dataclass(frozen=True)
-class ResponseFrame:
-    """What the whole response and every snapshot of it share."""
+def to_response_sequences(request: ResponseRequest) -> Sequences:
+    """The one sequence a Responses request asks for."""
+    return Sequences((to_generation_request(request),), "input", _refusal_param)
+
+
+@dataclass
+class ResponseAnswer:
+    """The answer to one Responses request: the whole `response`, or its stream of events.
+    Every snapshot of the response shares these ids."""
+
+    ends_with_done = False  # OpenAI's Responses streams end with their last event
 
     response_id: str
     message_id: str
     created_at: int
     request: ResponseRequest
+    _sequence: Iterator[int] = field(default_factory=itertools.count, init=False)
+    _parts: list[str] = field(default_factory=list, init=False)  # the text streamed so far
 
     def response(
         self,
@@ -222,6 +213,7 @@ class ResponseFrame:
         if finished is not None:
             usage = ResponseUsage(
                 input_tokens=finished.usage.prompt_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=finished.usage.cached_tokens),
                 output_tokens=finished.usage.completion_tokens,
                 total_tokens=finished.usage.total_tokens,
             )
@@ -260,111 +252,63 @@ class ResponseFrame:
             {"id": self.message_id, "status": status, "content": content}
         )
 
+    async def whole(self, events: AsyncIterator[tuple[int, Event]]) -> ResponseObject:
+        """Collect the generation into one `response` object."""
+        parts: list[str] = []
+        async for _, event in events:
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+                continue
+            status = _final_status(event)
+            return self.response(status, [self.message("".join(parts), status)], event)
+        raise AssertionError("interleave ends every generation with Finished")
+
+    def _event(self, type_: str, **fields: Any) -> dict[str, str]:
+        payload: dict[str, Any] = {"type": type_, "sequence_number": next(self._sequence)}
+        for name, value in fields.items():
+            payload[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        return {"event": type_, "data": json.dumps(payload, ensure_ascii=False)}
+
+    async def stream(self, events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[ServerEvent]:
+        """The Responses stream: `{"event": type, "data": json}` for SSE, each payload with its
+        `type` and a `sequence_number` counting from 0. The order is OpenAI's: created,
+        in_progress, output_item.added, content_part.added, output_text.delta...,
+        output_text.done, content_part.done, output_item.done, then completed (or incomplete).
+        No `[DONE]`: OpenAI's Responses streams end with their last event."""
+        where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
+        yield self._event("response.created", response=self.response("in_progress"))
+        yield self._event("response.in_progress", response=self.response("in_progress"))
+        item = self.message("", "in_progress")
+        yield self._event("response.output_item.added", output_index=0, item=item)
+        yield self._event("response.content_part.added", **where, part=OutputText(text=""))
+        async for _, event in events:
+            if isinstance(event, TextDelta):
+                self._parts.append(event.text)
+                yield self._event(
+                    "response.output_text.delta", **where, delta=event.text, logprobs=[]
+                )
+                continue
+            text = "".join(self._parts)
+            status = _final_status(event)
+            yield self._event("response.output_text.done", **where, text=text, logprobs=[])
+            yield self._event("response.content_part.done", **where, part=OutputText(text=text))
+            message = self.message(text, status)
+            yield self._event("response.output_item.done", output_index=0, item=message)
+            yield self._event(
+                f"response.{status}", response=self.response(status, [message], event)
+            )
+
+    def failed(self, message: str, code: str) -> list[ServerEvent]:
+        """An `error` event, then `response.failed` with the text generated so far."""
+        # OpenAI's Responses API names an unexpected failure `server_error`.
+        code = "server_error" if code == "internal_error" else code
+        error = ResponseError(code="server_error", message=message)
+        partial = [self.message("".join(self._parts), "incomplete")]
+        return [
+            self._event("error", code=code, message=message, param=None),
+            self._event("response.failed", response=self.response("failed", partial, error=error)),
+        ]
+
 
 def _final_status(finished: Finished) -> str:
     return "incomplete" if finished.reason == "length" else "completed"
-
-
-async def to_response(events: AsyncGenerator[Event, None], frame: ResponseFrame) -> ResponseObject:
-    """Collect a whole generation into one `response` object."""
-    parts: list[str] = []
-    finished: Finished | None = None
-    async with aclosing(events):
-        async for event in events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
-                finished = event
-    if finished is None:
-        raise RuntimeError("the engine ended a generation without finishing it")
-    status = _final_status(finished)
-    output = [frame.message("".join(parts), status)]
-    return frame.response(status, output, finished)
-
-
-async def to_response_events(
-    events: AsyncGenerator[Event, None], frame: ResponseFrame
-) -> AsyncIterator[dict[str, str]]:
-    """Engine events -> the Responses stream: `{"event": type, "data": json}` for SSE, each
-    payload with its `type` and a `sequence_number` counting from 0. The order is OpenAI's:
-    created, in_progress, output_item.added, content_part.added, output_text.delta...,
-    output_text.done, content_part.done, output_item.done, then completed (or incomplete).
-    An error after the start is an `error` event followed by `response.failed`. No `[DONE]`:
-    OpenAI's Responses streams end with their last event."""
-    sequence = 0
-
-    def event(type_: str, **fields: Any) -> dict[str, str]:
-        nonlocal sequence
-        payload = {"type": type_, "sequence_number": sequence}
-        for name, value in fields.items():
-            payload[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-        sequence += 1
-        return {"event": type_, "data": json.dumps(payload, ensure_ascii=False)}
-
-    where = {"item_id": frame.message_id, "output_index": 0, "content_index": 0}
-    parts: list[str] = []
-    yield event("response.created", response=frame.response("in_progress"))
-    yield event("response.in_progress", response=frame.response("in_progress"))
-    try:
-        item = frame.message("", "in_progress")
-        yield event("response.output_item.added", output_index=0, item=item)
-        yield event(
-            "response.content_part.added",
-            item_id=frame.message_id,
-            output_index=0,
-            content_index=0,
-            part=OutputText(text=""),
-        )
-        finished: Finished | None = None
-        async with aclosing(events):
-            async for engine_event in events:
-                if isinstance(engine_event, TextDelta):
-                    parts.append(engine_event.text)
-                    yield event(
-                        "response.output_text.delta", **where, delta=engine_event.text, logprobs=[]
-                    )
-                else:
-                    finished = engine_event
-        if finished is None:
-            raise RuntimeError("the engine ended a generation without finishing it")
-        text = "".join(parts)
-        status = _final_status(finished)
-        yield event("response.output_text.done", **where, text=text, logprobs=[])
-        yield event("response.content_part.done", **where, part=OutputText(text=text))
-        message = frame.message(text, status)
-        yield event("response.output_item.done", output_index=0, item=message)
-        final = frame.response(status, [message], finished)
-        yield event(f"response.{status}", response=final)
-    except Exception as exc:
-        message_text, code = stream_failure(exc)
-        # OpenAI's Responses API names an unexpected failure `server_error`.
-        code = "server_error" if code == "internal_error" else code
-        yield event("error", code=code, message=message_text, param=None)
-        error = ResponseError(code="server_error", message=message_text)
-        partial = [frame.message("".join(parts), "incomplete")]
-        yield event("response.failed", response=frame.response("failed", partial, error=error))
-
-
-@router.post("/v1/responses", response_model=ResponseObject)
-async def create_response(
-    body: ResponseRequest, request: Request, runtime: RuntimeDep, engine: EngineDep
-) -> Response | ResponseObject:
-    runtime.check_model(body.model)
-    try:
-        prepared = await engine.prepare(to_generation_request(body))
-    except RequestRejected as exc:
-        param = "input" if exc.param == "messages" else exc.param
-        raise APIError(400, exc.message, param=param, code=exc.code) from exc
-    frame = ResponseFrame(
-        response_id=f"resp_{uuid.uuid4().hex}",
-        message_id=f"msg_{uuid.uuid4().hex}",
-        created_at=int(time.time()),
-        request=body,
-    )
-    if body.stream:
-        events = to_response_events(prepared.events(), frame)
-        return EventSourceResponse(events, sep="\n", ping=_PING_SECONDS)
-    try:
-        return await _unless_disconnected(request, to_response(prepared.events(), frame))
-    except _ClientGone:
-        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.api.protocol import WireModel
+from server.api.protocol import StreamOptions, WireModel
 
 ResponseStatus = Literal["in_progress", "completed", "incomplete", "failed"]
 
@@ -60,10 +60,20 @@ class ResponseRequest(WireModel):
     seed: int | None = Field(None, description="Not in OpenAI's Responses API; as in chat.")
     text: TextConfig | None = None
     stream: bool | None = False
+    stream_options: StreamOptions | None = None
     store: bool | None = Field(None, description="Accepted; nothing is ever stored.")
     metadata: dict[str, str] | None = Field(None, description="Echoed back.")
-    user: str | None = None
+    user: str | None = Field(None, description="Echoed back; bookkeeping.")
     parallel_tool_calls: bool | None = None
+    # Accepted, with no effect on the answer (the reasons are in docs/api.md).
+    max_tool_calls: int | None = Field(None, ge=1, description="Ignored: no tools run here.")
+    service_tier: str | None = Field(None, description="Ignored: one tier for all.")
+    safety_identifier: str | None = Field(None, description="Ignored: bookkeeping.")
+    prompt_cache_key: str | None = Field(
+        None, description="Ignored: the prompt cache is automatic."
+    )
+    prompt_cache_retention: str | None = Field(None, description="Ignored: see prompt_cache_key.")
+    prompt_cache_options: Any = Field(None, description="Ignored: see prompt_cache_key.")
     # Declared so they can be refused by name.
     previous_response_id: str | None = None
     conversation: Any = None
@@ -75,6 +85,11 @@ class ResponseRequest(WireModel):
     include: list[str] | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     prompt: Any = None
+    background_options: Any = None
+    context_management: Any = None
+    moderation: Any = None
+    image: Any = None
+    access_programs: Any = None
 
 
 # --- responses --------------------------------------------------------------------------------
@@ -97,7 +112,7 @@ class OutputMessage(BaseModel):
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
-    cache_write_tokens: int = 0  # required by the SDK's type; no prompt cache here
+    cache_write_tokens: int = 0  # required by the SDK's type; not counted here
 
 
 class OutputTokensDetails(BaseModel):

@@ -1,62 +1,25 @@
-"""Thin routers: fetch state, convert, hand to the engine, convert back."""
+"""Thin routers: each endpoint converts its body (pure, in its own module) and hands the
+sequences and its answer to the one serving path (`serving.Serving`)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
-from contextlib import suppress
-from typing import TypeVar
 
 from fastapi import APIRouter, Request, Response
-from sse_starlette import EventSourceResponse
 
-from server.api.converters import (
-    output_options,
-    to_chat_completion,
-    to_generation_requests,
-    to_stream_chunks,
-)
-from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError
-from server.api.protocol import ChatCompletion, ChatCompletionRequest, Health, ModelCard, ModelList
-from server.engine.types import RequestRejected
+from server.api.chat import to_chat_sequences
+from server.api.chat_answer import ChatAnswer
+from server.api.chat_protocol import ChatCompletion, ChatCompletionRequest
+from server.api.completions import CompletionAnswer, to_completion_sequences
+from server.api.completions_protocol import Completion, CompletionRequest
+from server.api.deps import Runtime, RuntimeDep, SettingsDep
+from server.api.protocol import Health, ModelCard, ModelList
+from server.api.responses import ResponseAnswer, to_response_sequences
+from server.api.responses_protocol import ResponseObject, ResponseRequest
+from server.api.serving import ServingDep
 
 router = APIRouter()
-
-T = TypeVar("T")
-
-# An SSE comment every so often keeps proxies from closing a stream during a long prefill.
-_PING_SECONDS = 15
-
-
-class _ClientGone(Exception):
-    pass
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and so the generation) if the client hangs up first."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.25)
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # NOTE: also when this handler is itself cancelled (server shutdown): the generation
-        # must not outlive its request.
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise _ClientGone
-    return task.result()
 
 
 @router.get("/health", response_model=Health)
@@ -95,44 +58,49 @@ def _card(runtime: Runtime) -> ModelCard:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
-    body: ChatCompletionRequest,
-    request: Request,
-    runtime: RuntimeDep,
-    engine: EngineDep,
-    settings: SettingsDep,
+    body: ChatCompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ChatCompletion:
-    runtime.check_model(body.model)
-    options = output_options(body)
-    vocab_size = runtime.spec.architecture.vocab_size
-    try:
-        prepared = [
-            await engine.prepare(generation)
-            for generation in to_generation_requests(
-                body, settings.max_choices, vocab_size=vocab_size
-            )
-        ]
-    except RequestRejected as exc:
-        param = exc.param
-        if param == "response_format" and options.tools and options.tools.required:
-            param = "tools"  # the grammar the engine could not build was the tool-call schema's
-        raise APIError(400, exc.message, param=param, code=exc.code) from exc
-    generations = [job.events() for job in prepared]
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if body.stream:
-        chunks = to_stream_chunks(
-            generations,
-            completion_id=completion_id,
-            created=created,
-            model=body.model,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            options=options,
-        )
-        return EventSourceResponse(chunks, sep="\n", ping=_PING_SECONDS)
-    work = to_chat_completion(
-        generations, completion_id=completion_id, created=created, model=body.model, options=options
+    serving.check_model(body.model)
+    chat = to_chat_sequences(body, settings.max_choices)
+    answer = ChatAnswer(
+        completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=body.model,
+        n=len(chat.sequences.requests),
+        options=chat.options,
+        include_usage=chat.include_usage,
     )
-    try:
-        return await _unless_disconnected(request, work)
-    except _ClientGone:
-        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+    return await serving.serve(request, chat.sequences, answer, stream=bool(body.stream))
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def create_completion(
+    body: CompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
+) -> Response | Completion:
+    serving.check_model(body.model)
+    completion = to_completion_sequences(body, settings.max_choices)
+    answer = CompletionAnswer(
+        completion_id=f"cmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=body.model,
+        n=completion.n,
+        prefixes=completion.prefixes,
+        with_logprobs=body.logprobs is not None,
+        include_usage=completion.include_usage,
+    )
+    return await serving.serve(request, completion.sequences, answer, stream=bool(body.stream))
+
+
+@router.post("/v1/responses", response_model=ResponseObject)
+async def create_response(
+    body: ResponseRequest, request: Request, serving: ServingDep
+) -> Response | ResponseObject:
+    serving.check_model(body.model)
+    sequences = to_response_sequences(body)
+    answer = ResponseAnswer(
+        response_id=f"resp_{uuid.uuid4().hex}",
+        message_id=f"msg_{uuid.uuid4().hex}",
+        created_at=int(time.time()),
+        request=body,
+    )
+    return await serving.serve(request, sequences, answer, stream=bool(body.stream))

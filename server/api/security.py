@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from starlette.datastructures import Headers
@@ -57,18 +57,36 @@ def _refuse(error: APIError) -> ASGIApp:
 
 
 class APIKeyMiddleware:
-    """Require `Authorization: Bearer <key>` matching one of `keys` on every path but /health.
+    """Require `Authorization: Bearer <key>` matching one of `keys` on every path but /health
+    and, for GET and HEAD only, the paths `public_page` accepts (the chat page's static files:
+    a browser cannot send a key before the page that asks for it has loaded).
 
     Every key is compared (hmac.compare_digest, no early exit), so the time taken does not tell
     which key, or how much of one, matched. With no keys configured this middleware is not
     installed at all.
     """
 
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: tuple[str, ...],
+        public_page: Callable[[str], bool] | None = None,
+    ) -> None:
         if not keys:
             raise ValueError("APIKeyMiddleware needs at least one key")
         self.app = app
         self.keys = [key.encode() for key in keys]
+        self.public_page = public_page
+
+    def _open(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if path in OPEN_PATHS:
+            return True
+        return (
+            self.public_page is not None
+            and scope["method"] in ("GET", "HEAD")
+            and self.public_page(path)
+        )
 
     def _valid(self, given: bytes) -> bool:
         matched = False
@@ -77,7 +95,7 @@ class APIKeyMiddleware:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self._open(scope):
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")

@@ -83,11 +83,14 @@ class LlamaEngine:
             raise
         # Layers go to the GPU only if asked for and this llama.cpp build can offload at all.
         on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
-        self.info = EngineInfo(
-            model_id=model_id, n_ctx=self._loaded.n_ctx, device="gpu" if on_gpu else "cpu"
-        )
         self._parallel = parallel
         self._capacity = parallel + queue_size
+        self.info = EngineInfo(
+            model_id=model_id,
+            n_ctx=self._loaded.n_ctx,
+            capacity=self._capacity,
+            device="gpu" if on_gpu else "cpu",
+        )
         self._reserved = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -163,6 +166,9 @@ class LlamaEngine:
         """End every running and queued job, then free the model once the engine thread is out
         of llama.cpp."""
         with self._lock:
+            # NOTE: two threads may close at once (the drain, then the lifespan): one frees.
+            if self._closed:
+                return
             self._closed = True
         if not self._scheduler.close(CLOSE_TIMEOUT):
             # NOTE: a decode step cannot be interrupted; freeing the model under a running
@@ -178,9 +184,10 @@ class LlamaEngine:
             if self._closed:
                 raise EngineUnavailable("the server is shutting down")
             if self._reserved >= self._capacity:
+                active = self._scheduler.active
                 raise EngineBusy(
-                    f"{self._parallel} requests are being generated and "
-                    f"{self._capacity - self._parallel} are waiting",
+                    f"all {self._capacity} places are taken ({active} generating, "
+                    f"{self._reserved - active} accepted and waiting)",
                     retry_after=1,
                 )
             self._reserved += 1

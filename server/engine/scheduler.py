@@ -70,9 +70,6 @@ class Scheduler:
             self._queue.append(job)
             self._wake.notify()
 
-    def queued(self) -> int:
-        return len(self._queue)
-
     @property
     def active(self) -> int:
         """Busy slots (read from any thread; slots change only on the engine thread)."""

@@ -157,7 +157,7 @@ class Slot:
             if self._text.stopped:
                 reason = "stop"
             self._emit(tail, dropping_held=True)
-        self.job.push(Finished(reason, Usage(self.job.prompt_tokens, self.generated)))
+        self.job.push(Finished(reason, Usage(self.job.prompt_tokens, self.generated, self.reused)))
         self._release()
         return True
 

@@ -70,6 +70,7 @@ class GenerationRequest:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the cache, not computed
 
     @property
     def total_tokens(self) -> int:
@@ -116,6 +117,8 @@ Event = TextDelta | Finished
 class EngineInfo:
     model_id: str
     n_ctx: int
+    # Sequences the engine holds at most, generating and waiting: more can never be accepted.
+    capacity: int
     device: Literal["gpu", "cpu"] = "cpu"
 
 
@@ -173,9 +176,12 @@ class PromptCacheStats:
 
 
 class PreparedGeneration(Protocol):
-    """A request the engine has accepted: the prompt is rendered, tokenised and fits.
+    """A request the engine has accepted: the prompt is rendered, tokenised and fits, and it
+    holds one place of the engine's capacity until it ends (or is dropped unstarted).
 
-    Iterating starts generation; closing the iterator early (client gone) stops it.
+    Iterating starts generation: `TextDelta`s, then exactly one `Finished`; an engine that stops
+    (closing) raises `EngineUnavailable` instead. Closing the iterator early (client gone) stops
+    the generation.
     """
 
     prompt_tokens: int
@@ -189,9 +195,14 @@ class Engine(Protocol):
     info: EngineInfo
 
     async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
-        """Validate and tokenise; raises `RequestRejected` before anything is generated."""
+        """Validate, tokenise and take a place; raises `RequestRejected` (the request's fault),
+        `EngineBusy` (no place free now) or `EngineUnavailable` (closing), before anything is
+        generated."""
         ...
 
     def stats(self) -> EngineStats: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End every generation and free the model; idempotent and thread-safe (the graceful
+        shutdown closes the engine early, the lifespan closes it again)."""
+        ...

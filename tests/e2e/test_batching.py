@@ -161,6 +161,8 @@ def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningS
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "server_busy"
+        # What is true: one sequence generating, one waiting, and nothing else.
+        assert "(1 generating, 1 accepted and waiting)" in refused.json()["error"]["message"]
         del running_lines
         streams.close()  # both clients go away
         wait_idle(client, within=BUSY_MACHINE)

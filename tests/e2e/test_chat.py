@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID, SERVER_CTX
+from tests.conftest import MODEL_ID, SERVER_CTX, start_server, stop_server, wait_healthy
 
 HI = [{"role": "user", "content": "Hi"}]
 # A prompt the bundled base model keeps writing on for hundreds of tokens at temperature 0
@@ -190,9 +192,24 @@ def test_health_answers_quickly_while_a_long_generation_streams(
         assert sum(1 for line in lines if line.startswith("data: ")) > 50  # still generating
 
 
-def test_disconnecting_from_a_stream_stops_its_generation(http: httpx.Client) -> None:
+@pytest.fixture(scope="module")
+def one_sequence(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A server that generates ONE sequence at a time: a generation leaked by a disconnect
+    would hold it, and the next request would wait behind it (and fail its time bound)."""
+    running = start_server(
+        tmp_path_factory.mktemp("one"), "--ctx", str(SERVER_CTX), "--parallel", "1"
+    )
+    try:
+        wait_healthy(running)
+        with httpx.Client(base_url=running.base_url, timeout=120) as client:
+            yield client
+    finally:
+        stop_server(running)
+
+
+def test_disconnecting_from_a_stream_stops_its_generation(one_sequence: httpx.Client) -> None:
     # LONG runs for well over 150 tokens (see above); at max_tokens 4000 it would hold the
-    # engine for over a minute if the disconnect did not stop it.
+    # engine's one sequence for over a minute if the disconnect did not stop it.
     body = {
         "model": MODEL_ID,
         "messages": LONG,
@@ -200,12 +217,12 @@ def test_disconnecting_from_a_stream_stops_its_generation(http: httpx.Client) ->
         "temperature": 0,
         "stream": True,
     }
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+    with one_sequence.stream("POST", "/v1/chat/completions", json=body) as response:
         data = (line for line in response.iter_lines() if line.startswith("data: "))
         for _ in range(3):
             next(data)
     start = time.perf_counter()
-    quick = http.post(
+    quick = one_sequence.post(
         "/v1/chat/completions", json={"model": MODEL_ID, "messages": HI, "max_tokens": 2}
     )
     assert quick.status_code == 200
@@ -213,13 +230,13 @@ def test_disconnecting_from_a_stream_stops_its_generation(http: httpx.Client) ->
 
 
 def test_disconnecting_from_a_non_streaming_request_stops_its_generation(
-    http: httpx.Client, base_url: str
+    one_sequence: httpx.Client,
 ) -> None:
     body = {"model": MODEL_ID, "messages": LONG, "max_tokens": 4000, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=1.5)
+        httpx.post(f"{one_sequence.base_url}/v1/chat/completions", json=body, timeout=1.5)
     start = time.perf_counter()
-    quick = http.post(
+    quick = one_sequence.post(
         "/v1/chat/completions", json={"model": MODEL_ID, "messages": HI, "max_tokens": 2}
     )
     assert quick.status_code == 200
@@ -284,3 +301,24 @@ def test_n_choices_streaming(openai_client) -> None:  # type: ignore[no-untyped-
     assert texts == {i: c.message.content for i, c in enumerate(whole.choices)}
     assert finishes == {0: "length", 1: "length"}
     assert chunks[-1].usage.completion_tokens == 16
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "usage_key", "details_key"),
+    [
+        ("/v1/chat/completions", "messages", "prompt_tokens", "prompt_tokens_details"),
+        ("/v1/completions", "prompt", "prompt_tokens", "prompt_tokens_details"),
+        ("/v1/responses", "input", "input_tokens", "input_tokens_details"),
+    ],
+)
+def test_a_repeated_long_prompt_reports_its_cached_tokens(
+    http: httpx.Client, path: str, field: str, usage_key: str, details_key: str
+) -> None:
+    # A prompt no earlier request shares more than a few template tokens with.
+    text = f"{uuid.uuid4().hex} " + "The quick brown fox jumps over the lazy dog. " * 20
+    content: object = [{"role": "user", "content": text}] if field == "messages" else text
+    body = {"model": MODEL_ID, field: content, "temperature": 0}
+    body["max_output_tokens" if path == "/v1/responses" else "max_tokens"] = 1
+    first, second = (http.post(path, json=body).json()["usage"] for _ in range(2))
+    assert first[details_key]["cached_tokens"] == 0
+    assert 0 < second[details_key]["cached_tokens"] < second[usage_key]

@@ -3,32 +3,31 @@ conversion of scripted engine events (logprobs included) into completions and st
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from server.api.completions import (
-    CompletionFrame,
-    to_completion,
-    to_completion_chunks,
-    to_generation_requests,
+    CompletionAnswer,
+    to_completion_sequences,
     to_legacy_logprobs,
 )
-from server.api.completions_protocol import CompletionRequest
+from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.errors import APIError
 from server.engine.types import (
     Event,
     Finished,
+    GenerationRequest,
     SamplingParams,
     TextDelta,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
+from tests.unit.answers import scripted, streamed, whole
 
 
 def request(**fields: Any) -> CompletionRequest:
@@ -40,12 +39,11 @@ def token(text: str, logprob: float, *top: tuple[str, float]) -> TokenLogprob:
     return TokenLogprob(text, text.encode(), logprob, alternatives)
 
 
-async def scripted(*events: Event) -> AsyncGenerator[Event, None]:
-    for event in events:
-        yield event
+def to_generation_requests(body: CompletionRequest, max_choices: int) -> list[GenerationRequest]:
+    return list(to_completion_sequences(body, max_choices).sequences.requests)
 
 
-def frame(**fields: Any) -> CompletionFrame:
+def frame(**fields: Any) -> CompletionAnswer:
     values: dict[str, Any] = {
         "completion_id": "cmpl-1",
         "created": 1,
@@ -55,18 +53,19 @@ def frame(**fields: Any) -> CompletionFrame:
         "with_logprobs": False,
         **fields,
     }
-    return CompletionFrame(**values)
+    return CompletionAnswer(**values)
 
 
-async def _collect(chunks: AsyncIterator[str]) -> list[str]:
-    return [chunk async for chunk in chunks]
+def to_completion(
+    generations: Sequence[AsyncGenerator[Event, None]], answer: CompletionAnswer
+) -> Completion:
+    return whole(answer, generations)
 
 
-def stream(generations: Sequence[AsyncGenerator[Event, None]], **kwargs: Any) -> list[str]:
-    include_usage = kwargs.pop("include_usage", False)
-    return asyncio.run(
-        _collect(to_completion_chunks(generations, frame(**kwargs), include_usage=include_usage))
-    )
+def stream(generations: Sequence[AsyncGenerator[Event, None]], **fields: Any) -> list[str]:
+    events = streamed(frame(**fields), generations)
+    assert all(isinstance(event, str) for event in events)
+    return [str(event) for event in events]
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def test_fields_map_onto_the_engine() -> None:
         presence_penalty=1,
         frequency_penalty=-1,
         seed=3,
-        logit_bias=((42, -100.0), (7, 2.5)),
+        logit_bias=((7, 2.5), (42, -100.0)),
     )
     assert generation.stop == ("A", "B")
     assert generation.logprobs == 3
@@ -144,6 +143,8 @@ def test_best_of_equal_to_n_is_accepted() -> None:
         ({"prompt": ["ok", "\ud800"]}, "prompt[1]", "invalid_value"),
         ({"logit_bias": {"abc": 1}}, "logit_bias", "invalid_value"),
         ({"logit_bias": {"-5": 1}}, "logit_bias", "invalid_value"),
+        ({"logit_bias": {"1": 101}}, "logit_bias", "invalid_value"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_by_name(
@@ -169,7 +170,6 @@ def test_empty_suffix_and_echo_without_logprobs_are_fine() -> None:
         ({"presence_penalty": 3}, "presence_penalty"),
         ({"frequency_penalty": -3}, "frequency_penalty"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"logit_bias": {"1": 101}}, "logit_bias"),
         ({"prompt": 5}, "prompt"),
     ],
 )
@@ -215,7 +215,7 @@ def test_completion_joins_deltas_echoes_and_counts_each_prompt_once() -> None:
         scripted(Finished("stop", Usage(5, 0))),
         scripted(TextDelta("!"), Finished("length", Usage(5, 1))),
     ]
-    completion = asyncio.run(to_completion(generations, frame(n=2, prefixes=("P", "P", "Q", "Q"))))
+    completion = to_completion(generations, frame(n=2, prefixes=("P", "P", "Q", "Q")))
     assert [(c.index, c.text, c.finish_reason) for c in completion.choices] == [
         (0, "P x", "length"),
         (1, "P yz", "stop"),
@@ -227,6 +227,7 @@ def test_completion_joins_deltas_echoes_and_counts_each_prompt_once() -> None:
         "prompt_tokens": 8,
         "completion_tokens": 4,
         "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
     assert completion.object == "text_completion"
 
@@ -239,7 +240,7 @@ def test_completion_with_logprobs_concatenates_them_with_offsets_across_deltas()
             Finished("length", Usage(1, 3)),
         )
     ]
-    completion = asyncio.run(to_completion(generations, frame(with_logprobs=True)))
+    completion = to_completion(generations, frame(with_logprobs=True))
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None
     assert logprobs.tokens == ["a", "b", "c"]
@@ -249,7 +250,7 @@ def test_completion_with_logprobs_concatenates_them_with_offsets_across_deltas()
 
 def test_without_logprobs_the_choice_has_none() -> None:
     generations = [scripted(TextDelta("a"), Finished("stop", Usage(1, 1)))]
-    assert asyncio.run(to_completion(generations, frame())).choices[0].logprobs is None
+    assert to_completion(generations, frame()).choices[0].logprobs is None
 
 
 def test_stream_chunks_echo_first_then_deltas_then_finish_then_usage_then_done() -> None:
@@ -272,7 +273,12 @@ def test_stream_chunks_echo_first_then_deltas_then_finish_then_usage_then_done()
         "text_offset": [0],
     }
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 2,
+        "total_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert all(chunk["usage"] is None for chunk in chunks[:-1])
 
 

@@ -7,15 +7,26 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.converters import to_generation_request, to_generation_requests
+from server.api.chat import to_chat_sequences
+from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.api.protocol import ChatCompletionRequest
-from server.engine.types import ChatMessage, JsonFormat, SamplingParams
+from server.engine.types import ChatMessage, GenerationRequest, JsonFormat, SamplingParams
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
     body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}], **fields}
     return ChatCompletionRequest.model_validate(body)
+
+
+def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
+    """The engine request of the first choice."""
+    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+
+
+def to_generation_requests(
+    body: ChatCompletionRequest, max_choices: int
+) -> list[GenerationRequest]:
+    return list(to_chat_sequences(body, max_choices).sequences.requests)
 
 
 def test_defaults_are_gemma_3s_recommended_sampling() -> None:

@@ -4,7 +4,6 @@ onto the engine, and the engine's token logprobs in whole and streamed answers (
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -12,17 +11,20 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.converters import (
-    output_options,
-    to_chat_completion,
-    to_generation_request,
-    to_stream_chunks,
-)
+from server.api.chat import to_chat_sequences
+from server.api.chat_answer import ChatAnswer
+from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.api.protocol import ChatCompletionRequest
-from server.engine.types import Event, Finished, TextDelta, TokenLogprob, TopLogprob, Usage
-
-VOCAB = 262_144
+from server.engine.types import (
+    Event,
+    Finished,
+    GenerationRequest,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from tests.unit.answers import streamed, whole
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -30,10 +32,13 @@ def request(**fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(body)
 
 
+def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
+    """The engine request of the first choice."""
+    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+
+
 def test_logit_bias_maps_to_token_id_pairs() -> None:
-    generation = to_generation_request(
-        request(logit_bias={"42": 5, "7": -100, "262143": 100}), vocab_size=VOCAB
-    )
+    generation = to_generation_request(request(logit_bias={"42": 5, "7": -100, "262143": 100}))
     assert generation.sampling.logit_bias == ((7, -100.0), (42, 5.0), (262143, 100.0))
     assert to_generation_request(request()).sampling.logit_bias == ()
 
@@ -47,7 +52,6 @@ def test_logit_bias_maps_to_token_id_pairs() -> None:
         {"": 1},
         {"\u0663": 1},  # an Arabic-Indic digit: int() takes it, a token id is ASCII
         {"9" * 5000: 1},
-        {str(VOCAB): 1},
         {"42": 100.5},
         {"42": -101},
         {"42": float("nan")},
@@ -55,7 +59,7 @@ def test_logit_bias_maps_to_token_id_pairs() -> None:
 )
 def test_bad_logit_bias_is_400_naming_it(bias: dict[str, float]) -> None:
     with pytest.raises(APIError) as error:
-        to_generation_request(request(logit_bias=bias), vocab_size=VOCAB)
+        to_generation_request(request(logit_bias=bias))
     assert (error.value.status, error.value.param) == (400, "logit_bias")
 
 
@@ -109,14 +113,13 @@ async def scripted(*deltas: TextDelta) -> AsyncGenerator[Event, None]:
     yield Finished("stop", Usage(prompt_tokens=3, completion_tokens=3))
 
 
+def chat_answer(fields: dict[str, Any], include_usage: bool = False) -> ChatAnswer:
+    options = to_chat_sequences(request(**fields), max_choices=4).options
+    return ChatAnswer("c", 0, "m", options=options, include_usage=include_usage)
+
+
 def answer(fields: dict[str, Any], *deltas: TextDelta) -> dict[str, Any]:
-    opts = output_options(request(**fields))
-    completion = asyncio.run(
-        to_chat_completion(
-            [scripted(*deltas)], completion_id="c", created=0, model="m", options=opts
-        )
-    )
-    return completion.model_dump()
+    return whole(chat_answer(fields), [scripted(*deltas)]).model_dump()
 
 
 def test_a_whole_answer_carries_each_tokens_logprobs() -> None:
@@ -168,18 +171,8 @@ def test_logprobs_are_null_unless_asked_for() -> None:
 
 
 def stream(fields: dict[str, Any], *deltas: TextDelta) -> list[dict[str, Any]]:
-    async def collect() -> list[str]:
-        chunks = to_stream_chunks(
-            [scripted(*deltas)],
-            completion_id="c",
-            created=0,
-            model="m",
-            include_usage=False,
-            options=output_options(request(**fields)),
-        )
-        return [payload async for payload in chunks]
-
-    return [json.loads(payload) for payload in asyncio.run(collect())[:-1]]
+    payloads = streamed(chat_answer(fields), [scripted(*deltas)])
+    return [json.loads(str(payload)) for payload in payloads[:-1]]
 
 
 def test_each_streamed_chunk_carries_the_logprobs_of_its_text() -> None:

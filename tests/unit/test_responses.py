@@ -3,7 +3,6 @@ scripted engine events into a response object and into OpenAI's stream event seq
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -14,13 +13,8 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
 from server.api.errors import APIError
-from server.api.responses import (
-    ResponseFrame,
-    to_generation_request,
-    to_response,
-    to_response_events,
-)
-from server.api.responses_protocol import ResponseRequest
+from server.api.responses import ResponseAnswer, to_generation_request
+from server.api.responses_protocol import ResponseObject, ResponseRequest
 from server.engine.types import (
     ChatMessage,
     Event,
@@ -30,6 +24,7 @@ from server.engine.types import (
     TextDelta,
     Usage,
 )
+from tests.unit.answers import scripted, streamed, whole
 
 STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -38,24 +33,22 @@ def request(**fields: Any) -> ResponseRequest:
     return ResponseRequest.model_validate({"model": "gemma-3-270m", "input": "Hi", **fields})
 
 
-def frame(**fields: Any) -> ResponseFrame:
-    return ResponseFrame("resp_1", "msg_1", 100, request(**fields))
+def frame(**fields: Any) -> ResponseAnswer:
+    return ResponseAnswer("resp_1", "msg_1", 100, request(**fields))
 
 
-async def scripted(*events: Event) -> AsyncGenerator[Event, None]:
-    for event in events:
-        yield event
-
-
-async def _collect(generation: AsyncGenerator[Event, None], **fields: Any) -> list[dict[str, Any]]:
-    return [
-        {"event": sse["event"], **json.loads(sse["data"])}
-        async for sse in to_response_events(generation, frame(**fields))
-    ]
+def to_response(generation: AsyncGenerator[Event, None], answer: ResponseAnswer) -> ResponseObject:
+    return whole(answer, [generation])
 
 
 def stream(generation: AsyncGenerator[Event, None], **fields: Any) -> list[dict[str, Any]]:
-    return asyncio.run(_collect(generation, **fields))
+    events = streamed(frame(**fields), [generation])
+    assert all(isinstance(sse, dict) for sse in events)
+    return [
+        {"event": sse["event"], **json.loads(sse["data"])}
+        for sse in events
+        if isinstance(sse, dict)
+    ]
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def test_unknown_fields_are_ignored() -> None:
 
 def test_a_whole_response_parses_with_the_sdk_and_has_output_text() -> None:
     generation = scripted(TextDelta("Hel"), TextDelta("lo"), Finished("stop", Usage(7, 2)))
-    response = asyncio.run(to_response(generation, frame(metadata={"k": "v"}, store=True)))
+    response = to_response(generation, frame(metadata={"k": "v"}, store=True))
     parsed = SDKResponse.model_validate(response.model_dump(mode="json"))
     assert parsed.output_text == "Hello"
     assert parsed.status == "completed"
@@ -231,7 +224,7 @@ def test_a_whole_response_parses_with_the_sdk_and_has_output_text() -> None:
 
 def test_a_response_cut_by_max_output_tokens_is_incomplete() -> None:
     generation = scripted(TextDelta("a"), Finished("length", Usage(3, 1)))
-    response = asyncio.run(to_response(generation, frame(max_output_tokens=1)))
+    response = to_response(generation, frame(max_output_tokens=1))
     assert response.status == "incomplete"
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"

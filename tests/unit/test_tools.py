@@ -5,7 +5,6 @@ reassembles the streamed calls)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal
@@ -17,19 +16,30 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel, Field, ValidationError
 
+from server.api.chat import to_chat_sequences
+from server.api.chat_answer import ChatAnswer
+from server.api.chat_protocol import ChatCompletionRequest
 from server.api.choices import OutputOptions
-from server.api.converters import (
-    output_options,
-    to_chat_completion,
-    to_generation_request,
-    to_stream_chunks,
-)
 from server.api.errors import APIError
-from server.api.protocol import ChatCompletionRequest
-from server.api.tool_calls import ArgumentsPiece, CallStart, ContentPiece, Piece, ToolCallParser
-from server.api.tools import plan_tools, tool_call_schema
+from server.api.tool_call_parser import (
+    ArgumentsPiece,
+    CallStart,
+    ContentPiece,
+    Piece,
+    ToolCallParser,
+)
+from server.api.tool_prompt import MAX_PARALLEL_CALLS, plan_tools, tool_call_schema
 from server.engine.json_schema import unenforced_keyword
-from server.engine.types import ChatMessage, Event, Finished, JsonFormat, TextDelta, Usage
+from server.engine.types import (
+    ChatMessage,
+    Event,
+    Finished,
+    GenerationRequest,
+    JsonFormat,
+    TextDelta,
+    Usage,
+)
+from tests.unit.answers import streamed, whole
 
 WEATHER = {
     "type": "function",
@@ -67,6 +77,15 @@ NOT_AN_OBJECT = {"type": "function", "function": {"name": "f", "parameters": {"t
 def request(**fields: Any) -> ChatCompletionRequest:
     body = {"model": "gemma-3-270m", "messages": ASK, **fields}
     return ChatCompletionRequest.model_validate(body)
+
+
+def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
+    """The engine request of the first choice."""
+    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+
+
+def output_options(body: ChatCompletionRequest) -> OutputOptions:
+    return to_chat_sequences(body, max_choices=4).options
 
 
 def refused(**fields: Any) -> APIError:
@@ -182,7 +201,7 @@ def test_tools_are_offered_in_a_system_message_after_the_clients_own() -> None:
             'You must call the tool "add" in this reply.',
         ),
         ({"parallel_tool_calls": False}, "Call one tool at a time: list exactly one call."),
-        ({}, "List several calls to call several tools at once."),
+        ({}, "List several calls (at most 4) to call several tools at once."),
     ],
 )
 def test_the_offer_says_what_tool_choice_asks(fields: dict[str, Any], line: str) -> None:
@@ -302,6 +321,24 @@ def test_named_and_single_calls() -> None:
     assert valid(named, {"tool_calls": [call("add", a=1, b=2)]})
     assert not valid(named, {"tool_calls": [call("get_weather", city="Paris")]})
     assert not valid(named, {"tool_calls": [call("add", a=1, b=2), call("add", a=3, b=4)]})
+
+
+def test_a_call_forced_by_name_is_exactly_one_call_even_with_parallel_calls() -> None:
+    # instructor's Mode.TOOLS: tool_choice names the function, parallel_tool_calls unset.
+    named = tool_call_schema(
+        plan_tools(request(tools=[WEATHER, ADD], tool_choice=NAMED_ADD))  # type: ignore[arg-type]
+    )
+    assert valid(named, {"tool_calls": [call("add", a=1, b=2)]})
+    assert not valid(named, {"tool_calls": [call("add", a=1, b=2), call("add", a=1, b=2)]})
+
+
+def test_required_calls_are_bounded_so_the_answer_ends() -> None:
+    schema = tool_call_schema(
+        plan_tools(request(tools=[WEATHER, ADD], tool_choice="required"))  # type: ignore[arg-type]
+    )
+    calls = [call("add", a=i, b=i) for i in range(MAX_PARALLEL_CALLS + 1)]
+    assert valid(schema, {"tool_calls": calls[:MAX_PARALLEL_CALLS]})
+    assert not valid(schema, {"tool_calls": calls})
 
 
 def test_refs_of_each_tool_are_moved_under_its_own_defs() -> None:
@@ -485,21 +522,13 @@ def options(**fields: Any) -> OutputOptions:
 
 
 def complete(events: AsyncGenerator[Event, None], opts: OutputOptions) -> Any:
-    return asyncio.run(
-        to_chat_completion([events], completion_id="c", created=0, model="m", options=opts)
-    )
+    return whole(ChatAnswer("c", 0, "m", options=opts), [events])
 
 
 def stream(events: AsyncGenerator[Event, None], opts: OutputOptions) -> list[dict[str, Any]]:
-    async def collect() -> list[str]:
-        chunks = to_stream_chunks(
-            [events], completion_id="c", created=0, model="m", include_usage=True, options=opts
-        )
-        return [payload async for payload in chunks]
-
-    payloads = asyncio.run(collect())
+    payloads = streamed(ChatAnswer("c", 0, "m", options=opts, include_usage=True), [events])
     assert payloads[-1] == "[DONE]"
-    return [json.loads(payload) for payload in payloads[:-1]]
+    return [json.loads(str(payload)) for payload in payloads[:-1]]
 
 
 def test_a_whole_answer_with_tool_calls() -> None:

@@ -12,8 +12,12 @@ tool-related into message text the template already handles (the format is in do
 - a `tool` message becomes user text headed "Tool result for <name> (call <id>):"
   (`tool_result_text`).
 
-When a call is required (`required` or a named function), `tool_call_schema` builds the JSON
-schema of the answer, which the engine enforces with a grammar. The grammar cannot enforce some
+`plan_tools` reads a request's tool fields once into a `ToolPlan`; the chat converter asks that
+plan for everything else. When a call is required (`required` or a named function),
+`tool_call_schema` builds the JSON schema of the answer, which the engine enforces with a
+grammar. The schema bounds the number of calls, so a forced answer always ends: one call for a
+named function or when parallel calls are off, at most `MAX_PARALLEL_CALLS` otherwise (a small
+model asked for "a call" tends to repeat it until `max_tokens`). The grammar cannot enforce some
 keywords (`minimum`, `maximum`, `not`, ...): in a tool's parameters they are removed from the
 grammar's copy of the schema (the model still reads them in the prompt), unless the function is
 `strict`, where they are refused with a 400 rather than silently not guaranteed.
@@ -26,13 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.api.errors import APIError
-from server.api.protocol import (
+from server.api.chat_protocol import (
     ChatCompletionRequest,
     FunctionDefinition,
     NamedToolChoice,
     ToolCallIn,
 )
+from server.api.validators import invalid
 from server.engine.json_schema import (
     SCHEMA_LISTS,
     SCHEMA_MAPS,
@@ -42,6 +46,8 @@ from server.engine.json_schema import (
 )
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+# Calls in one answer at most when parallel calls are allowed and a call is required.
+MAX_PARALLEL_CALLS = 4
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,10 @@ class ToolPlan:
     def names(self) -> frozenset[str]:
         return frozenset(function.name for function in self.functions)
 
-
-def _invalid(message: str, param: str, code: str = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
+    @property
+    def max_calls(self) -> int:
+        """Calls one answer may hold: one for a named function or without parallel calls."""
+        return MAX_PARALLEL_CALLS if self.parallel and self.forced_name is None else 1
 
 
 def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
@@ -70,12 +77,12 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
     if not functions:
         if choice in (None, "none", "auto"):
             return None
-        raise _invalid("tool_choice needs a list of tools to choose from.", "tool_choice")
+        raise invalid("tool_choice", "tool_choice needs a list of tools to choose from.")
     seen: set[str] = set()
     for index, function in enumerate(functions):
         if function.name in seen:
-            raise _invalid(
-                f"Two tools are named '{function.name}'.", f"tools[{index}].function.name"
+            raise invalid(
+                f"tools[{index}].function.name", f"Two tools are named '{function.name}'."
             )
         seen.add(function.name)
         _check_parameters(function, f"tools[{index}].function.parameters")
@@ -85,9 +92,9 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
     if isinstance(choice, NamedToolChoice):
         forced_name = choice.function.name
         if forced_name not in seen:
-            raise _invalid(
-                f"tool_choice names the function '{forced_name}', which is not in tools.",
+            raise invalid(
                 "tool_choice",
+                f"tool_choice names the function '{forced_name}', which is not in tools.",
             )
     return ToolPlan(
         functions=functions,
@@ -102,12 +109,12 @@ def _check_parameters(function: FunctionDefinition, param: str) -> None:
     if parameters is None:
         return
     if parameters.get("type", "object") != "object":
-        raise _invalid("A function's parameters must be a JSON schema of type 'object'.", param)
+        raise invalid(param, "A function's parameters must be a JSON schema of type 'object'.")
     if function.strict and (found := unenforced_keyword(parameters)):
-        raise _invalid(
+        raise invalid(
+            param,
             f"The JSON schema keyword {found} cannot be enforced by gemma-serve's grammar, so a "
             "strict function cannot use it; remove it, or leave the function non-strict.",
-            param,
         )
 
 
@@ -137,7 +144,8 @@ def grammar_schema(schema: object, ref_base: str) -> object:
 def tool_call_schema(plan: ToolPlan) -> dict[str, Any]:
     """The JSON schema of an answer that calls tools: `{"tool_calls": [call, ...]}`, each call
     `{"name": <a tool's name>, "arguments": <that tool's parameters>}`; exactly one call unless
-    parallel calls are allowed; only the named function when `tool_choice` names one.
+    parallel calls are allowed, then `MAX_PARALLEL_CALLS` at most; only the named function when
+    `tool_choice` names one.
 
     Each tool's parameters sit under `$defs/tool_<i>` (its own `$defs` with it), so `$ref`s of
     different tools cannot collide.
@@ -164,9 +172,8 @@ def tool_call_schema(plan: ToolPlan) -> dict[str, Any]:
         "type": "array",
         "items": variants[0] if len(variants) == 1 else {"anyOf": variants},
         "minItems": 1,
+        "maxItems": plan.max_calls,
     }
-    if not plan.parallel:
-        calls["maxItems"] = 1
     return {
         "type": "object",
         "properties": {"tool_calls": calls},
@@ -193,8 +200,8 @@ def tools_instruction(plan: ToolPlan) -> str:
         "",
         "To call tools, reply with only a JSON object of this form and nothing else:",
         '{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}',
-        "List several calls to call several tools at once."
-        if plan.parallel
+        f"List several calls (at most {plan.max_calls}) to call several tools at once."
+        if plan.max_calls > 1
         else "Call one tool at a time: list exactly one call.",
     ]
     if plan.forced_name is not None:

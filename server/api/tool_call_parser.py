@@ -1,7 +1,7 @@
 """Reading tool calls out of generated text as it arrives, for streamed and whole answers alike.
 
 The model calls tools by answering with `{"tool_calls": [{"name": ..., "arguments": {...}}]}`
-(see `server.api.tools`), optionally inside a Markdown code fence. `ToolCallParser` is fed the
+(see `server.api.tool_prompt`), optionally inside a Markdown code fence. `ToolCallParser` is fed the
 text piece by piece and gives back pieces of the OpenAI answer: content, the start of a call
 (id and name), and pieces of a call's arguments.
 

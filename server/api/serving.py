@@ -1,0 +1,232 @@
+"""The one serving path of chat, completions and responses.
+
+Each endpoint converts its request into `Sequences` (pure, in its own module) and describes its
+answer with an `Answer`; everything between is here, once:
+
+1. the model the request names is checked (404 otherwise);
+2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
+   request needing more sequences than the server can ever hold is a 400 naming the field that
+   asked for them; an engine refusal becomes a 400 naming the endpoint's own field;
+3. the sequences then run together in the batch (`streams.interleave`) and the answer is either
+   streamed (an error after the start is the endpoint's error event) or collected while the
+   client is watched: a client that hangs up cancels the generation and gets 499.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from typing import Annotated, Protocol, TypeVar
+
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
+from server.api.errors import APIError, error_body, stream_failure
+from server.api.protocol import PromptTokensDetails, Usage
+from server.api.streams import interleave
+from server.engine.types import (
+    Engine,
+    Event,
+    GenerationRequest,
+    PreparedGeneration,
+    RequestRejected,
+)
+from server.engine.types import Usage as EngineUsage
+from server.logtext import printable
+
+prompt_log = logging.getLogger("gemma_serve.prompts")
+
+# What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
+ServerEvent = str | dict[str, str]
+# The last `data:` of a chat or completions stream.
+SSE_DONE = "[DONE]"
+# An SSE comment every so often keeps proxies from closing a stream during a long prefill.
+PING_SECONDS = 15
+
+T = TypeVar("T", bound=BaseModel)
+T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
+
+
+def _same_param(index: int, param: str | None) -> str | None:
+    return param
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Every sequence one request asks the engine for, in answer order, and how to name the
+    request's own fields in the errors about them."""
+
+    requests: tuple[GenerationRequest, ...]
+    count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
+    # (sequence index, the engine's `param`) -> the field of this request that caused it
+    refusal_param: Callable[[int, str | None], str | None] = field(default=_same_param)
+
+
+class Answer(Protocol[T_co]):
+    """How one endpoint writes its answer from `(sequence index, event)` pairs."""
+
+    @property
+    def ends_with_done(self) -> bool:
+        """Whether the stream ends with `data: [DONE]` (chat, completions) or not (responses)."""
+        ...
+
+    def whole(self, events: AsyncIterator[tuple[int, Event]]) -> Awaitable[T_co]: ...
+
+    def stream(self, events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[ServerEvent]: ...
+
+    def failed(self, message: str, code: str) -> list[ServerEvent]:
+        """The events that end a stream after an error (the HTTP status is already sent)."""
+        ...
+
+
+def wire_usage(usage: EngineUsage) -> Usage:
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+    )
+
+
+def error_event(message: str, code: str) -> str:
+    """The `data:` payload of an error in a chat or completions stream."""
+    return json.dumps(error_body(message, type="server_error", code=code))
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and so the generation) if the client hangs up first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # NOTE: also when this handler is itself cancelled (server shutdown): the generation
+        # must not outlive its request.
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+class Serving:
+    """The serving path for one HTTP request (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, engine: Engine, *, log_prompts: bool = False) -> None:
+        self.runtime = runtime
+        self.engine = engine
+        self._log_prompts = log_prompts
+
+    def check_model(self, model: str) -> None:
+        self.runtime.check_model(model)
+
+    async def prepare(self, sequences: Sequences) -> list[PreparedGeneration]:
+        """Prepare every sequence, or none: a refusal or a full server releases the places the
+        earlier ones took."""
+        requests = sequences.requests
+        capacity = self.engine.info.capacity
+        if len(requests) > capacity:
+            raise APIError(
+                400,
+                f"This request asks for {len(requests)} generations at once, more than this "
+                f"server can ever hold ({capacity}: sequences generated together plus those "
+                f"waiting); lower {sequences.count_param}.",
+                param=sequences.count_param,
+                code="invalid_value",
+            )
+        prepared: list[PreparedGeneration] = []
+        try:
+            for index, generation in enumerate(requests):
+                self._log_prompt(generation)
+                try:
+                    prepared.append(await self.engine.prepare(generation))
+                except RequestRejected as exc:
+                    param = sequences.refusal_param(index, exc.param)
+                    raise APIError(400, exc.message, param=param, code=exc.code) from exc
+        except BaseException:
+            prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
+            raise
+        return prepared
+
+    async def respond(
+        self,
+        request: Request,
+        prepared: Sequence[PreparedGeneration],
+        answer: Answer[T],
+        *,
+        stream: bool,
+    ) -> Response | T:
+        """Run the prepared sequences together and answer: a stream, or the whole answer (499
+        when the client hangs up first)."""
+        if stream:
+            events = sse_events(answer, [generation.events() for generation in prepared])
+            return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
+
+        async def collect() -> T:
+            generations = [generation.events() for generation in prepared]
+            async with aclosing(interleave(generations)) as events:
+                return await answer.whole(events)
+
+        try:
+            return await unless_disconnected(request, collect())
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
+    async def serve(
+        self, request: Request, sequences: Sequences, answer: Answer[T], *, stream: bool
+    ) -> Response | T:
+        """Prepare, then respond."""
+        return await self.respond(request, await self.prepare(sequences), answer, stream=stream)
+
+    def _log_prompt(self, generation: GenerationRequest) -> None:
+        if not self._log_prompts:
+            return
+        text = generation.prompt
+        if text is None:
+            text = " | ".join(f"{m.role}: {m.content}" for m in generation.messages)
+        prompt_log.info("prompt: %s", printable(text, limit=10_000))
+
+
+async def sse_events(
+    answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]]
+) -> AsyncIterator[ServerEvent]:
+    """The events of a streamed answer: the endpoint's own, then its error events if the
+    generation fails after the start (the status is sent by then), then `[DONE]` if it ends so.
+    """
+    # NOTE: when the client goes, sse-starlette cancels this generator's task; the cancellation
+    # reaches `interleave`, which stops every generation.
+    try:
+        async with aclosing(interleave(generations)) as events:
+            async for payload in answer.stream(events):
+                yield payload
+    except Exception as exc:
+        message, code = stream_failure(exc)
+        for payload in answer.failed(message, code):
+            yield payload
+    if answer.ends_with_done:
+        yield SSE_DONE
+
+
+def get_serving(runtime: RuntimeDep, engine: EngineDep, settings: SettingsDep) -> Serving:
+    return Serving(runtime, engine, log_prompts=settings.log_prompts)
+
+
+ServingDep = Annotated[Serving, Depends(get_serving)]

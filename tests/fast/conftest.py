@@ -1,0 +1,80 @@
+"""The fast layer's server: the real app (`create_app`) over a `ScriptedEngine`, served by the
+same uvicorn server class as `gemma-serve serve` (with its SIGTERM drain), on a thread of the
+test process. No model is loaded: a test starts in milliseconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from server.api.shutdown import Drain
+from server.app import create_app
+from server.capability import LlamaBuild
+from server.cli import DrainingServer
+from server.planner import Plan, PlanOptions, plan
+from server.registry import load_registry
+from server.settings import Settings
+from tests.conftest import free_port
+from tests.fast.scripted import ScriptedEngine
+
+
+@dataclass
+class FastServer:
+    base_url: str
+    engine: ScriptedEngine
+    uvicorn: DrainingServer
+    drain: Drain
+
+    def client(self, timeout: float = 10) -> httpx.Client:
+        # verify=False: plain HTTP, and it spares loading the CA bundle for every client.
+        return httpx.Client(base_url=self.base_url, timeout=timeout, verify=False)
+
+
+def cpu_plan() -> Plan:
+    return plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
+
+
+def serve(tmp_path: Path, engine: ScriptedEngine, **settings: object) -> Iterator[FastServer]:
+    config = Settings(ctx=1024, cache_dir=tmp_path, shutdown_grace=1, **settings)  # type: ignore[arg-type]
+    app = create_app(config, cpu_plan(), load_engine=lambda: engine)
+    port = free_port()
+    server = DrainingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"),
+        app.state.drain,
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1, verify=False).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the fast server did not start"
+        time.sleep(0.01)
+    try:
+        yield FastServer(base_url, engine, server, app.state.drain)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastServer]:
+    yield from serve(tmp_path_factory.mktemp("fast"), ScriptedEngine())
+
+
+@pytest.fixture
+def fast_server(shared_server: FastServer) -> FastServer:
+    """The module's server, its engine's script and records fresh for this test."""
+    shared_server.engine.reset()
+    return shared_server

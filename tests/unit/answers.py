@@ -1,0 +1,38 @@
+"""Run an endpoint's `Answer` over scripted engine events, as the serving path runs it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from server.api.serving import Answer, ServerEvent, sse_events
+from server.api.streams import interleave
+from server.engine.types import Event
+
+T = TypeVar("T", bound=BaseModel)
+
+
+async def scripted(*events: Event) -> AsyncGenerator[Event, None]:
+    for event in events:
+        yield event
+
+
+def whole(answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]]) -> T:
+    async def collect() -> T:
+        async with aclosing(interleave(generations)) as events:
+            return await answer.whole(events)
+
+    return asyncio.run(collect())
+
+
+def streamed(
+    answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]]
+) -> list[ServerEvent]:
+    async def collect() -> list[ServerEvent]:
+        return [event async for event in sse_events(answer, generations)]
+
+    return asyncio.run(collect())
