@@ -1,4 +1,5 @@
-"""The prompt cache that outlives the slots, on the real engine (bundled model, llama.cpp):
+"""The prompt cache that outlives the slots, on the real engine (bundled model, llama.cpp), and
+over HTTP (`/metrics`, `usage.prompt_tokens_details.cached_tokens`):
 with more conversations than slots a later turn restores its saved history and answers exactly,
 logprobs included, what an engine with a slot per conversation answers; with a budget of 0 the
 history is prefilled again; a small budget evicts; the bytes held match what llama.cpp keeps per
@@ -263,6 +264,9 @@ def test_metrics_count_saves_restores_and_reused_tokens(one_slot_server: Running
     assert grew("saves_total") == 2  # the first conversation, then the second
     assert grew("restores_total") == 1 and grew("hits_total") == 1
     assert grew("reused_tokens_total") > first["usage"]["prompt_tokens"] > 600
+    # usage tells the client how much of its prompt came from the cache
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == grew("reused_tokens_total")
     assert second["usage"]["prompt_tokens"] > grew("reused_tokens_total")
     assert after["gemma_serve_prompt_cache_saved_states"] == 1  # the second conversation's
     assert 0 < after["gemma_serve_prompt_cache_saved_bytes"] < 16 << 20
