@@ -117,6 +117,7 @@ def default_engine_loader(
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
             mmproj_path=mmproj,
+            cache_ram=settings.cache_ram,
             cancel=cancel,
         )
 
