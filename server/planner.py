@@ -309,7 +309,7 @@ def _gpu_plan(
         f"{chosen.id} was asked for"
         if forced
         else f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
-        f"{gib(budget.available)} available) with {budget.n_seq} sequences of {n_ctx} tokens"
+        f"{gib(budget.available)} available) with {parallel} sequences of {n_ctx} tokens"
     )
     bundled = cpu_model(registry)
     return Plan(

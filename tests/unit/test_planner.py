@@ -13,7 +13,7 @@ from server.capability import (
     LlamaBuild,
     parse_architectures,
 )
-from server.memory import GiB, MiB, compute_buffer, estimate, global_layers, kv_cache
+from server.memory import GiB, MiB, compute_buffer, estimate, gib, global_layers, kv_cache
 from server.planner import Device, Plan, PlanOptions
 from server.planner import plan as make_plan
 from server.registry import Registry, load_registry
@@ -81,6 +81,9 @@ def test_hardware_table(
     if sizes:
         assert chosen.needed <= chosen.available
         assert "largest model that fits" in chosen.reason
+        # the why names the figures of the pick: its sequences, its context, its memory
+        assert f"with {parallel} sequences of {ctx} tokens" in chosen.reason
+        assert f"({gib(chosen.needed)} of" in chosen.reason
     else:
         assert "no NVIDIA GPU found" in chosen.reason
 
