@@ -238,6 +238,7 @@ def test_the_api_is_503_while_the_model_loads(tmp_path: Path) -> None:
     [
         ({"prompt": ["a"] * 3, "n": 4}, "n"),  # 12 sequences
         ({"prompt": ["a"] * 9}, "prompt"),  # 9 sequences
+        ({"prompt": ["a"] * 9, "n": 2}, "prompt"),  # 9 prompts are too many even with n=1
     ],
 )
 def test_a_request_bigger_than_the_server_is_400_not_503(
