@@ -67,7 +67,6 @@ class LlamaBuild:
 
     `gpu_offload` is llama.cpp's own `llama_supports_gpu_offload()`: true when a GPU backend is
     compiled in *and* found a device (a CUDA build whose runtime sees no GPU says false).
-    `assumed` marks the build `plan --gpu-memory` imagines for a card that is not here.
     """
 
     gpu_offload: bool
@@ -75,7 +74,6 @@ class LlamaBuild:
     devices: tuple[str, ...] = ()  # what those backends found, e.g. "CUDA0: NVIDIA GeForce ..."
     system_info: str = ""
     version: str = ""  # llama-cpp-python's version
-    assumed: bool = False
 
     @property
     def features(self) -> dict[str, dict[str, str]]:
@@ -97,4 +95,4 @@ class LlamaBuild:
 
 
 # What `plan --gpu-memory` previews: the build a CUDA installation would have.
-ASSUMED_CUDA_BUILD = LlamaBuild(gpu_offload=True, backends=("CUDA", "CPU"), assumed=True)
+ASSUMED_CUDA_BUILD = LlamaBuild(gpu_offload=True, backends=("CUDA", "CPU"))
