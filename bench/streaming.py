@@ -162,6 +162,12 @@ def _absorb_chunk(result: StreamResult, chunk: dict[str, Any], now: float) -> No
     usage = chunk.get("usage")
     if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
         result.usage_completion_tokens = int(usage["completion_tokens"])
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            result.extra["cached_tokens"] = int(cached)
+    timings = chunk.get("timings")  # llama-server's own figures: prompt tokens from its cache
+    if isinstance(timings, dict) and timings.get("cache_n") is not None:
+        result.extra["cached_tokens"] = int(timings["cache_n"])
     for choice in chunk.get("choices") or []:
         content = (choice.get("delta") or {}).get("content")
         if content:

@@ -99,6 +99,7 @@ def default_engine_loader(
             parallel=plan.parallel,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
+            cache_ram=settings.cache_ram,
             cancel=cancel,
         )
 

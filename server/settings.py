@@ -235,6 +235,18 @@ class Settings(BaseSettings):
             "30 s by default, minus a few seconds)."
         ),
     )
+    # --- prompt cache (issue 13) ---
+    cache_ram: int = Field(
+        4096,
+        ge=0,
+        le=1 << 20,
+        description=(
+            "MiB of host memory for saved prompt states: when a conversation's sequence is "
+            "taken for another, its KV cache is kept here, so its next turn prefills only the "
+            "new message (least recently used out first; 0 turns it off)."
+        ),
+    )
+    # --- end prompt cache ---
     log_prompts: bool = Field(
         False,
         description=(

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from server.engine.types import EngineStats
+from server.engine.types import EngineStats, PromptCacheStats
 from server.hardware import GpuMemory
 
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
@@ -37,7 +37,7 @@ class _EngineCollector(Collector):
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         stats = self._stats()
         if stats is None:  # still loading: no figures rather than zeros that look real
             return
@@ -50,6 +50,41 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "gemma_serve_parallel_sequences", "Sequences decoded together at most.", stats.parallel
         )
+        if stats.prompt_cache is not None:
+            yield from _prompt_cache_families(stats.prompt_cache)
+
+
+def _prompt_cache_families(cache: PromptCacheStats) -> Iterable[Metric]:
+    """The prompt cache (issue 13): reuse, and the sequence states saved in host memory."""
+    for name, help_text, value in (
+        ("hits", "Generations that reused a cached prompt prefix.", cache.hits),
+        (
+            "reused_tokens",
+            "Prompt tokens served from the cache, not prefilled.",
+            cache.reused_tokens,
+        ),
+        ("restores", "Saved sequence states restored into a slot.", cache.restores),
+        ("saves", "Sequence states saved to host memory.", cache.saves),
+        ("evictions", "Saved states dropped to stay within --cache-ram.", cache.evictions),
+        ("save_seconds", "Time spent saving sequence states.", cache.save_seconds),
+        ("restore_seconds", "Time spent restoring sequence states.", cache.restore_seconds),
+    ):
+        yield CounterMetricFamily(f"gemma_serve_prompt_cache_{name}", help_text, value)
+    yield GaugeMetricFamily(
+        "gemma_serve_prompt_cache_saved_states",
+        "Sequence states held in host memory.",
+        cache.saved_states,
+    )
+    yield GaugeMetricFamily(
+        "gemma_serve_prompt_cache_saved_bytes",
+        "Host memory the saved sequence states take.",
+        cache.saved_bytes,
+    )
+    yield GaugeMetricFamily(
+        "gemma_serve_prompt_cache_budget_bytes",
+        "Host memory the saved states may take (--cache-ram).",
+        cache.budget_bytes,
+    )
 
 
 class _GpuCollector(Collector):

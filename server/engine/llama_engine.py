@@ -42,7 +42,10 @@ CLOSE_TIMEOUT = 30.0
 
 class LlamaEngine:
     """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once.
-    A set `cancel` stops the load (LoadCancelled): the server is shutting down."""
+
+    A set `cancel` stops the load (LoadCancelled): the server is shutting down.
+    `cache_ram`: MiB of host memory for sequence states saved when their slot is taken for
+    another prompt (`prompt_cache.PromptCache`); 0 keeps only what the slots hold."""
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class LlamaEngine:
         parallel: int = 4,
         queue_size: int = 64,
         request_timeout: float | None = None,
+        cache_ram: int = 0,
         cancel: threading.Event | None = None,
     ) -> None:
         params = LoadParams(
@@ -95,6 +99,7 @@ class LlamaEngine:
             parallel=parallel,
             start_of_turn=self._start_of_turn,
             request_timeout=request_timeout,
+            cache_bytes=cache_ram << 20,
         )
 
     # --- the asyncio side -------------------------------------------------------------------
@@ -147,12 +152,15 @@ class LlamaEngine:
     def stats(self) -> EngineStats:
         active = self._scheduler.active
         return EngineStats(
-            active=active, queued=max(0, self._reserved - active), parallel=self._parallel
+            active=active,
+            queued=max(0, self._reserved - active),
+            parallel=self._parallel,
+            prompt_cache=self._scheduler.prompt_cache.stats(),
         )
 
     def reused_prompt_tokens(self) -> int:
         """Prompt tokens served from the prefix cache since start (tests and logs read it)."""
-        return self._scheduler.reused_tokens
+        return self._scheduler.prompt_cache.stats().reused_tokens
 
     def close(self) -> None:
         """End every running and queued job, then free the model once the engine thread is out

@@ -1,32 +1,44 @@
-"""Prompt-prefix cache: which slot a prompt goes to, and how much of its KV can be reused.
+"""Prompt-prefix cache decisions: which slot a prompt goes to, and how much KV it can reuse.
 
 A slot keeps the KV of the last sequence it ran (prompt and generated tokens), so the next turn
-of a chat, whose prompt starts with the previous turn's, prefills only what is new. Gemma 3's
-sliding-window layers (`swa_full=False`) keep just the last `n_swa` positions (plus a micro-batch),
-so a prefix is reusable only if the cache still holds the window the next token attends to: the
-smallest position the sequence still has (`llama_memory_seq_pos_min`) must be at most
-`n_reuse - n_swa`. Otherwise the prompt is prefilled cold. (The same test as llama.cpp's server.)
-Pure functions: the engine thread supplies `pos_min`.
+of a chat, whose prompt starts with the previous turn's, prefills only what is new. When a slot is
+taken for another prompt, its state may be saved to host memory (`prompt_cache.PromptCache`) and
+restored later into any slot. Gemma 3's sliding-window layers (`swa_full=False`) keep just the
+last `n_swa` positions (plus a micro-batch), so a prefix is reusable only if the cache still holds
+the window the next token attends to: the smallest position the sequence still has
+(`llama_memory_seq_pos_min`) must be at most `n_reuse - n_swa`. Otherwise the prompt is prefilled
+cold. (The same test as llama.cpp's server.) A saved state holds only the window its last
+position attends to, so it serves a prompt only at its full length (`restored_pos_min`).
+Pure functions: the engine thread supplies `pos_min` and the candidates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Shorter shared prefixes (the chat template's opening, a common system line) are prefilled cold:
 # reusing them saves a millisecond or two, but KV computed in another batch differs in its last
 # bits, which would make the same seeded request give different texts depending on what ran
-# before.
+# before. States this short are not saved either.
 MIN_REUSE = 32
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token lists."""
+    if type(a) is not type(b):  # a list never equals a tuple
+        a, b = list(a), list(b)
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    if a[:n] == b[:n]:  # the usual case (a next turn), compared at C speed
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[low:mid] == b[low:mid]:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def reusable_prefix(cached: Sequence[int], prompt: Sequence[int], pos_min: int, n_swa: int) -> int:
@@ -45,10 +57,81 @@ def reusable_prefix(cached: Sequence[int], prompt: Sequence[int], pos_min: int, 
     return n
 
 
-def pick_slot(free: Sequence[tuple[int, Sequence[int], float]], prompt: Sequence[int]) -> int:
-    """The free slot for `prompt`: the one whose cached tokens share the longest prefix with it;
-    among equals the least recently used. `free` holds (slot id, cached tokens, last use)."""
+def restored_pos_min(n_tokens: int, live_pos_min: int, n_swa: int) -> int:
+    """The smallest position a saved state holds once restored.
+
+    llama.cpp writes a sequence's sliding-window cells only if its last position (`n_tokens - 1`)
+    still attends to them, i.e. positions from `n_tokens - n_swa` on; the global layers keep all.
+    """
+    if n_swa <= 0:
+        return live_pos_min
+    return max(live_pos_min, n_tokens - n_swa)
+
+
+def worth_saving(n_tokens: int) -> bool:
+    """Only a state a later prompt could reuse is saved (the copy is not free on a GPU)."""
+    return n_tokens > MIN_REUSE
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A KV state a prompt could start from: a free slot's (`key` is its seq_id) or a saved one
+    (`key` indexes the saved states). `saved`: a free slot whose state the store already holds.
+    `last_used`: monotonic seconds."""
+
+    key: int
+    tokens: Sequence[int]
+    pos_min: int
+    last_used: float = 0.0
+    saved: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a prompt runs: slot `seq_id`, after restoring saved state `restore` (None: keep the
+    slot's own KV), expecting to reuse `reuse` prompt tokens."""
+
+    seq_id: int
+    restore: int | None
+    reuse: int
+
+
+def place(
+    free: Sequence[Candidate], saved: Sequence[Candidate], prompt: Sequence[int], n_swa: int
+) -> Placement:
+    """The slot for `prompt`, and whether to restore a saved state into it first.
+
+    The longest reusable prefix wins, a free slot's own KV before a saved state's at equal length
+    (no copy), and the least recently used among equal slots. Without a useful live prefix the
+    prompt takes the slot that is cheapest to lose: one whose state is already saved, else the
+    shortest, else the least recently used.
+    """
     if not free:
         raise ValueError("no free slot")
-    best = max(free, key=lambda slot: (common_prefix(slot[1], prompt), -slot[2]))
-    return best[0]
+
+    def reuse(candidate: Candidate) -> int:
+        return reusable_prefix(candidate.tokens, prompt, candidate.pos_min, n_swa)
+
+    live = max(free, key=lambda slot: (reuse(slot), -slot.last_used))
+    live_reuse = reuse(live)
+    best_saved = max(saved, key=reuse, default=None)
+    saved_reuse = reuse(best_saved) if best_saved is not None else 0
+    if live_reuse >= saved_reuse and live_reuse > 0:
+        return Placement(live.key, None, live_reuse)
+    victim = min(free, key=lambda slot: (not slot.saved, len(slot.tokens), slot.last_used))
+    if best_saved is not None and saved_reuse > 0:
+        return Placement(victim.key, best_saved.key, saved_reuse)
+    return Placement(victim.key, None, 0)
+
+
+def evictions(sizes: Sequence[int], budget: int, incoming: int) -> int | None:
+    """How many of the oldest saved states (sizes in bytes, least recently used first) must go for
+    `incoming` more bytes to fit `budget`; None if it cannot fit even alone."""
+    if incoming > budget:
+        return None
+    used = sum(sizes)
+    dropped = 0
+    while used + incoming > budget:
+        used -= sizes[dropped]
+        dropped += 1
+    return dropped

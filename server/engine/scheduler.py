@@ -19,7 +19,7 @@ import llama_cpp
 
 from server.engine.job import DONE, Job
 from server.engine.loading import N_BATCH, LoadedModel
-from server.engine.prefix import pick_slot, reusable_prefix
+from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Slot
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
@@ -41,6 +41,7 @@ class Scheduler:
         parallel: int,
         start_of_turn: int,
         request_timeout: float | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         self._ctx: Any = loaded.context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -54,7 +55,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
-        self.reused_tokens = 0  # prompt tokens served from the prefix cache since start
+        self.prompt_cache = PromptCache(
+            self._ctx, self._memory, budget=cache_bytes, n_swa=self._n_swa
+        )
         self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
         self._thread.start()
 
@@ -110,14 +113,8 @@ class Scheduler:
             job.push(DONE)
             job.reservation.release()
             return
-        free = [(slot.seq_id, slot.cached, slot.last_used) for slot in self._slots if not slot.busy]
-        slot = self._slots[pick_slot(free, job.tokens)]
-        pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._memory, slot.seq_id))
-        reused = reusable_prefix(slot.cached, job.tokens, pos_min, self._n_swa)
-        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            reused = 0
-        slot.cached = slot.cached[:reused]
+        free = [slot for slot in self._slots if not slot.busy]
+        slot, reused = self.prompt_cache.admit(free, job.tokens)
         try:
             seed = job.request.sampling.seed
             sampler = SamplerChain(
@@ -129,7 +126,6 @@ class Scheduler:
             job.reservation.release()
             return
         slot.start(job, sampler, reused, self._timeout)
-        self.reused_tokens += reused
         log.debug(
             "sequence %d: %d prompt tokens, %d from the prefix cache",
             slot.seq_id,
@@ -177,6 +173,9 @@ class Scheduler:
             budget -= len(chunk)
             for offset, token in enumerate(chunk):
                 put(token, start + offset, slot.seq_id, False)
+            if chunk and slot.prefilled:  # the prompt's last token: its logits start the answer
+                batch.logits[n - 1] = True
+                rows.append((slot, n - 1))
         batch.n_tokens = n
         if n == 0:  # every prompt handed its last token to the next step
             return

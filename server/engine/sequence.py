@@ -29,6 +29,7 @@ class Slot:
         self.next_token: int | None = None  # sampled, decoded in the next step
         self.generated = 0
         self.reused = 0  # prompt tokens whose KV came from the cache
+        self.split_last = False  # the prompt's last token is decoded in a step of its own
         self.deadline: float | None = None
         self._text = TextAssembler(())
         self._logprobs: list[TokenLogprob] = []
@@ -42,12 +43,13 @@ class Slot:
         return self.job is not None and self.next_prompt < len(self.job.tokens)
 
     def _hand_last_prompt_token_to_decode(self) -> None:
-        # NOTE: the prompt's last token is decoded like a generated one, in a step of its own,
-        # whether the rest came from the prefix cache or not: llama.cpp's numerics depend on the
-        # batch a row is in, so this is what makes a repeated seeded request (cold, then warm)
-        # give the same text.
+        # NOTE: a seeded request's last prompt token is decoded like a generated one, in a step
+        # of its own, whether the rest came from the prefix cache or not: llama.cpp's numerics
+        # depend on the batch a row is in, so this is what makes a repeated seeded request (cold,
+        # then warm) give the same text. Other requests ask for no such promise and save the
+        # step (a decode step of time to first token): their last prompt token ends the prefill.
         assert self.job is not None
-        if self.next_prompt == len(self.job.tokens) - 1:
+        if self.split_last and self.next_prompt == len(self.job.tokens) - 1:
             self.next_token = self.job.tokens[-1]
             self.next_prompt += 1
 
@@ -56,6 +58,7 @@ class Slot:
         self.job = job
         self.sampler = sampler
         self.reused = reused
+        self.split_last = job.request.sampling.seed is not None
         self.cached = job.tokens[:reused]
         self.next_prompt = reused
         self.next_token = None
@@ -66,16 +69,26 @@ class Slot:
         self._hand_last_prompt_token_to_decode()
 
     def prefill_chunk(self, budget: int) -> list[int]:
-        """The next prompt tokens to decode (at most `budget`, never the last one, which is
-        decoded next step with the generating sequences); they are cached from now on."""
+        """The next prompt tokens to decode (at most `budget`; with `split_last` never the last
+        one, which is then decoded next step with the generating sequences); they are cached from
+        now on. A chunk that ends the prompt asks for its last token's logits (`prefilled`)."""
         assert self.job is not None
-        chunk = self.job.tokens[
-            self.next_prompt : min(self.next_prompt + budget, len(self.job.tokens) - 1)
-        ]
+        end = len(self.job.tokens) - (1 if self.split_last else 0)
+        chunk = self.job.tokens[self.next_prompt : min(self.next_prompt + budget, end)]
         self.next_prompt += len(chunk)
         self.cached += chunk
         self._hand_last_prompt_token_to_decode()
         return chunk
+
+    @property
+    def prefilled(self) -> bool:
+        """The whole prompt is in the batch and no token waits to be decoded: the next row's
+        logits sample the first token."""
+        return (
+            self.job is not None
+            and self.next_prompt == len(self.job.tokens)
+            and self.next_token is None
+        )
 
     def decode_token(self) -> int:
         """The sampled token to decode this step (its KV is cached from now on)."""

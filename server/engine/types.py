@@ -155,6 +155,24 @@ class EngineStats:
     active: int  # sequences being generated now
     queued: int  # accepted requests waiting for a slot
     parallel: int  # how many sequences are decoded together at most
+    prompt_cache: PromptCacheStats | None = None  # None: an engine without one
+
+
+@dataclass(frozen=True)
+class PromptCacheStats:
+    """The prompt cache since start: reuse of cached prefixes (a slot's own or a restored saved
+    state), and the sequence states saved in host memory."""
+
+    hits: int = 0  # generations that reused a cached prefix
+    reused_tokens: int = 0  # prompt tokens those generations did not prefill
+    restores: int = 0  # saved states copied back into a slot
+    saves: int = 0  # slot states copied to host memory
+    evictions: int = 0  # saved states dropped for the budget
+    saved_states: int = 0  # held now
+    saved_bytes: int = 0  # held now
+    budget_bytes: int = 0
+    save_seconds: float = 0.0  # spent copying out
+    restore_seconds: float = 0.0  # spent copying back
 
 
 class PreparedGeneration(Protocol):

@@ -1,16 +1,34 @@
 """The prefix cache's decisions as tables: how much of a slot's KV a prompt may reuse (sliding
-window included), and which free slot a prompt goes to."""
+window included), which saved state serves a prompt and which free slot it goes to, and how many
+saved states the memory budget drops."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.engine.prefix import common_prefix, pick_slot, reusable_prefix
+from server.engine.prefix import (
+    Candidate,
+    Placement,
+    common_prefix,
+    evictions,
+    place,
+    restored_pos_min,
+    reusable_prefix,
+    worth_saving,
+)
 
 
 @pytest.mark.parametrize(
     ("a", "b", "n"),
-    [([], [1], 0), ([1, 2, 3], [1, 2, 4], 2), ([1, 2], [1, 2, 3], 2), ([5], [6], 0)],
+    [
+        ([], [1], 0),
+        ([1, 2, 3], [1, 2, 4], 2),
+        ([1, 2], [1, 2, 3], 2),
+        ([5], [6], 0),
+        (list(range(1000)), [*range(700), -1], 700),  # found by bisection
+        (list(range(1000)), [*range(999), -1], 999),
+        ((1, 2, 3), [1, 2, 4], 2),  # a tuple against a list
+    ],
 )
 def test_common_prefix(a: list[int], b: list[int], n: int) -> None:
     assert common_prefix(a, b) == n
@@ -41,9 +59,104 @@ def test_reusable_prefix(
     assert reusable_prefix(cached, prompt, pos_min, n_swa) == reused
 
 
-def test_pick_slot_prefers_the_longest_prefix_then_the_least_recently_used() -> None:
-    prompt = [1, 2, 3, 4]
-    assert pick_slot([(0, [9], 1.0), (1, [1, 2, 9], 5.0), (2, [1, 9], 0.0)], prompt) == 1
-    assert pick_slot([(0, [], 3.0), (1, [], 2.0), (2, [], 4.0)], prompt) == 1
+@pytest.mark.parametrize(
+    ("n_tokens", "live_pos_min", "n_swa", "pos_min"),
+    [
+        (900, 0, 512, 388),  # only the window the last position (899) attends to is written
+        (900, 500, 512, 500),  # the live cache had dropped more already
+        (300, 0, 512, 0),  # shorter than the window: all of it
+        (512, 0, 512, 0),
+        (513, 0, 512, 1),
+        (900, 0, 0, 0),  # no sliding window: every position
+    ],
+)
+def test_restored_pos_min(n_tokens: int, live_pos_min: int, n_swa: int, pos_min: int) -> None:
+    assert restored_pos_min(n_tokens, live_pos_min, n_swa) == pos_min
+
+
+@pytest.mark.parametrize(
+    ("saved", "prompt", "reused"),
+    [
+        (PROMPT[:900], PROMPT, 900),  # the next turn extends the saved state whole
+        (PROMPT[:900], [*PROMPT[:899], -1], 0),  # cut short of its end: the window is gone
+        (PROMPT[:900], PROMPT[:900], 0),  # the same prompt again: 899 would need the window
+        ([*PROMPT[:800], -1, -2], PROMPT, 0),  # a reply that differs: a cut, hence cold
+        (PROMPT[:400], PROMPT, 400),  # within the window: whole...
+        (PROMPT[:400], [*PROMPT[:300], -1], 300),  # ...or cut anywhere
+        (PROMPT[:20], PROMPT, 0),  # too short to reuse
+    ],
+)
+def test_which_saved_state_serves_a_prompt(
+    saved: list[int], prompt: list[int], reused: int
+) -> None:
+    pos_min = restored_pos_min(len(saved), 0, 512)
+    assert reusable_prefix(saved, prompt, pos_min, 512) == reused
+
+
+def test_worth_saving_only_what_could_be_reused() -> None:
+    assert [worth_saving(n) for n in (0, 32, 33, 2000)] == [False, False, True, True]
+
+
+A = list(range(1000, 1900))  # one conversation's history (900 tokens: past the window)
+B = list(range(2000, 2600))
+C = list(range(3000, 3040))
+
+
+def slot(key: int, tokens: list[int], last_used: float = 0.0, saved: bool = False) -> Candidate:
+    return Candidate(key, tokens, 0 if tokens else -1, last_used, saved)
+
+
+def stored(key: int, tokens: list[int]) -> Candidate:
+    return Candidate(key, tokens, restored_pos_min(len(tokens), 0, 512))
+
+
+@pytest.mark.parametrize(
+    ("free", "saved", "prompt", "placement"),
+    [
+        # the next turn of the conversation a free slot holds: that slot, nothing restored
+        ([slot(0, B), slot(1, A)], [], [*A, 7, 8], Placement(1, None, 900)),
+        # its history is saved: restore it into the cheapest slot (the empty one)
+        ([slot(0, B), slot(1, [])], [stored(0, C), stored(1, A)], [*A, 7], Placement(1, 1, 900)),
+        # a live prefix as long as a saved one wins (no copy)
+        ([slot(0, A)], [stored(0, A)], [*A, 7], Placement(0, None, 900)),
+        # a saved state longer than the live prefix wins
+        ([slot(0, A[:300]), slot(1, [])], [stored(3, A)], [*A, 7], Placement(1, 3, 900)),
+        # nothing reusable: a slot whose state is saved already before a shorter one
+        ([slot(0, C), slot(1, B, saved=True)], [], [5, 6], Placement(1, None, 0)),
+        # ...else the shortest
+        ([slot(0, B), slot(1, C), slot(2, A)], [], [5, 6], Placement(1, None, 0)),
+        # ...and among equals the least recently used
+        ([slot(0, [], 3.0), slot(1, [], 2.0), slot(2, [], 4.0)], [], [5], Placement(1, None, 0)),
+        # equal live prefixes: the least recently used
+        ([slot(0, A, 5.0), slot(1, A, 1.0)], [], [*A, 7], Placement(1, None, 900)),
+        # a saved state the prompt does not extend whole is no use
+        ([slot(0, B)], [stored(0, A)], [*A[:899], 7], Placement(0, None, 0)),
+    ],
+)
+def test_place(
+    free: list[Candidate], saved: list[Candidate], prompt: list[int], placement: Placement
+) -> None:
+    assert place(free, saved, prompt, 512) == placement
+
+
+def test_place_needs_a_free_slot() -> None:
     with pytest.raises(ValueError, match="no free slot"):
-        pick_slot([], prompt)
+        place([], [stored(0, A)], A, 512)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "incoming", "dropped"),
+    [
+        ([], 100, 40, 0),
+        ([30, 30], 100, 40, 0),  # fits
+        ([30, 30, 30], 100, 40, 1),  # the oldest goes: exactly full
+        ([30, 30, 30], 100, 50, 2),  # the two oldest go
+        ([30, 30, 30], 100, 100, 3),  # everything goes
+        ([30], 100, 101, None),  # bigger than the whole budget: not saved, nothing dropped
+        ([], 0, 1, None),  # budget 0: off
+    ],
+)
+def test_evictions_by_budget(
+    sizes: list[int], budget: int, incoming: int, dropped: int | None
+) -> None:
+    assert evictions(sizes, budget, incoming) == dropped

@@ -1,0 +1,273 @@
+"""The prompt cache that outlives the slots, on the real engine (bundled model, llama.cpp), and
+over HTTP (`/metrics`, `usage.prompt_tokens_details.cached_tokens`):
+with more conversations than slots a later turn restores its saved history and answers exactly,
+logprobs included, what an engine with a slot per conversation answers; with a budget of 0 the
+history is prefilled again; a small budget evicts; the bytes held match what llama.cpp keeps per
+token (global layers: every position; sliding-window layers: the window)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.engine.llama_engine import LlamaEngine
+from server.engine.types import (
+    ChatMessage,
+    GenerationRequest,
+    PromptCacheStats,
+    SamplingParams,
+    TextDelta,
+)
+from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+
+SLOTS = 2
+CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
+MAX_TOKENS = 12
+TIE = 0.5  # nats: closer than this, batch numerics may pick either of the two best tokens
+N_SWA = 512  # Gemma 3 270M's sliding window
+KV_BYTES_PER_LAYER_TOKEN = 1024  # f16 K+V: 2 x 1 KV head x 256 dims x 2 bytes
+GLOBAL_LAYERS, SWA_LAYERS = 3, 15
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list[bytes]
+    logprobs: list[float]  # each generated token's
+    gaps: list[float]  # logprob of the most likely token minus the second's, at each step
+    prompt_tokens: int
+    reused: int  # prompt tokens the engine did not prefill
+
+
+def first_turn(k: int) -> tuple[ChatMessage, ...]:
+    # Longer than the 512-token sliding window, so only a whole saved state may serve it.
+    colors = ("red", "green", "blue", "white")
+    story = " ".join(f"Item {i} is a {colors[(i + k) % 4]} box." for i in range(90))
+    return (ChatMessage("user", f"Conversation {k}. {story} Which box is item {k + 3}?"),)
+
+
+def second_turn(k: int, reply: str) -> tuple[ChatMessage, ...]:
+    return (
+        *first_turn(k),
+        ChatMessage("assistant", reply),
+        ChatMessage("user", "And the next item?"),
+    )
+
+
+def ask(engine: LlamaEngine, messages: tuple[ChatMessage, ...]) -> Answer:
+    async def main() -> Answer:
+        before = engine.reused_prompt_tokens()
+        job = await engine.prepare(
+            GenerationRequest(
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                sampling=SamplingParams(temperature=0),
+                logprobs=2,
+            )
+        )
+        answer = Answer("", [], [], [], job.prompt_tokens, 0)
+        async for event in job.events():
+            if isinstance(event, TextDelta):
+                answer.text += event.text
+                for token in event.logprobs:
+                    answer.tokens.append(token.bytes)
+                    answer.logprobs.append(token.logprob)
+                    answer.gaps.append(token.top[0].logprob - token.top[1].logprob)
+            else:
+                assert event.usage.prompt_tokens == job.prompt_tokens
+        answer.reused = engine.reused_prompt_tokens() - before
+        return answer
+
+    return asyncio.run(main())
+
+
+def conversations(engine: LlamaEngine) -> list[Answer]:
+    """Every conversation's first turn, then every second turn, one request at a time (the
+    replies are the bundled model's first-turn answers, the same for every engine here)."""
+    firsts = [ask(engine, first_turn(k)) for k in range(CONVERSATIONS)]
+    return firsts + [ask(engine, second_turn(k, firsts[k].text)) for k in range(CONVERSATIONS)]
+
+
+def engine_with(model_path: Path, *, parallel: int, cache_ram: int) -> LlamaEngine:
+    return LlamaEngine(
+        model_path=model_path,
+        model_id="gemma-3-270m",
+        n_ctx=2048,
+        n_threads=2,
+        parallel=parallel,
+        cache_ram=cache_ram,
+    )
+
+
+def cache_stats(engine: LlamaEngine) -> PromptCacheStats:
+    stats = engine.stats().prompt_cache
+    assert stats is not None
+    return stats
+
+
+def run(model_path: Path, *, parallel: int, cache_ram: int) -> tuple[list[Answer], LlamaEngine]:
+    engine = engine_with(model_path, parallel=parallel, cache_ram=cache_ram)
+    try:
+        return conversations(engine), engine
+    finally:
+        engine.close()  # stats stay readable
+
+
+@pytest.fixture(scope="module")
+def roomy(model_path: Path) -> list[Answer]:
+    """The reference: a slot for every conversation, so each keeps its own KV."""
+    answers, engine = run(model_path, parallel=CONVERSATIONS, cache_ram=0)
+    assert cache_stats(engine).restores == 0
+    return answers
+
+
+@pytest.fixture(scope="module")
+def warm(model_path: Path) -> tuple[list[Answer], PromptCacheStats, list[str]]:
+    """More conversations than slots, with the prompt cache; and the engine's warnings."""
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("gemma_serve.engine")
+    logger.addHandler(handler)
+    try:
+        answers, engine = run(model_path, parallel=SLOTS, cache_ram=256)
+    finally:
+        logger.removeHandler(handler)
+    return answers, cache_stats(engine), warnings
+
+
+def test_a_later_turn_restores_its_history_exactly(
+    warm: tuple[list[Answer], PromptCacheStats, list[str]], roomy: list[Answer]
+) -> None:
+    answers, stats, warnings = warm
+    firsts, seconds = answers[:CONVERSATIONS], answers[CONVERSATIONS:]
+    for first, second in zip(firsts, seconds, strict=True):
+        assert first.reused == 0  # nothing to reuse yet
+        # the first turn (prompt and reply) came from a slot or a saved state
+        assert second.reused > first.prompt_tokens > 600
+    assert stats.restores >= CONVERSATIONS - SLOTS
+    assert stats.hits == CONVERSATIONS and stats.saves >= stats.restores
+    assert stats.save_seconds > 0 and stats.restore_seconds > 0
+    # A restored state is the very KV the sequence had: each answer, to the last bit of every
+    # logprob, is the one an engine with a slot per conversation gives.
+    assert [(a.text, a.logprobs, a.reused) for a in answers] == [
+        (a.text, a.logprobs, a.reused) for a in roomy
+    ]
+    # the restored window was where the decision expected it (the engine warns otherwise)
+    assert warnings == []
+
+
+def test_without_the_cache_an_evicted_history_is_prefilled_again(
+    model_path: Path, roomy: list[Answer]
+) -> None:
+    answers, engine = run(model_path, parallel=SLOTS, cache_ram=0)
+    stats = cache_stats(engine)
+    assert stats.saves == stats.restores == stats.evictions == 0
+    assert stats.saved_states == stats.saved_bytes == stats.budget_bytes == 0
+    seconds = answers[CONVERSATIONS:]
+    assert sum(a.reused == 0 for a in seconds) >= CONVERSATIONS - SLOTS
+    # A cold prefill computes the history's KV in other batches than the first turn did, so its
+    # logits differ in the last bits: the answers agree up to the first near tie (as the
+    # batching tests compare), and the first turns, cold everywhere, agree exactly.
+    assert [a.logprobs for a in answers[:CONVERSATIONS]] == [
+        a.logprobs for a in roomy[:CONVERSATIONS]
+    ]
+    for cold, kept in zip(seconds, roomy[CONVERSATIONS:], strict=True):
+        trusted = next((i for i, gap in enumerate(kept.gaps) if gap < TIE), MAX_TOKENS)
+        assert trusted >= 1 and cold.tokens[:trusted] == kept.tokens[:trusted]
+
+
+def test_saved_bytes_are_what_llama_cpp_keeps_per_token(
+    warm: tuple[list[Answer], PromptCacheStats, list[str]],
+) -> None:
+    _, stats, _ = warm
+    assert stats.saved_states >= 1
+    assert stats.saved_bytes <= stats.budget_bytes == 256 << 20
+    # Each saved history holds ~750 tokens: every position of the global layers, the last 512
+    # of the sliding-window layers, plus llama.cpp's few bytes of bookkeeping per cell.
+    per_state = stats.saved_bytes / stats.saved_states
+    low = KV_BYTES_PER_LAYER_TOKEN * (GLOBAL_LAYERS * 700 + SWA_LAYERS * N_SWA)
+    high = KV_BYTES_PER_LAYER_TOKEN * (GLOBAL_LAYERS * 800 + SWA_LAYERS * N_SWA) * 1.05
+    assert low <= per_state <= high
+
+
+def test_a_small_budget_evicts_the_least_recently_used(model_path: Path) -> None:
+    # One saved history takes ~10 MiB (see above): a 12 MiB budget holds one at a time. Four
+    # first turns on two slots: the third and the fourth each push a history out of its slot;
+    # the second one saved pushes the first out of the budget.
+    engine = engine_with(model_path, parallel=SLOTS, cache_ram=12)
+    try:
+        for k in range(4):
+            assert ask(engine, first_turn(k)).reused == 0
+        stats = cache_stats(engine)
+    finally:
+        engine.close()
+    assert stats.saves == 2 and stats.evictions == 1
+    assert stats.saved_states == 1 and 0 < stats.saved_bytes <= 12 << 20
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("one-slot"), "--parallel", "1", "--ctx", "2048")
+    try:
+        wait_healthy(running)
+        yield running
+    finally:
+        stop_server(running)
+
+
+def test_metrics_count_saves_restores_and_reused_tokens(one_slot_server: RunningServer) -> None:
+    def chat(messages: tuple[ChatMessage, ...]) -> dict[str, Any]:
+        body = {
+            "model": MODEL_ID,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+        }
+        response = httpx.post(
+            f"{one_slot_server.base_url}/v1/chat/completions", json=body, timeout=300
+        )
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def figures() -> dict[str, float]:
+        text = httpx.get(f"{one_slot_server.base_url}/metrics").text
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("gemma_serve_prompt_cache_")
+        }
+
+    before = figures()
+    assert before["gemma_serve_prompt_cache_budget_bytes"] == 4096 << 20  # the default
+    first = chat(first_turn(0))
+    chat(first_turn(1))  # takes the one slot: the first conversation's state is saved
+    reply = first["choices"][0]["message"]["content"]
+    second = chat(second_turn(0, reply))  # restored into the slot
+    after = figures()
+
+    def grew(name: str) -> float:
+        return (
+            after[f"gemma_serve_prompt_cache_{name}"] - before[f"gemma_serve_prompt_cache_{name}"]
+        )
+
+    assert grew("saves_total") == 2  # the first conversation, then the second
+    assert grew("restores_total") == 1 and grew("hits_total") == 1
+    assert grew("reused_tokens_total") > first["usage"]["prompt_tokens"] > 600
+    # usage tells the client how much of its prompt came from the cache
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] == grew("reused_tokens_total")
+    assert second["usage"]["prompt_tokens"] > grew("reused_tokens_total")
+    assert after["gemma_serve_prompt_cache_saved_states"] == 1  # the second conversation's
+    assert 0 < after["gemma_serve_prompt_cache_saved_bytes"] < 16 << 20
+    assert grew("save_seconds_total") > 0 and grew("restore_seconds_total") > 0
