@@ -147,9 +147,15 @@ else
         sed 's/^ *1 //; s/^ *\([0-9]*\) \(.*\)/\1x \2/' | paste -sd',' - | sed 's/,/, /g')
 fi
 
-# The lowest architecture to build, as a number: 61 for "61-real;89-real".
-lowest=${archs%%;*}
-lowest=${lowest%%[!0-9]*}
+# The lowest architecture to build, as a number: 61 for "89-real;61-real" (a list given in
+# GEMMA_SERVE_CUDA_ARCHITECTURES may be in any order; "native" and the like have no number).
+lowest=""
+for arch in ${archs//;/ }; do
+    number=${arch%%[!0-9]*}
+    if [ -n "$number" ] && { [ -z "$lowest" ] || [ "$number" -lt "$lowest" ]; }; then
+        lowest=$number
+    fi
+done
 if [ -n "$lowest" ] && [ "$lowest" -lt 50 ] && [ "${archs//;/}" = "$archs" ]; then
     no_cuda "found $found, older than any CUDA 12 toolkit compiles for (sm_50 and newer)"
 fi
@@ -173,23 +179,31 @@ if [ -n "$driver_cuda" ] && [ "${cuda_version%%.*}" -gt "${driver_cuda%%.*}" ]; 
 fi
 
 # Architectures this nvcc cannot compile for (CUDA 13 dropped Pascal and Volta, 12.8 added
-# Blackwell). `--list-gpu-code` (CUDA 11+) prints sm_75 sm_80 ...
-if [ -z "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ] && supported=$("$nvcc" --list-gpu-code 2>/dev/null | tr -s ' ' '\n'); then
+# Blackwell). `--list-gpu-code` (CUDA 11+) prints sm_75 sm_80 ... A GPU found here that it cannot
+# compile for is left out; one named in GEMMA_SERVE_CUDA_ARCHITECTURES is an error said here, not
+# deep in CMake.
+if supported=$("$nvcc" --list-gpu-code 2>/dev/null | tr -s ' ' '\n'); then
     kept=""
     dropped=""
     for arch in ${archs//;/ }; do
-        if echo "$supported" | grep -qx "sm_${arch%-real}"; then
+        code=${arch%-real}
+        code=${code%-virtual}
+        if ! [[ "$code" =~ ^[0-9]+[a-z]?$ ]] || echo "$supported" | grep -qx "sm_$code"; then
             kept="$kept${kept:+;}$arch"
         else
-            dropped="$dropped${dropped:+, }sm_${arch%-real}"
+            dropped="$dropped${dropped:+, }sm_$code"
         fi
     done
+    listed="it lists $(echo "$supported" | head -n1) to $(echo "$supported" | tail -n1)"
+    hint="a newer CUDA toolkit (cuda-toolkit-12-8 or later for sm_120, RTX 50)"
+    if [ "${lowest:-75}" -lt 75 ]; then
+        hint="a CUDA 12 toolkit (cuda-toolkit-12-9, the last for sm_50 to sm_72)"
+    fi
+    if [ -n "$dropped" ] && [ -n "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ]; then
+        no_cuda "CUDA $cuda_version ($nvcc) cannot compile for $dropped, named in GEMMA_SERVE_CUDA_ARCHITECTURES ($listed): remove it from the list or install $hint"
+    fi
     if [ -z "$kept" ]; then
-        hint="a newer CUDA toolkit (cuda-toolkit-12-8 or later for sm_120, RTX 50)"
-        if [ "$lowest" -lt 75 ]; then
-            hint="a CUDA 12 toolkit (cuda-toolkit-12-9, the last for sm_50 to sm_72)"
-        fi
-        no_cuda "found $found, but CUDA $cuda_version ($nvcc) cannot compile for $dropped (it lists $(echo "$supported" | head -n1) to $(echo "$supported" | tail -n1)): install $hint"
+        no_cuda "found $found, but CUDA $cuda_version ($nvcc) cannot compile for $dropped ($listed): install $hint"
     fi
     if [ -n "$dropped" ]; then
         say "warning: CUDA $cuda_version cannot compile for $dropped; those GPUs are left out of the build"

@@ -11,12 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The command that gives a CPU-only installation a CUDA build (the Makefile's variable, or pip's
-# own way for an installation made without the Makefile).
-CUDA_REBUILD = (
-    'make serve GPU=cuda (or: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
-    "--no-cache-dir llama-cpp-python)"
-)
+# The llama-cpp-python release pyproject.toml pins: the engine uses its low-level API.
+LLAMA_CPP_PYTHON_PIN = "0.3.36"
+
+
+def cuda_rebuild(version: str = "") -> str:
+    """The command that gives a CPU-only installation a CUDA build: the Makefile's variable, or
+    pip's own way for an installation made without the Makefile. pip rebuilds the exact version
+    installed (the pin when unknown), not the newest release whose API the engine may not know,
+    and `--no-deps` leaves every other package as it is."""
+    return (
+        'make serve GPU=cuda (or: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
+        f"--no-deps --no-cache-dir llama-cpp-python=={version or LLAMA_CPP_PYTHON_PIN})"
+    )
 
 
 def parse_system_info(text: str) -> dict[str, dict[str, str]]:
@@ -60,7 +67,6 @@ class LlamaBuild:
 
     `gpu_offload` is llama.cpp's own `llama_supports_gpu_offload()`: true when a GPU backend is
     compiled in *and* found a device (a CUDA build whose runtime sees no GPU says false).
-    `assumed` marks the build `plan --gpu-memory` imagines for a card that is not here.
     """
 
     gpu_offload: bool
@@ -68,7 +74,6 @@ class LlamaBuild:
     devices: tuple[str, ...] = ()  # what those backends found, e.g. "CUDA0: NVIDIA GeForce ..."
     system_info: str = ""
     version: str = ""  # llama-cpp-python's version
-    assumed: bool = False
 
     @property
     def features(self) -> dict[str, dict[str, str]]:
@@ -90,4 +95,4 @@ class LlamaBuild:
 
 
 # What `plan --gpu-memory` previews: the build a CUDA installation would have.
-ASSUMED_CUDA_BUILD = LlamaBuild(gpu_offload=True, backends=("CUDA", "CPU"), assumed=True)
+ASSUMED_CUDA_BUILD = LlamaBuild(gpu_offload=True, backends=("CUDA", "CPU"))

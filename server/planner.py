@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.capability import CUDA_REBUILD, LlamaBuild, capability_text
+from server.capability import LlamaBuild, capability_text, cuda_rebuild
 from server.memory import GiB, KvType, estimate, gib, kv_cache, pad
 from server.registry import ModelSpec, PypiSource, Registry
 
@@ -127,7 +127,7 @@ def usable_devices(
         cards = ", ".join(f"{device.name} ({gib(device.total)})" for device in usable)
         lines.append(
             f"found {cards} but {build.why_no_gpu()}, so the GPU is not used; to serve on it, "
-            f"rebuild llama-cpp-python with CUDA: {CUDA_REBUILD}"
+            f"rebuild llama-cpp-python with CUDA: {cuda_rebuild(build.version)}"
         )
         usable = []
     return usable, tuple(lines)
@@ -317,7 +317,7 @@ def _gpu_plan(
         f"{chosen.id} was asked for"
         if forced
         else f"{chosen.id} is the largest model that fits {where} ({gib(total)} of "
-        f"{gib(budget.available)} available) with {budget.n_seq} sequences of {n_ctx} tokens"
+        f"{gib(budget.available)} available) with {parallel} sequences of {n_ctx} tokens"
     )
     bundled = cpu_model(registry)
     return Plan(

@@ -4,7 +4,8 @@ It serves real files the way the hub's `resolve` endpoint does for a file stored
 with `X-Repo-Commit`, an `ETag` that is a git hash, `X-Linked-Etag` (the LFS object id: the
 file's sha256) and `X-Linked-Size`; GET with `Range` support. Knobs make it misbehave the ways a
 real download can: cut the connection mid-transfer, send slowly, serve corrupted bytes, announce
-a wrong sha256, demand a token.
+a wrong sha256, demand a token. Another FakeHub can stand in for the CDN the hub redirects
+LFS files to (`cdn`): its links are signed, and it can let them expire mid-download.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class FakeHub:
     announced_sha256: str | None = None  # announce this sha256 instead of the file's
     fail_with: int | None = None  # answer every request with this HTTP status
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # each request's header
+    # As the hub does for LFS files: answer HEAD (with the metadata) and GET with a redirect to
+    # this server, the link signed; `redirect_head=False` redirects only GET.
+    cdn: FakeHub | None = None
+    redirect_head: bool = True
+    # As a CDN: the signatures it accepts (None: any); `expire_links_on_cut` clears them when
+    # `cut_after` cuts a transfer, as a signed link that expires mid-download.
+    signatures: set[str] | None = None
+    expire_links_on_cut: bool = False
+    host_name: str = "127.0.0.1"  # the name in `url` (another name for a different host)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
 
@@ -63,7 +74,7 @@ class FakeHub:
                 hub._serve(self, head=False)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url = f"http://{self.host_name}:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -81,11 +92,16 @@ class FakeHub:
 
     def _serve(self, handler: BaseHTTPRequestHandler, head: bool) -> None:
         self.requests.append((handler.command, handler.path, handler.headers.get("Range")))
+        self.authorizations.append(handler.headers.get("Authorization"))
         if self.fail_with:
             self._error(handler, self.fail_with, "ServiceUnavailable")
             return
         # /{org}/{repo}/resolve/{revision}/{file}
-        parts = handler.path.split("?")[0].strip("/").split("/")
+        path, _, query = handler.path.partition("?")
+        if self.signatures is not None and query.removeprefix("signature=") not in self.signatures:
+            self._error(handler, 403, "SignatureExpired")
+            return
+        parts = path.strip("/").split("/")
         if len(parts) < 5 or parts[2] != "resolve":
             self._error(handler, 404, "RepoNotFound")
             return
@@ -99,6 +115,9 @@ class FakeHub:
             self._error(handler, 404, "EntryNotFound")
             return
         data = file.data
+        if self.cdn is not None and (self.redirect_head or not head):
+            self._redirect(handler, file, path)
+            return
         if self.corrupt:
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
@@ -121,6 +140,8 @@ class FakeHub:
         body = data[start:]
         if self.cut_after is not None:
             cut, self.cut_after = self.cut_after, None
+            if self.expire_links_on_cut and self.signatures is not None:
+                self.signatures.clear()
             handler.wfile.write(body[:cut])
             handler.wfile.flush()
             handler.close_connection = True
@@ -136,3 +157,18 @@ class FakeHub:
                 handler.close_connection = True
             return
         handler.wfile.write(body)
+
+    def _redirect(self, handler: BaseHTTPRequestHandler, file: HubFile, path: str) -> None:
+        """A 302 to the CDN with a freshly signed link, and the file's metadata as the hub's."""
+        assert self.cdn is not None
+        signature = f"s{len(self.requests)}"
+        if self.cdn.signatures is not None:
+            self.cdn.signatures.add(signature)
+        handler.send_response(302)
+        handler.send_header("Location", f"{self.cdn.url}{path}?signature={signature}")
+        handler.send_header("X-Repo-Commit", COMMIT)
+        handler.send_header("ETag", f'"{file.git_hash}"')
+        handler.send_header("X-Linked-Etag", f'"{self.announced_sha256 or file.sha256}"')
+        handler.send_header("X-Linked-Size", str(len(file.data)))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()

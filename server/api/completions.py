@@ -112,6 +112,7 @@ def to_completion_sequences(request: CompletionRequest, max_choices: int) -> Com
         sequences=Sequences(
             requests,
             count_param="n" if n > 1 else "prompt",
+            prompts=len(prompts),
             refusal_param=refusal_param,
         ),
         n=n,

@@ -66,6 +66,7 @@ class Sequences:
     count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
     # (sequence index, the engine's `param`) -> the field of this request that caused it
     refusal_param: Callable[[int, str | None], str | None] = field(default=_same_param)
+    prompts: int = 1  # how many prompts `n` multiplies: more than the server holds names `prompt`
 
 
 class Answer(Protocol[T_co]):
@@ -144,12 +145,14 @@ class Serving:
         requests = sequences.requests
         capacity = self.engine.info.capacity
         if len(requests) > capacity:
+            too_many = "prompt" if sequences.prompts > capacity else sequences.count_param
+            fix = "send fewer prompts" if too_many == "prompt" else f"lower {too_many}"
             raise APIError(
                 400,
                 f"This request asks for {len(requests)} generations at once, more than this "
                 f"server can ever hold ({capacity}: sequences generated together plus those "
-                f"waiting); lower {sequences.count_param}.",
-                param=sequences.count_param,
+                f"waiting); {fix}.",
+                param=too_many,
                 code="invalid_value",
             )
         prepared: list[PreparedGeneration] = []

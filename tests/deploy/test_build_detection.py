@@ -248,3 +248,33 @@ def test_unknown_choice_is_refused(machine: Machine) -> None:
     assert found.message == (
         "llama.cpp build: GEMMA_SERVE_BUILD=gpu is not one of cpu, cuda, auto (make: GPU=cpu|cuda)"
     )
+
+
+def test_the_lowest_of_given_architectures_is_their_minimum_not_the_first(
+    machine: Machine,
+) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 4090", "8.9"), driver_cuda="13.0")  # no toolkit
+    found = detect(
+        machine, GEMMA_SERVE_BUILD="cuda", GEMMA_SERVE_CUDA_ARCHITECTURES="89-real;61-real"
+    )
+    assert found.code == 1
+    assert "apt package cuda-toolkit-12-9: CUDA 13 cannot compile for sm_61" in found.message
+
+
+def test_a_given_architecture_the_toolkit_cannot_compile_is_refused_in_one_line(
+    machine: Machine,
+) -> None:
+    machine.gpus(("NVIDIA GeForce RTX 4090", "8.9"), driver_cuda="13.0")
+    machine.nvcc(release="13.0", codes=SM_13_0)
+    archs = "89-real;61-real"
+    asked = detect(machine, GEMMA_SERVE_BUILD="cuda", GEMMA_SERVE_CUDA_ARCHITECTURES=archs)
+    assert asked.code == 1 and asked.choice == {}
+    assert asked.message.endswith(
+        "cannot compile for sm_61, named in GEMMA_SERVE_CUDA_ARCHITECTURES (it lists sm_75 to "
+        "sm_121): remove it from the list or install a CUDA 12 toolkit (cuda-toolkit-12-9, the "
+        "last for sm_50 to sm_72)"
+    )
+    assert "\n" not in asked.message
+    # the toolkit compiles for every one given: built as given
+    found = detect(machine, GEMMA_SERVE_BUILD="cuda", GEMMA_SERVE_CUDA_ARCHITECTURES="89-real;75")
+    assert found.code == 0 and found.choice["cmake_args"] == cuda_flags("89-real;75")

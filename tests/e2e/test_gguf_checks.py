@@ -72,7 +72,7 @@ def test_a_whole_file_passes_and_its_extent_is_exact(tmp_path: Path, model_path:
     header = read_header(small)
     assert header.data_end == small.stat().st_size
     assert [t.name for t in header.tensors] == ["token_embd.weight", "output_norm.weight"]
-    verify_gguf(small, "small", None, None)
+    verify_gguf(small, "small", None)
     real = read_header(model_path)
     assert real.data_end == model_path.stat().st_size
     assert real.metadata["general.architecture"] == "gemma3"
@@ -87,7 +87,7 @@ def test_a_truncated_small_file_is_refused_without_a_recorded_size(
     length = int(size * keep) if isinstance(keep, float) else keep % size
     short = cut(whole, tmp_path / "short.gguf", length)
     with pytest.raises(FetchError) as raised:
-        verify_gguf(short, "small", None, None)
+        verify_gguf(short, "small", None)
     message = str(raised.value)
     assert "\n" not in message
     assert str(short) in message and "not a complete GGUF file" in message
@@ -100,7 +100,7 @@ def test_the_real_model_cut_short_is_refused_with_both_sizes(
     size = model_path.stat().st_size
     short = cut(model_path, tmp_path / "cut.gguf", size - 4096)
     with pytest.raises(FetchError, match=f"truncated: its tensors need {size} bytes but it has "):
-        verify_gguf(short, "gemma-3-270m", None, None)
+        verify_gguf(short, "gemma-3-270m", None)
 
 
 def test_a_hostile_header_is_refused_without_allocating(tmp_path: Path) -> None:

@@ -82,11 +82,11 @@ def test_a_corrupted_model_file_is_refused_before_llama_cpp_sees_it(tmp_path: Pa
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_bytes(b"<html>login</html>")
     with pytest.raises(FetchError, match="not a GGUF file"):
-        verify_gguf(not_gguf, spec.id, spec.file_size, spec.sha256)
+        verify_gguf(not_gguf, spec.id, spec.file_size)
     truncated = tmp_path / "y.gguf"
     truncated.write_bytes(b"GGUF" + b"\0" * 100)
     with pytest.raises(FetchError, match="incomplete"):
-        verify_gguf(truncated, spec.id, spec.file_size, spec.sha256)
+        verify_gguf(truncated, spec.id, spec.file_size)
 
 
 LOAD_STOPPED = """

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,13 @@ from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
 from tests.conftest import free_port
-from tests.fast.scripted import ScriptedEngine
+from tests.fast.scripted import MODEL_ID, ScriptedEngine
+
+HI = [{"role": "user", "content": "Hi"}]
+CHAT = ("/v1/chat/completions", {"model": MODEL_ID, "messages": HI})
+COMPLETIONS = ("/v1/completions", {"model": MODEL_ID, "prompt": "Hi"})
+RESPONSES = ("/v1/responses", {"model": MODEL_ID, "input": "Hi"})
+ENDPOINTS = [CHAT, COMPLETIONS, RESPONSES]
 
 
 @dataclass
@@ -78,3 +85,21 @@ def fast_server(shared_server: FastServer) -> FastServer:
     """The module's server, its engine's script and records fresh for this test."""
     shared_server.engine.reset()
     return shared_server
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def data_lines(response: httpx.Response) -> list[str]:
+    return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def wait_for(condition: Callable[[], bool], within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)

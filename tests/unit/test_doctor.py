@@ -64,7 +64,9 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
         "llama.cpp build: backends CPU; GPU offload: no",
         f"  device: CPU (CPU): {cpu_model_name()}",
         f"  CPU flags: {flags}",
-        "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=(unset), require GPU: no",
+        # run() leaves CUDA_DEVICE_ORDER out of the environment: the command line sets it
+        "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID (set by gemma-serve), "
+        "CUDA_VISIBLE_DEVICES=(unset), require GPU: no",
         None,  # the cache and its free space, below
     ]
     for line, expected in zip(lines, expected_head, strict=False):
@@ -180,3 +182,22 @@ def test_an_interrupted_download_is_shown_with_its_progress(tmp_path: Path) -> N
         "  gemma-3-27b-it-qat: not cached (3.20 of 15.91 GB downloaded; the download resumes at "
         "the next start)"
     ) in lines
+
+
+def test_a_variable_the_user_set_is_not_said_to_be_set_by_gemma_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    machine = GpuProbe(FakeNvml([RTX_3090])).hardware()
+    settings = Settings(cache_dir=tmp_path)
+    users = render(gather(settings, machine, CUDA_BUILD))
+    assert (
+        "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=1, require GPU: no"
+        in users
+    )
+    ours = render(gather(settings, machine, CUDA_BUILD, frozenset({"CUDA_DEVICE_ORDER"})))
+    assert (
+        "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID (set by gemma-serve), CUDA_VISIBLE_DEVICES=1, "
+        "require GPU: no"
+    ) in ours

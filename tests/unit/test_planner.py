@@ -3,10 +3,17 @@ not here. Each row is a GPU (or GPUs) with all its memory free, as `--gpu-memory
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild, parse_architectures
-from server.memory import GiB, MiB, compute_buffer, estimate, global_layers, kv_cache
+from server.capability import (
+    ASSUMED_CUDA_BUILD,
+    LLAMA_CPP_PYTHON_PIN,
+    LlamaBuild,
+    parse_architectures,
+)
+from server.memory import GiB, MiB, compute_buffer, estimate, gib, global_layers, kv_cache
 from server.planner import Device, Plan, PlanOptions
 from server.planner import plan as make_plan
 from server.registry import Registry, load_registry
@@ -74,6 +81,9 @@ def test_hardware_table(
     if sizes:
         assert chosen.needed <= chosen.available
         assert "largest model that fits" in chosen.reason
+        # the why names the figures of the pick: its sequences, its context, its memory
+        assert f"with {parallel} sequences of {ctx} tokens" in chosen.reason
+        assert f"({gib(chosen.needed)} of" in chosen.reason
     else:
         assert "no NVIDIA GPU found" in chosen.reason
 
@@ -333,11 +343,21 @@ def test_a_cpu_build_names_the_card_why_and_the_fix_in_one_line(registry: Regist
     assert chosen.refusals == (
         "found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is CPU-only, so the "
         "GPU is not used; to serve on it, rebuild llama-cpp-python with CUDA: make serve "
-        'GPU=cuda (or: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
-        "llama-cpp-python)",
+        'GPU=cuda (or: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-deps '
+        "--no-cache-dir llama-cpp-python==0.3.36)",
     )
     assert chosen.reason == ("no usable GPU: gemma-3-270m is the bundled model; running on the CPU")
     assert chosen.fallback is None  # nothing to download for the card
+
+
+def test_the_rebuild_line_pins_the_installed_version_without_touching_dependencies(
+    registry: Registry,
+) -> None:
+    installed = LlamaBuild(gpu_offload=False, backends=("CPU",), version="0.3.35")
+    (line,) = plan([RTX_3090], registry, PlanOptions(), installed).refusals
+    assert line.endswith(
+        "pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python==0.3.35)"
+    )
 
 
 def test_a_cuda_build_whose_runtime_sees_no_device_says_so(registry: Registry) -> None:
@@ -385,3 +405,8 @@ def test_the_system_info_flags_and_architectures_are_read() -> None:
         90,
         120,
     )
+
+
+def test_the_rebuild_pin_is_pyprojects() -> None:
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'"llama-cpp-python=={LLAMA_CPP_PYTHON_PIN}"' in pyproject
