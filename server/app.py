@@ -39,7 +39,7 @@ from server.api.shutdown import Drain, DrainMiddleware
 from server.download import Cancelled, DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
-from server.fetch import FetchError, ensure_model_file
+from server.fetch import FetchError, ensure_model_file, ensure_projector_file
 from server.gguf import read_header
 from server.hardware import GpuProbe
 from server.planner import Plan
@@ -61,6 +61,20 @@ def check_model_template(path: Path) -> None:
             ChatTemplate(source, origin=f"{path.name} file's")
         except TemplateRejected as exc:
             raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
+
+
+def projector_of(
+    spec: ModelSpec, settings: Settings, cancel: threading.Event | None = None
+) -> Path | None:
+    """The model's own vision projector, fetched and checked; None for a text-only model. One
+    that cannot be had leaves the model serving text (logged, and the model card says so)."""
+    if not spec.has_vision:
+        return None
+    try:
+        return ensure_projector_file(spec, settings.cache_dir, cancel)
+    except FetchError as exc:
+        log.warning("%s; serving %s without images (text only)", exc, spec.id)
+        return None
 
 
 def default_engine_loader(
@@ -87,6 +101,9 @@ def default_engine_loader(
             raise DownloadCancelled(spec.id)  # stopping: do not start loading it now
         if settings.chat_template == "gguf":
             check_model_template(path)
+        mmproj = (
+            None if settings.no_vision else settings.mmproj or projector_of(spec, settings, cancel)
+        )
         return LlamaEngine(
             model_path=path,
             model_id=spec.id,
@@ -99,6 +116,7 @@ def default_engine_loader(
             parallel=plan.parallel,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
+            mmproj_path=mmproj,
             cache_ram=settings.cache_ram,
             cancel=cancel,
         )

@@ -30,7 +30,7 @@ from server.api.security import SecurityConfigError, is_loopback
 from server.api.shutdown import Drain
 from server.app import create_app
 from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
-from server.fetch import FetchError, ensure_model_file
+from server.fetch import FetchError, ensure_model_file, ensure_projector_file
 from server.hardware import GpuProbe, Hardware, as_cuda_sees_them, hide_from_cuda, simulated
 from server.planner import Plan, plan
 from server.registry import RegistryError, load_registry
@@ -253,14 +253,15 @@ def show_doctor(settings: Settings, set_here: frozenset[str] = frozenset()) -> i
 def pull(settings: Settings, model_id: str) -> int:
     _configure_logging(settings.log_level, "%(levelname)s: %(message)s")
     try:
-        path = ensure_model_file(
-            load_registry(settings.registry_file).get(model_id), settings.cache_dir
-        )
+        spec = load_registry(settings.registry_file).get(model_id)
+        paths = [ensure_model_file(spec, settings.cache_dir)]
+        if spec.has_vision and not settings.no_vision:
+            paths.append(ensure_projector_file(spec, settings.cache_dir))
     except RegistryError as exc:
         return _fail(str(exc))
     except FetchError as exc:
         return _fail(str(exc), 1)
-    print(path)  # noqa: T201 - the command's output
+    print("\n".join(str(path) for path in paths))  # noqa: T201 - the command's output
     return 0
 
 

@@ -302,3 +302,32 @@ def ensure_model_file(
             log.warning("%s", failure)
         return path
     raise FetchError(f"cannot get {spec.id}: " + "; ".join(failures))
+
+
+def ensure_projector_file(
+    spec: ModelSpec, cache_dir: Path, cancel: threading.Event | None = None
+) -> Path:
+    """A verified local vision projector (mmproj GGUF) for `spec`, from the first source that
+    names one and provides it; the same checks, cache, offline and `cancel` rules as the model
+    file."""
+    what = f"{spec.id}'s vision projector"
+    failures: list[str] = []
+    for index, source in enumerate(spec.sources):
+        if not isinstance(source, HuggingFaceSource) or not source.vision_projector:
+            continue
+        if index == 0:
+            size, sha256 = spec.vision_projector_size, spec.vision_projector_sha256
+        else:
+            size, sha256 = source.vision_projector_size, source.vision_projector_sha256
+        projector = source.model_copy(update={"file": source.vision_projector})
+        try:
+            path = _from_hub(projector, what, size, sha256, cache_dir, cancel)
+        except FetchError as exc:
+            failures.append(str(exc))
+            continue
+        for failure in failures:
+            log.warning("%s", failure)
+        return path
+    if not failures:
+        raise FetchError(f"{spec.id} has no vision projector in the registry")
+    raise FetchError(f"cannot get {what}: " + "; ".join(failures))

@@ -13,7 +13,9 @@ src/llama-context.cpp), checked against llama.cpp's own reports in tests/e2e/tes
   (`kv_unified=false`, llama.cpp's n_ctx = context x parallel), so the KV cache above is allocated
   once per sequence; the compute buffer does not grow with them;
 - compute buffers: dominated by the logits of one micro-batch (vocab x n_ubatch x 4 bytes: 512 MiB
-  for Gemma's 262,144-token vocabulary), plus a small allowance for activations.
+  for Gemma's 262,144-token vocabulary), plus a small allowance for activations;
+- a vision model's projector (unless served with --no-vision): its file, loaded whole on the
+  first GPU, and its own compute buffer (`projector_memory`).
 
 `N_BATCH` is the one batch size: the loader (server/engine/loading.py) gives llama.cpp
 n_batch = n_ubatch = N_BATCH, and the compute buffer and sliding-window cells here are sized by
@@ -87,15 +89,32 @@ def compute_buffer(arch: Architecture, n_ubatch: int = N_BATCH) -> int:
     return arch.vocab_size * n_ubatch * 4 + ACTIVATIONS_ALLOWANCE
 
 
+# A Gemma 3 projector (mmproj-model-f16: SigLIP in f16) whose registry entry records no size: the
+# 4B's is 851,251,104 bytes; the 12B's and 27B's differ only by their wider input projection
+# (1152 x 3840 and 1152 x 5376 f16 weights instead of 1152 x 2560: +3 and +6.5 MB).
+PROJECTOR_SIZE_ESTIMATE = 860 * 10**6
+# Its compute buffer for Gemma 3's 896 x 896 input on CUDA with flash attention (as llama.cpp
+# reports it when the projector loads; without flash attention it would be several times larger).
+PROJECTOR_COMPUTE = 121 * MiB
+
+
+def projector_memory(spec: ModelSpec) -> int:
+    """Device memory a vision model's projector takes (0 for a text-only model)."""
+    if not spec.has_vision:
+        return 0
+    return (spec.vision_projector_size or PROJECTOR_SIZE_ESTIMATE) + PROJECTOR_COMPUTE
+
+
 @dataclass(frozen=True)
 class Estimate:
     weights: int
     kv: int
     compute: int
+    vision: int = 0  # the projector and its compute buffer
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.compute
+        return self.weights + self.kv + self.compute + self.vision
 
 
 def estimate(
@@ -106,11 +125,14 @@ def estimate(
     kv_type: KvType = "f16",
     n_ubatch: int = N_BATCH,
     n_seq: int = 1,
+    vision: bool = False,
 ) -> Estimate:
     """Device memory to hold `spec` fully offloaded with `n_seq` sequences of `n_ctx` tokens each
-    (each GPU has its own compute buffer when the model is split)."""
+    (each GPU has its own compute buffer when the model is split), and with `vision` its
+    projector."""
     return Estimate(
         weights=spec.file_size,
         kv=n_seq * kv_cache(spec.architecture, n_ctx, n_ubatch=n_ubatch, kv_type=kv_type).total,
         compute=compute_buffer(spec.architecture, n_ubatch) * max(1, n_gpus),
+        vision=projector_memory(spec) if vision else 0,
     )

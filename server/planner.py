@@ -60,6 +60,7 @@ class PlanOptions:
     # The CUDA architectures the build has kernels for, as compute capability x 10
     # (GEMMA_SERVE_CUDA_ARCHITECTURES); empty: as the build reports them, if it does.
     cuda_architectures: tuple[int, ...] = ()
+    vision: bool = True  # budget a vision model's projector (False: --no-vision)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Plan:
     gpus: int = 0
     # One line for each GPU found but not used: which card, why, and what fixes it.
     refusals: tuple[str, ...] = ()
+    vision: int = 0  # of `needed`: the model's vision projector and its compute buffer
 
     @property
     def on_gpu(self) -> bool:
@@ -196,7 +198,11 @@ class _Budget:
             n_gpus=max(1, self.n_gpus),
             kv_type=self.options.kv_type,
             n_seq=self.n_seq if n_seq is None else n_seq,
+            vision=self.options.vision,
         ).total
+
+    def vision(self, spec: ModelSpec) -> int:
+        return estimate(spec, 0, vision=self.options.vision).vision
 
     def per_sequence(self, spec: ModelSpec, n_ctx: int) -> int:
         return kv_cache(spec.architecture, n_ctx, kv_type=self.options.kv_type).total
@@ -220,9 +226,10 @@ class _Budget:
             n_gpus=max(1, self.n_gpus),
             kv_type=self.options.kv_type,
             n_seq=self.n_seq,
+            vision=self.options.vision,
         )
         per_layer = (est.weights + est.kv) / (spec.architecture.block_count + 1)
-        room = self.available - est.compute
+        room = self.available - est.compute - est.vision
         return max(0, min(spec.architecture.block_count, int(room // per_layer)))
 
     def parallel(self, spec: ModelSpec, n_ctx: int) -> int:
@@ -259,6 +266,7 @@ def _cpu_plan(
         candidates=rows,
         parallel=budget.n_seq,
         refusals=refusals,
+        vision=budget.vision(spec),
     )
 
 
@@ -331,6 +339,7 @@ def _gpu_plan(
         parallel=parallel,
         gpus=len(devices),
         refusals=refusals,
+        vision=budget.vision(chosen),
     )
 
 

@@ -36,7 +36,12 @@ class HuggingFaceSource(_Strict):
     kind: Literal["huggingface"]
     repo: str
     file: str
-    vision_projector: str | None = Field(None, description="mmproj file for image input.")
+    vision_projector: str | None = Field(
+        None, description="The model's vision projector (mmproj GGUF) in the same repository."
+    )
+    # For a source other than the model's first: its projector's size and hash, when known.
+    vision_projector_size: int | None = Field(None, gt=0)
+    vision_projector_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     gated: bool = Field(False, description="Needs an accepted license and HF_TOKEN.")
     # For a source other than the model's first: its own file's size and hash, when known (the
     # first source's are the model's `file_size` and `sha256`).
@@ -74,6 +79,17 @@ class ModelSpec(_Strict):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     sources: list[Source] = Field(min_length=1)
     architecture: Architecture
+    # The first source's vision projector: its exact size and sha256 when recorded (checked
+    # like the model's); the planner budgets its memory. None for text-only models.
+    vision_projector_size: int | None = Field(None, gt=0)
+    vision_projector_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @property
+    def has_vision(self) -> bool:
+        return any(
+            isinstance(source, HuggingFaceSource) and source.vision_projector
+            for source in self.sources
+        )
 
 
 class Registry(_Strict):

@@ -22,6 +22,7 @@ def plan_options(settings: Settings) -> PlanOptions:
         kv_type=settings.kv_cache_type,
         parallel=settings.parallel,
         cuda_architectures=settings.cuda_architectures,
+        vision=not settings.no_vision,
     )
 
 
@@ -76,6 +77,11 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
         f"{plan.parallel} requests at once"
     )
     lines.append(f"why: {plan.reason}")
+    if plan.vision:
+        lines.append(
+            f"vision: {plan.model.id} sees images; its projector and compute buffer take "
+            f"{gib(plan.vision)} of the {gib(plan.needed)} (--no-vision gives it to the context)"
+        )
     lines += [f"warning: {warning}" for warning in plan.refusals + plan.warnings]
     return lines
 
@@ -126,6 +132,7 @@ def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
             "n_gpu_layers": plan.n_gpu_layers,
             "tensor_split": list(plan.tensor_split) if plan.tensor_split else None,
             "needed_bytes": plan.needed,
+            "vision_bytes": plan.vision,
         },
         "reason": plan.reason,
         "warnings": list(plan.refusals + plan.warnings),

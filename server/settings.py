@@ -254,6 +254,38 @@ class Settings(BaseSettings):
             "Default: prompts are never logged."
         ),
     )
+    # --- images (issue 10) ---
+    mmproj: Path | None = Field(
+        None,
+        description=(
+            "Vision projector (mmproj GGUF) to load beside the model, for a model whose registry "
+            "entry names none. Default: the model's own projector, if it has one."
+        ),
+    )
+    no_vision: bool = Field(
+        False,
+        description=(
+            "Load no vision projector: the model answers text only, and the projector's memory "
+            "goes to the context instead."
+        ),
+    )
+    image_urls: bool = Field(
+        False,
+        description=(
+            "Fetch http(s) image URLs that requests send (default: refused, only inline data: "
+            "URLs are taken; a server that fetches any URL it is sent can be made to reach "
+            "into the network it runs in)."
+        ),
+    )
+    image_url_max_size: MemorySize = Field(
+        20 << 20,
+        ge=1 << 10,
+        le=1 << 30,
+        description="Largest image fetched from a URL, e.g. 20MiB (with --image-urls).",
+    )
+    image_url_timeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds to fetch one image URL (with --image-urls)."
+    )
 
     # --- GPU requirements (plan) ---
     require_gpu: bool = Field(

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from server.api import validators
-from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, TextPart
+from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, ImagePart, TextPart
 from server.api.choices import OutputOptions
 from server.api.errors import APIError
+from server.api.images import ImageCollector, clean_text
 from server.api.serving import Sequences
 from server.api.tool_prompt import (
     ToolPlan,
@@ -27,7 +28,7 @@ from server.api.tool_prompt import (
 from server.api.validators import invalid, unsupported
 from server.engine.types import ChatMessage, GenerationRequest, JsonFormat
 
-_REFUSED_PARTS = {"image_url": "images", "input_audio": "audio", "file": "files"}
+_REFUSED_PARTS = {"input_audio": "audio", "file": "files"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class ChatSequences:
     include_usage: bool
 
 
-def _message_text(message: ChatMessageIn, index: int) -> str:
+def _message_text(message: ChatMessageIn, index: int, images: ImageCollector) -> str:
     param = f"messages[{index}].content"
     if message.content is None:
         if message.role == "assistant":
@@ -51,9 +52,13 @@ def _message_text(message: ChatMessageIn, index: int) -> str:
             code="missing_required_parameter",
         )
     if isinstance(message.content, str):
-        return validators.text(message.content, param)
+        return clean_text(validators.text(message.content, param))
     texts = []
     for part_index, part in enumerate(message.content):
+        if isinstance(part, ImagePart):
+            part_param = f"{param}[{part_index}]"
+            texts.append(images.add_image_url(part.image_url, part_param, message.role))
+            continue
         if not isinstance(part, TextPart):
             raise APIError(
                 400,
@@ -61,7 +66,7 @@ def _message_text(message: ChatMessageIn, index: int) -> str:
                 param=f"{param}[{part_index}]",
                 code="unsupported_content",
             )
-        texts.append(validators.text(part.text, f"{param}[{part_index}].text"))
+        texts.append(clean_text(validators.text(part.text, f"{param}[{part_index}].text")))
     return "\n".join(texts)
 
 
@@ -73,7 +78,9 @@ def _named(message: ChatMessageIn, index: int, text: str) -> str:
     return f"{validators.text(message.name, f'messages[{index}].name')}: {text}"
 
 
-def _messages(request: ChatCompletionRequest, plan: ToolPlan | None) -> tuple[ChatMessage, ...]:
+def _messages(
+    request: ChatCompletionRequest, plan: ToolPlan | None, images: ImageCollector
+) -> tuple[ChatMessage, ...]:
     """Wire messages -> engine messages. Tool calls of assistant turns and `tool` results are
     rendered as text (see `server.api.tool_prompt`); the offered tools go in a system message
     after the client's own leading system messages."""
@@ -92,7 +99,7 @@ def _messages(request: ChatCompletionRequest, plan: ToolPlan | None) -> tuple[Ch
             raise invalid(
                 f"messages[{index}].tool_calls", "Only assistant messages can have tool_calls."
             )
-        text = _message_text(message, index)
+        text = _message_text(message, index, images)
         if role == "tool":
             name, call_id = _answered_call(message, index, call_names)
             messages.append(ChatMessage("user", tool_result_text(name, call_id, text)))
@@ -200,8 +207,10 @@ def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatS
     include_usage = validators.include_usage(request.stream, request.stream_options)
     plan = plan_tools(request)
     sampling = validators.sampling(request)
+    images = ImageCollector()
     first = GenerationRequest(
-        messages=_messages(request, plan),
+        messages=_messages(request, plan, images),
+        images=tuple(images.images),
         sampling=sampling,
         max_tokens=request.max_completion_tokens or request.max_tokens,
         stop=validators.stop(request.stop),

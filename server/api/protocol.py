@@ -37,6 +37,10 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
+class Capabilities(BaseModel):
+    vision: bool = Field(description="The model takes images (a vision projector is loaded).")
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -50,6 +54,7 @@ class ModelCard(BaseModel):
     context_length: int | None = Field(None, description="Context of the loaded model, tokens.")
     trained_context_length: int | None = None
     device: Literal["gpu", "cpu"] | None = Field(None, description="Where it runs, once loaded.")
+    capabilities: Capabilities | None = Field(None, description="What it takes, once loaded.")
 
 
 class ModelList(BaseModel):

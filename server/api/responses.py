@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from server.api import validators
 from server.api.errors import APIError
+from server.api.images import ImageCollector, clean_text
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -45,7 +46,7 @@ from server.engine.types import (
 )
 
 _ROLES: tuple[Role, ...] = get_args(Role)
-_REFUSED_PARTS = {"input_image": "images", "input_file": "files", "input_audio": "audio"}
+_REFUSED_PARTS = {"input_file": "files", "input_audio": "audio"}
 
 
 def _refuse_unsupported(request: ResponseRequest) -> None:
@@ -87,7 +88,7 @@ def _refuse_unsupported(request: ResponseRequest) -> None:
         raise invalid("stream_options", "stream_options is only allowed when stream is true.")
 
 
-def _item_message(item: InputItem, index: int) -> ChatMessage:
+def _item_message(item: InputItem, index: int, images: ImageCollector) -> ChatMessage:
     param = f"input[{index}]"
     if item.type not in (None, "message"):
         raise unsupported(f"{param}.type", f"Input items of type {item.type!r} are not supported.")
@@ -104,10 +105,13 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
             code="missing_required_parameter",
         )
     if isinstance(item.content, str):
-        return ChatMessage(role, validators.text(item.content, f"{param}.content"))
+        return ChatMessage(role, clean_text(validators.text(item.content, f"{param}.content")))
     texts = []
     for part_index, part in enumerate(item.content):
         part_param = f"{param}.content[{part_index}]"
+        if part.type == "input_image":
+            texts.append(images.add_input_image(part.image_url, part.detail, part_param, role))
+            continue
         if part.type in _REFUSED_PARTS:
             raise APIError(
                 400,
@@ -120,22 +124,21 @@ def _item_message(item: InputItem, index: int) -> ChatMessage:
             raise invalid(
                 part_param, f"{part_param} must be an input_text or output_text part with its text."
             )
-        texts.append(validators.text(text, f"{part_param}.text"))
+        texts.append(clean_text(validators.text(text, f"{part_param}.text")))
     return ChatMessage(role, "\n".join(texts))
 
 
-def _messages(request: ResponseRequest) -> tuple[ChatMessage, ...]:
+def _messages(request: ResponseRequest, images: ImageCollector) -> tuple[ChatMessage, ...]:
     messages = []
     if request.instructions:
-        messages.append(
-            ChatMessage("system", validators.text(request.instructions, "instructions"))
-        )
+        instructions = validators.text(request.instructions, "instructions")
+        messages.append(ChatMessage("system", clean_text(instructions)))
     if isinstance(request.input, str):
-        messages.append(ChatMessage("user", validators.text(request.input, "input")))
+        messages.append(ChatMessage("user", clean_text(validators.text(request.input, "input"))))
     else:
         if not request.input:
             raise invalid("input", "input must not be empty.")
-        messages += [_item_message(item, index) for index, item in enumerate(request.input)]
+        messages += [_item_message(item, index, images) for index, item in enumerate(request.input)]
     return tuple(messages)
 
 
@@ -169,8 +172,10 @@ def _refusal_param(index: int, param: str | None) -> str | None:
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     """Map a Responses request onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
+    images = ImageCollector()
     return GenerationRequest(
-        messages=_messages(request),
+        messages=_messages(request, images),
+        images=tuple(images.images),
         sampling=_sampling(request),
         max_tokens=request.max_output_tokens,
         json_format=_json_format(request),

@@ -18,9 +18,11 @@ ResponseStatus = Literal["in_progress", "completed", "incomplete", "failed"]
 
 
 class InputPart(WireModel):
-    type: str = Field(description="input_text, output_text or refusal; others are refused.")
+    type: str = Field(description="input_text, output_text, refusal or input_image.")
     text: str | None = None
     refusal: str | None = None
+    image_url: Any = Field(None, description="input_image: a data: URL.")
+    detail: Any = None
 
 
 class InputItem(WireModel):

@@ -14,7 +14,8 @@ from server.api.chat_protocol import ChatCompletion, ChatCompletionRequest
 from server.api.completions import CompletionAnswer, to_completion_sequences
 from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.deps import Runtime, RuntimeDep, SettingsDep
-from server.api.protocol import Health, ModelCard, ModelList
+from server.api.protocol import Capabilities, Health, ModelCard, ModelList
+from server.api.remote_images import inline_remote_images, policy_of
 from server.api.responses import ResponseAnswer, to_response_sequences
 from server.api.responses_protocol import ResponseObject, ResponseRequest
 from server.api.serving import ServingDep
@@ -53,6 +54,7 @@ def _card(runtime: Runtime) -> ModelCard:
         context_length=info.n_ctx if info else None,
         trained_context_length=spec.architecture.context_length,
         device=info.device if info else None,
+        capabilities=Capabilities(vision=info.vision) if info else None,
     )
 
 
@@ -61,6 +63,7 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ChatCompletion:
     serving.check_model(body.model)
+    await inline_remote_images(body, policy_of(settings))
     chat = to_chat_sequences(body, settings.max_choices)
     answer = ChatAnswer(
         completion_id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -93,9 +96,10 @@ async def create_completion(
 
 @router.post("/v1/responses", response_model=ResponseObject)
 async def create_response(
-    body: ResponseRequest, request: Request, serving: ServingDep
+    body: ResponseRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ResponseObject:
     serving.check_model(body.model)
+    await inline_remote_images(body, policy_of(settings))
     sequences = to_response_sequences(body)
     answer = ResponseAnswer(
         response_id=f"resp_{uuid.uuid4().hex}",

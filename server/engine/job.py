@@ -13,8 +13,12 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
 
 from server.engine.types import Event, Finished, GenerationRequest, TextDelta
+
+if TYPE_CHECKING:
+    from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a job's asyncio queue
 
@@ -47,9 +51,11 @@ class Job:
         n_ctx: int,
         reservation: Reservation,
         submit: Callable[[Job], None],
+        images: tuple[PromptImage, ...] = (),
     ) -> None:
         self.request = request
-        self.tokens = tokens
+        self.tokens = tokens  # an image's positions hold its stand-in id (engine/vision.py)
+        self.images = images
         self.grammar = grammar
         self.prompt_tokens = len(tokens)
         room = n_ctx - len(tokens)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import llama_cpp
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
 from server.engine.grammar import compile_json_format
 from server.engine.job import Job, Reservation
-from server.engine.loading import EngineLoadError, LoadParams, load
+from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
 from server.engine.scheduler import Scheduler
 from server.engine.types import (
     EngineBusy,
@@ -28,8 +29,10 @@ from server.engine.types import (
     EngineStats,
     EngineUnavailable,
     GenerationRequest,
+    ImageInput,
     RequestRejected,
 )
+from server.engine.vision import Projector, ProjectorError, PromptImage, image_token_id
 
 __all__ = ["EngineLoadError", "LlamaEngine"]
 
@@ -38,6 +41,8 @@ log = logging.getLogger("gemma_serve.engine")
 BOS = "<bos>"
 # How long close() waits for the step in flight (a long prefill chunk cannot be interrupted).
 CLOSE_TIMEOUT = 30.0
+# Where types.image_marker(i) put the request's i-th image in a message's text.
+_IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 
 
 class LlamaEngine:
@@ -61,6 +66,7 @@ class LlamaEngine:
         parallel: int = 4,
         queue_size: int = 64,
         request_timeout: float | None = None,
+        mmproj_path: Path | None = None,
         cache_ram: int = 0,
         cancel: threading.Event | None = None,
     ) -> None:
@@ -83,6 +89,19 @@ class LlamaEngine:
             raise
         # Layers go to the GPU only if asked for and this llama.cpp build can offload at all.
         on_gpu = n_gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+        self._projector: Projector | None = None
+        if mmproj_path is not None:
+            try:
+                self._projector = Projector(
+                    mmproj_path,
+                    self._model.model,
+                    n_threads=n_threads,
+                    use_gpu=on_gpu,
+                    max_tokens=N_BATCH,
+                )
+            except ProjectorError as exc:
+                self._loaded.close()
+                raise EngineLoadError(str(exc)) from exc
         self._parallel = parallel
         self._capacity = parallel + queue_size
         self.info = EngineInfo(
@@ -90,6 +109,7 @@ class LlamaEngine:
             n_ctx=self._loaded.n_ctx,
             capacity=self._capacity,
             device="gpu" if on_gpu else "cpu",
+            vision=self._projector is not None,
         )
         self._reserved = 0
         self._lock = threading.Lock()
@@ -99,6 +119,7 @@ class LlamaEngine:
             parallel=parallel,
             start_of_turn=self._start_of_turn,
             request_timeout=request_timeout,
+            projector=self._projector,
             cache_bytes=cache_ram << 20,
         )
 
@@ -107,12 +128,22 @@ class LlamaEngine:
     async def prepare(self, request: GenerationRequest) -> Job:
         """Tokenise, check the prompt fits, compile the grammar and take a place; nothing is
         generated until the job's `events()` is iterated."""
+        images: tuple[PromptImage, ...] = ()
+        if request.images and self._projector is None:
+            raise RequestRejected(
+                f"The model {self.info.model_id} does not take images (it is served without a "
+                "vision projector); send text only.",
+                code="image_input_not_supported",
+                param=request.images[0].param,
+            )
         if request.prompt is not None:
             tokens = await asyncio.to_thread(self._tokenize_prompt, request.prompt)
             param = "prompt"
         else:
             segments = self._template.render_segments(request.messages)
-            tokens = await asyncio.to_thread(self._tokenize_segments, segments)
+            tokens, images = await asyncio.to_thread(
+                self._tokenize_segments, segments, request.images
+            )
             param = "messages"
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
         for token, _ in request.sampling.logit_bias:
@@ -147,6 +178,7 @@ class LlamaEngine:
             n_ctx=n_ctx,
             reservation=self._reserve(),
             submit=self._scheduler.submit,
+            images=images,
         )
 
     def stats(self) -> EngineStats:
@@ -177,6 +209,8 @@ class LlamaEngine:
                 "the engine is still busy after %.0f s; not freeing the model", CLOSE_TIMEOUT
             )
             return
+        if self._projector is not None:
+            self._projector.close()
         self._loaded.close()
 
     def _reserve(self) -> Reservation:
@@ -199,15 +233,32 @@ class LlamaEngine:
 
     # --- tokenising (reads the vocabulary only: safe beside the engine thread) ---------------
 
-    def _tokenize_segments(self, segments: list[Segment]) -> list[int]:
+    def _tokenize_segments(
+        self, segments: list[Segment], images: tuple[ImageInput, ...] = ()
+    ) -> tuple[list[int], tuple[PromptImage, ...]]:
         # The template writes <bos> itself. Only the template's own text may hold special tokens:
-        # "<end_of_turn>" typed by a user is just text.
+        # "<end_of_turn>" typed by a user is just text. An image's place in a message holds its
+        # marker: the projector's tokens go there.
         tokens: list[int] = []
+        placed: list[PromptImage] = []
         for segment in segments:
-            tokens += self._model.tokenize(
-                segment.text.encode(), add_bos=False, special=segment.trusted
-            )
-        return tokens
+            pieces = [segment.text] if segment.trusted else _IMAGE_MARKER.split(segment.text)
+            for index, piece in enumerate(pieces):
+                if index % 2 == 0:
+                    if piece:
+                        tokens += self._model.tokenize(
+                            piece.encode(), add_bos=False, special=segment.trusted
+                        )
+                    continue
+                image = images[int(piece)] if int(piece) < len(images) else None
+                if image is None or self._projector is None:
+                    continue
+                before, chunk, after = self._projector.tokenize(image)
+                tokens += before
+                placed.append(PromptImage(len(tokens), chunk))
+                tokens += [image_token_id(image.digest)] * chunk.n_pos
+                tokens += after
+        return tokens, tuple(placed)
 
     def _tokenize_prompt(self, prompt: str) -> list[int]:
         """Raw text (/v1/completions): special tokens parsed, <bos> first unless written."""

@@ -23,6 +23,7 @@ from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Slot
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
+from server.engine.vision import ImageSteps, Projector, keep_images_whole
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -41,10 +42,14 @@ class Scheduler:
         parallel: int,
         start_of_turn: int,
         request_timeout: float | None = None,
+        projector: Projector | None = None,
         cache_bytes: int = 0,
     ) -> None:
         self._ctx: Any = loaded.context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._images = (
+            ImageSteps(projector, self._ctx, self._memory, N_BATCH) if projector else None
+        )
         self._vocab: Any = loaded.model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._n_swa = int(llama_cpp.llama_model_n_swa(loaded.model.model))
@@ -115,6 +120,7 @@ class Scheduler:
             return
         free = [slot for slot in self._slots if not slot.busy]
         slot, reused = self.prompt_cache.admit(free, job.tokens)
+        reused = keep_images_whole(self._memory, slot, reused, job.images)
         try:
             seed = job.request.sampling.seed
             sampler = SamplerChain(
@@ -143,6 +149,9 @@ class Scheduler:
                 slot.expire()
 
     def _step(self, batch: Any) -> None:
+        if self._images is not None and (image_slot := self._images.due(self._slots)):
+            self._images.run(image_slot)
+            return
         rows: list[tuple[Slot, int]] = []
         n = 0
 

@@ -9,11 +9,15 @@ and pushed to the job's queue.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from server.engine.job import DONE, Job
 from server.engine.sampling import SamplerChain
 from server.engine.text import TextAssembler
 from server.engine.types import Finished, FinishReason, TextDelta, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    from server.engine.vision import PromptImage
 
 
 class Slot:
@@ -73,12 +77,31 @@ class Slot:
         one, which is then decoded next step with the generating sequences); they are cached from
         now on. A chunk that ends the prompt asks for its last token's logits (`prefilled`)."""
         assert self.job is not None
-        end = len(self.job.tokens) - (1 if self.split_last else 0)
-        chunk = self.job.tokens[self.next_prompt : min(self.next_prompt + budget, end)]
+        end = min(self.next_prompt + budget, len(self.job.tokens) - (1 if self.split_last else 0))
+        for image in self.job.images:  # text only: an image is decoded in a step of its own
+            if self.next_prompt <= image.start < end:
+                end = image.start
+        chunk = self.job.tokens[self.next_prompt : end]
         self.next_prompt += len(chunk)
         self.cached += chunk
         self._hand_last_prompt_token_to_decode()
         return chunk
+
+    def pending_image(self) -> PromptImage | None:
+        """The image whose positions the prompt reaches next, if it is at one."""
+        if self.job is None:
+            return None
+        for image in self.job.images:
+            if image.start == self.next_prompt:
+                return image
+        return None
+
+    def image_decoded(self, image: PromptImage) -> None:
+        """The image's KV is in the sequence now."""
+        assert self.job is not None
+        self.cached += self.job.tokens[image.start : image.end]
+        self.next_prompt = image.end
+        self._hand_last_prompt_token_to_decode()
 
     @property
     def prefilled(self) -> bool:

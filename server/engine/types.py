@@ -22,6 +22,25 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """A picture as the engine takes it: `width` x `height` RGB bytes (row-major, 3 bytes a
+    pixel), `digest` a hash of exactly those (the prefix cache recognises an image by it), and
+    `param` where the request had it (`messages[0].content[1]`), for errors about it."""
+
+    rgb: bytes = field(repr=False)
+    width: int
+    height: int
+    digest: str
+    param: str
+
+
+def image_marker(index: int) -> str:
+    """Text standing for `GenerationRequest.images[index]` inside a message's content (private
+    Unicode characters: client text cannot contain them, see api/images.clean_text)."""
+    return f"\ue002{index}\ue003"
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Sampling as llama.cpp applies it. Defaults are Gemma 3's recommended settings
     (its generation_config: temperature 1.0, top_k 64, top_p 0.95), used when a client sends
@@ -64,6 +83,8 @@ class GenerationRequest:
     json_format: JsonFormat | None = None
     # None: no logprobs. k >= 0: each generated token's logprob plus the k most likely tokens'.
     logprobs: int | None = None
+    # Pictures, each standing where `image_marker(i)` appears in the messages' contents.
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,7 @@ class EngineInfo:
     # Sequences the engine holds at most, generating and waiting: more can never be accepted.
     capacity: int
     device: Literal["gpu", "cpu"] = "cpu"
+    vision: bool = False  # a projector is loaded: the model takes images
 
 
 class RequestRejected(ValueError):

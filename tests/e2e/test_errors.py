@@ -75,11 +75,13 @@ def test_a_body_that_is_not_an_object_is_400(http: httpx.Client) -> None:
     assert_error(post(http, [1, 2, 3]), 400)
 
 
-def test_images_are_refused_until_vision_lands(http: httpx.Client) -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+def test_images_are_refused_by_a_model_without_projector(http: httpx.Client) -> None:
+    from tests.images import picture_url
+
+    image = {"type": "image_url", "image_url": {"url": picture_url(1)}}
     body = {**GOOD, "messages": [{"role": "user", "content": [image]}]}
     error = assert_error(post(http, body), 400, param="messages[0].content[0]")
-    assert "images" in error["message"]
+    assert "does not take images" in error["message"]
 
 
 def test_unknown_model_is_404_model_not_found(http: httpx.Client) -> None:

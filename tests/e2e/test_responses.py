@@ -234,7 +234,7 @@ def test_sse_wire_format(http: httpx.Client) -> None:
                 ]
             },
             "input[0].content[1]",
-            "unsupported_content",
+            "unsupported_image_url",  # remote URLs are not fetched (SSRF)
         ),
         ({"max_output_tokens": 0}, "max_output_tokens", "invalid_value"),
         ({"temperature": 3}, "temperature", "invalid_value"),

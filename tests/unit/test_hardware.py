@@ -138,10 +138,11 @@ def test_plan_for_a_24_gib_gpu_picks_the_27b() -> None:
     result = plan_cli("--gpu-memory", "24GiB")
     assert result.returncode == 0, result.stderr
     assert (
-        "pick: gemma-3-27b-it-qat, 16384 tokens of context, all layers on the GPU, "
+        "pick: gemma-3-27b-it-qat, 13312 tokens of context, all layers on the GPU, "
         "4 requests at once" in result.stdout
     )
     assert "why: gemma-3-27b-it-qat is the largest model that fits" in result.stdout
+    assert "vision: gemma-3-27b-it-qat sees images; its projector" in result.stdout
     for model in ("gemma-3-270m", "gemma-3-1b-it-qat", "gemma-3-4b-it-qat", "gemma-3-12b-it-qat"):
         assert model in result.stdout
 
@@ -150,7 +151,8 @@ def test_plan_for_an_8_gib_gpu_as_json() -> None:
     result = plan_cli("--gpu-memory", "8GiB", "--json")
     data = json.loads(result.stdout)
     assert data["pick"]["model"] == "gemma-3-4b-it-qat"
-    assert data["pick"]["ctx"] == 32768
+    assert data["pick"]["ctx"] == 31744  # the vision projector's 0.9 GiB is in the plan
+    assert data["pick"]["vision_bytes"] == 851_251_104 + 121 * (1 << 20)
     fits = {row["model"]: row["fits"] for row in data["candidates"]}
     assert fits["gemma-3-12b-it-qat"] is False and fits["gemma-3-4b-it-qat"] is True
 

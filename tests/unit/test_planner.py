@@ -59,12 +59,12 @@ def gpus(*sizes: float) -> list[Device]:
 HARDWARE_TABLE = [
     ((), "gemma-3-270m", 8192, 0, 4),  # no GPU: the bundled model on the CPU, 4 sequences
     ((4,), "gemma-3-1b-it-qat", 32768, -1, 12),
-    ((6,), "gemma-3-4b-it-qat", 17408, -1, 4),
-    ((8,), "gemma-3-4b-it-qat", 32768, -1, 5),  # RTX 4060 laptop
-    ((12,), "gemma-3-12b-it-qat", 7168, -1, 4),  # 4 sequences of 4K are the bar for a model
-    ((16,), "gemma-3-12b-it-qat", 23552, -1, 4),
-    ((24,), "gemma-3-27b-it-qat", 16384, -1, 4),  # RTX 3090
-    ((48,), "gemma-3-27b-it-qat", 32768, -1, 10),
+    ((6,), "gemma-3-4b-it-qat", 6144, -1, 4),  # 4B, 12B, 27B: with their vision projector
+    ((8,), "gemma-3-4b-it-qat", 31744, -1, 4),  # RTX 4060 laptop
+    ((12,), "gemma-3-12b-it-qat", 4096, -1, 4),  # 4 sequences of 4K are the bar for a model
+    ((16,), "gemma-3-12b-it-qat", 20480, -1, 4),
+    ((24,), "gemma-3-27b-it-qat", 13312, -1, 4),  # RTX 3090
+    ((48,), "gemma-3-27b-it-qat", 32768, -1, 9),
     ((24, 24), "gemma-3-27b-it-qat", 32768, -1, 9),
     ((80,), "gemma-3-27b-it-qat", 32768, -1, 20),  # H100
 ]
@@ -95,19 +95,23 @@ BOUNDARIES = [
     ((2.5,), {}, "gemma-3-1b-it-qat", 11264, -1),
     ((4.5,), {}, "gemma-3-1b-it-qat", 32768, -1),  # 4B needs 4 x 4K of KV and more
     ((9.5,), {}, "gemma-3-4b-it-qat", 32768, -1),
-    ((18,), {}, "gemma-3-12b-it-qat", 31744, -1),
+    ((18,), {}, "gemma-3-12b-it-qat", 28672, -1),
     ((19,), {}, "gemma-3-12b-it-qat", 32768, -1),
     ((20,), {}, "gemma-3-12b-it-qat", 32768, -1),
-    ((21,), {}, "gemma-3-27b-it-qat", 6144, -1),  # 27B from here: 4 sequences of 4K and more
-    ((22,), {}, "gemma-3-27b-it-qat", 10240, -1),
+    ((21,), {}, "gemma-3-27b-it-qat", 4096, -1),  # 27B from here: 4 sequences of 4K and more
+    ((22,), {}, "gemma-3-27b-it-qat", 7168, -1),
+    # --no-vision: the projector's memory (0.9 GiB) goes to the context.
+    ((6,), {"vision": False}, "gemma-3-4b-it-qat", 17408, -1),
+    ((21,), {"vision": False}, "gemma-3-27b-it-qat", 6144, -1),
+    ((22,), {"vision": False}, "gemma-3-27b-it-qat", 10240, -1),
     ((18,), {"kv_type": "q8_0"}, "gemma-3-12b-it-qat", 32768, -1),
-    ((20,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 14336, -1),  # q8_0 halves the KV cache
-    ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 16384, -1),
+    ((20,), {"kv_type": "q8_0"}, "gemma-3-27b-it-qat", 8192, -1),  # q8_0 halves the KV cache
+    ((24,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 13312, -1),
     ((80,), {"max_ctx": 131072}, "gemma-3-27b-it-qat", 131072, -1),  # up to the trained context
     ((24,), {"ctx": 4096}, "gemma-3-27b-it-qat", 4096, -1),  # --ctx is used as given
     ((80,), {"ctx": 65536}, "gemma-3-27b-it-qat", 65536, -1),  # ... even above --max-ctx
-    ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 16384, 10),  # --gpu-layers too
-    ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 27648, -1),  # 16 GiB left: no 27B
+    ((24,), {"gpu_layers": 10}, "gemma-3-27b-it-qat", 13312, 10),  # --gpu-layers too
+    ((24,), {"margin": 8 * GiB}, "gemma-3-12b-it-qat", 24576, -1),  # 16 GiB left: no 27B
     ((24,), {"parallel": 1}, "gemma-3-27b-it-qat", 32768, -1),  # --parallel 1: one long context
     ((), {"model": "gemma-3-4b-it-qat"}, "gemma-3-4b-it-qat", 8192, 0),  # forced, CPU
     # Nothing fits a 2 GiB card at --ctx 65536: the CPU fallback still caps the context at the
@@ -134,8 +138,8 @@ def test_the_chosen_context_is_the_largest_that_fits(registry: Registry) -> None
     chosen = plan(gpus(22), registry, PlanOptions())
     spec = chosen.model
     assert chosen.parallel == 4
-    assert estimate(spec, chosen.n_ctx, n_seq=4).total <= chosen.available
-    assert estimate(spec, chosen.n_ctx + 1024, n_seq=4).total > chosen.available
+    assert estimate(spec, chosen.n_ctx, n_seq=4, vision=True).total <= chosen.available
+    assert estimate(spec, chosen.n_ctx + 1024, n_seq=4, vision=True).total > chosen.available
 
 
 @pytest.mark.parametrize(
@@ -154,7 +158,7 @@ def test_parallel_sequences(
     chosen = plan(gpus(*sizes), registry, PlanOptions(**options))  # type: ignore[arg-type]
     assert chosen.parallel == parallel
     if sizes:
-        needed = estimate(chosen.model, chosen.n_ctx, n_seq=parallel).total
+        needed = estimate(chosen.model, chosen.n_ctx, n_seq=parallel, vision=True).total
         assert chosen.needed == needed <= chosen.available
 
 
@@ -180,7 +184,7 @@ def test_a_forced_model_that_does_not_fit_is_partially_offloaded_with_a_warning(
     assert chosen.model.id == "gemma-3-27b-it-qat"
     assert 0 < chosen.n_gpu_layers < 62
     assert len(chosen.warnings) == 1
-    assert "offloading" in chosen.warnings[0] and "19.1 GiB at 4 x 4096" in chosen.warnings[0]
+    assert "offloading" in chosen.warnings[0] and "20.0 GiB at 4 x 4096" in chosen.warnings[0]
 
 
 def test_a_forced_model_just_too_big_keeps_its_blocks_on_the_gpu(registry: Registry) -> None:
@@ -188,11 +192,28 @@ def test_a_forced_model_just_too_big_keeps_its_blocks_on_the_gpu(registry: Regis
         gpus(8),
         registry,
         PlanOptions(
-            model="gemma-3-12b-it-qat", ctx=4096, kv_type="q8_0", margin=512 * MiB, parallel=1
+            model="gemma-3-12b-it-qat",
+            ctx=4096,
+            kv_type="q8_0",
+            margin=512 * MiB,
+            parallel=1,
+            vision=False,
         ),
     )
     assert chosen.n_gpu_layers == 48  # every block; llama.cpp leaves the output layer on the CPU
     assert "output layer on the CPU" in chosen.warnings[0]
+
+
+def test_a_vision_model_budgets_its_projector(registry: Registry) -> None:
+    spec = registry.get("gemma-3-4b-it-qat")
+    with_vision = estimate(spec, 8192, n_seq=4, vision=True)
+    # The 4B's projector file (851,251,104 bytes) and its compute buffer (121 MiB on CUDA).
+    assert with_vision.vision == 851_251_104 + 121 * MiB
+    assert with_vision.total == estimate(spec, 8192, n_seq=4).total + with_vision.vision
+    assert estimate(registry.get("gemma-3-1b-it-qat"), 8192, vision=True).vision == 0
+    chosen = plan(gpus(8), registry, PlanOptions())
+    assert chosen.vision == with_vision.vision
+    assert plan(gpus(8), registry, PlanOptions(vision=False)).vision == 0
 
 
 def test_no_gpu_lists_every_model(registry: Registry) -> None:

@@ -152,7 +152,7 @@ def test_text_format_maps_to_a_json_constraint() -> None:
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
             "input[0].content[0]",
-            "unsupported_content",
+            "invalid_image",  # not a data: URL
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
