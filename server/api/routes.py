@@ -3,6 +3,7 @@ sequences and its answer to the one serving path (`serving.Serving`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -64,7 +65,9 @@ async def create_chat_completion(
 ) -> Response | ChatCompletion:
     serving.check_model(body.model)
     await inline_remote_images(body, policy_of(settings))
-    chat = to_chat_sequences(body, settings.max_choices)
+    # NOTE: in a worker thread: decoding a request's pictures with Pillow takes tens of
+    # milliseconds each, which would stall every other stream on the event loop.
+    chat = await asyncio.to_thread(to_chat_sequences, body, settings.max_choices)
     answer = ChatAnswer(
         completion_id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -100,7 +103,7 @@ async def create_response(
 ) -> Response | ResponseObject:
     serving.check_model(body.model)
     await inline_remote_images(body, policy_of(settings))
-    sequences = to_response_sequences(body)
+    sequences = await asyncio.to_thread(to_response_sequences, body)  # pictures: see chat
     answer = ResponseAnswer(
         response_id=f"resp_{uuid.uuid4().hex}",
         message_id=f"msg_{uuid.uuid4().hex}",
