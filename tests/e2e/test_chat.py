@@ -63,6 +63,8 @@ def test_sse_wire_format_line_by_line(http: httpx.Client) -> None:
         "model": MODEL_ID,
         "messages": HI,
         "max_tokens": 8,
+        # <eos> and <end_of_turn> banned: the answer always runs to max_tokens ("length")
+        "logit_bias": {"1": -100, "106": -100},
         "stream": True,
         "stream_options": {"include_usage": True},
     }
