@@ -54,7 +54,10 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+# NOTE: package scope, not session: sync Playwright keeps an asyncio event loop running on the
+# main thread while it is open, and every later test that calls asyncio.run() would then fail
+# ("cannot be called from a running event loop"). The browser closes after tests/browser/.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     path = chromium_path()
     if path is None:
