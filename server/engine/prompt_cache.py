@@ -38,6 +38,7 @@ from server.engine.prefix import (
 )
 from server.engine.sequence import Slot
 from server.engine.types import PromptCacheStats
+from server.engine.vision import PromptImage, safe_reuse
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -84,9 +85,12 @@ class PromptCache:
             restore_seconds=self._restore_seconds,
         )
 
-    def admit(self, free: Sequence[Slot], prompt: list[int]) -> tuple[Slot, int]:
+    def admit(
+        self, free: Sequence[Slot], prompt: list[int], images: Sequence[PromptImage] = ()
+    ) -> tuple[Slot, int]:
         """Choose the slot for `prompt` among `free`, give it the best KV there is, and cut that
-        KV to the reusable prefix; returns the slot and how many prompt tokens it reuses."""
+        KV to the reusable prefix, which never ends inside one of the prompt's `images`
+        (`vision.safe_reuse`); returns the slot and how many prompt tokens it reuses."""
         candidates = [
             Candidate(
                 slot.seq_id,
@@ -115,6 +119,7 @@ class PromptCache:
             log.warning(
                 "a restored state serves %d prompt tokens, %d expected", reused, placement.reuse
             )
+        reused = safe_reuse(reused, images)
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             reused = 0

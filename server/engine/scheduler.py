@@ -23,7 +23,7 @@ from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Slot
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
-from server.engine.vision import ImageSteps, Projector, keep_images_whole
+from server.engine.vision import ImageSteps, Projector
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -119,8 +119,7 @@ class Scheduler:
             job.reservation.release()
             return
         free = [slot for slot in self._slots if not slot.busy]
-        slot, reused = self.prompt_cache.admit(free, job.tokens)
-        reused = keep_images_whole(self._memory, slot, reused, job.images)
+        slot, reused = self.prompt_cache.admit(free, job.tokens, job.images)
         try:
             seed = job.request.sampling.seed
             sampler = SamplerChain(

@@ -21,6 +21,7 @@ import ctypes
 import logging
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,7 @@ class PromptImage:
         return self.start + self.chunk.n_pos
 
 
-def safe_reuse(reused: int, images: tuple[PromptImage, ...] | list[PromptImage]) -> int:
+def safe_reuse(reused: int, images: Sequence[PromptImage]) -> int:
     """`reused` moved back to an image's start if it falls inside one: an image's KV is used
     whole or not at all (and what is left is reused only if it is still worth it)."""
     for image in images:
@@ -100,19 +101,6 @@ def check_projector_file(path: Path, text_width: int) -> None:
             f"{path} makes {width}-wide embeddings but the model reads {text_width}: it is the "
             "projector of another model size"
         )
-
-
-def keep_images_whole(memory: Any, slot: Slot, reused: int, images: tuple[PromptImage, ...]) -> int:
-    """After the prefix cache chose to reuse `reused` tokens of the slot's KV: cut it back to an
-    image's start if that falls inside one (`safe_reuse`), forgetting the KV past it; returns
-    the tokens reused now."""
-    safe = safe_reuse(reused, images)
-    if safe < reused:
-        if not llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, safe, -1):
-            llama_cpp.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
-            safe = 0
-        slot.cached = slot.cached[:safe]
-    return safe
 
 
 class Projector:
