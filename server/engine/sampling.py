@@ -36,6 +36,15 @@ class SamplerChain:
         if not chain:
             raise RuntimeError("llama.cpp could not create a sampler chain")
         self._chain: Any = chain
+        # A greedy pick with nothing before it is the first maximum of the logits: numpy finds it
+        # in 0.03 ms where the chain, which first copies all 262,144 candidates, takes 0.6 ms, and
+        # that runs for every sequence between two decode steps.
+        plain_greedy = sampling.temperature <= 0 and grammar is None
+        plain_greedy = plain_greedy and not sampling.logit_bias
+        plain_greedy = plain_greedy and not (
+            sampling.presence_penalty or sampling.frequency_penalty
+        )
+        self._argmax_of = n_vocab if plain_greedy else 0
         try:
             if sampling.logit_bias:
                 biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))(
@@ -80,6 +89,9 @@ class SamplerChain:
 
     def sample(self, context: Any, row: int) -> int:
         """Pick the next token from the logits of batch row `row` and accept it."""
+        if self._argmax_of:
+            logits = llama_cpp.llama_get_logits_ith(context, row)
+            return int(_logits_row(logits, self._argmax_of).argmax())
         return int(llama_cpp.llama_sampler_sample(self._chain, context, row))
 
     def free(self) -> None:
@@ -93,7 +105,7 @@ def logprobs_of(
 ) -> tuple[float, list[tuple[int, float]]]:
     """Log-softmax of the raw logits row: the chosen `token`'s logprob and the `top` most likely
     tokens with theirs, most likely first. `logits` is llama.cpp's float pointer (not copied)."""
-    row = np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
+    row = _logits_row(logits, n_vocab)
     peak = float(row.max())
     log_total = peak + float(np.log(np.exp(row - peak, dtype=np.float64).sum()))
     chosen = float(row[token]) - log_total
@@ -103,3 +115,8 @@ def logprobs_of(
     best = np.argpartition(row, -top)[-top:]
     best = best[np.argsort(row[best])[::-1]]
     return chosen, [(int(t), float(row[t]) - log_total) for t in best]
+
+
+def _logits_row(logits: Any, n_vocab: int) -> Any:
+    """llama.cpp's float pointer to one row of logits as a numpy array (a view, not a copy)."""
+    return np.ctypeslib.as_array(ctypes.cast(logits, ctypes.POINTER(ctypes.c_float)), (n_vocab,))
