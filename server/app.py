@@ -114,6 +114,7 @@ def default_engine_loader(
             kv_cache_type=settings.kv_cache_type,
             template_choice=settings.chat_template,
             parallel=plan.parallel,
+            parallel_trials=plan.parallel_trials,
             queue_size=settings.queue_size,
             request_timeout=settings.request_timeout,
             mmproj_path=mmproj,

@@ -12,6 +12,7 @@ them: the bundled model on the CPU) and `_gpu_plan`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from server.capability import LlamaBuild, capability_text, cuda_rebuild
@@ -23,10 +24,20 @@ CTX_STEP = 1024
 # more as the memory left allows, up to MAX_GPU_PARALLEL.
 MIN_GPU_PARALLEL = 4
 MAX_GPU_PARALLEL = 32
-# On the CPU, decoding is bound by the cores, not by memory: 4 sequences already take what batching
-# gains on a few cores (llama-batched-bench here: 1 sequence 61 tok/s, 4 in total 84); more would
-# only share the same throughput more thinly.
+# On the CPU, decoding is bound by the cores, not by memory. At least this many sequences are
+# decoded together; when the model loads, the engine measures whether twice as many (and twice
+# that, up to MAX_CPU_PARALLEL) still pay (`cpu_parallel`): here, on 2 cores, the raw loop made
+# 112 tok/s with 4 sequences and 151 with 8, and a desktop with more cores gains further.
 CPU_PARALLEL = 4
+MAX_CPU_PARALLEL = 16
+# Doubling the sequences pays when the total decode rate grows by at least this factor...
+CPU_BATCH_GAIN = 1.25
+# ...and each stream still comes well faster than anyone reads (people read 4-8 tokens a second;
+# the measurement, at a short context, is a little kinder than a long conversation).
+MIN_STREAM_RATE = 12.0
+# The KV cache the extra sequences may add on the CPU, whatever the measured gain: system memory
+# also holds the weights, the prompt cache and everything else the machine runs.
+CPU_KV_LIMIT = 2 * GiB
 # On the CPU the context per sequence is this (capped by --max-ctx and the model): system memory
 # is rarely the limit for the small models that run there, and a longer context only costs
 # prefill time when it is used.
@@ -89,6 +100,9 @@ class Plan:
     fallback: ModelSpec | None = None
     # Sequences decoded together, each with `n_ctx` tokens of its own.
     parallel: int = CPU_PARALLEL
+    # On the CPU without --parallel: the larger counts the engine measures when the model loads
+    # (`parallel`, then each of these while `cpu_parallel` says the last doubling paid).
+    parallel_trials: tuple[int, ...] = ()
     # GPUs the candidates were measured against (0: no usable GPU, the table has no "fits").
     gpus: int = 0
     # One line for each GPU found but not used: which card, why, and what fixes it.
@@ -265,6 +279,7 @@ def _cpu_plan(
         warnings=ignored,
         candidates=rows,
         parallel=budget.n_seq,
+        parallel_trials=() if options.parallel else cpu_parallel_trials(spec, n_ctx, options),
         refusals=refusals,
         vision=budget.vision(spec),
     )
@@ -363,6 +378,7 @@ def _too_small_plan(
         needed=budget.needed(spec, n_ctx),
         candidates=rows,
         parallel=options.parallel or CPU_PARALLEL,
+        parallel_trials=() if options.parallel else cpu_parallel_trials(spec, n_ctx, options),
         gpus=budget.n_gpus,
         refusals=refusals,
     )
@@ -387,3 +403,32 @@ def _tensor_split(devices: list[Device], margin: int) -> tuple[float, ...]:
     room = [max(0, device.free - margin) for device in devices]
     total = sum(room) or 1
     return tuple(round(r / total, 4) for r in room)
+
+
+def cpu_parallel_trials(spec: ModelSpec, n_ctx: int, options: PlanOptions) -> tuple[int, ...]:
+    """The counts above CPU_PARALLEL, doubling up to MAX_CPU_PARALLEL, whose extra sequences' KV
+    cache stays within CPU_KV_LIMIT: what the engine may measure on the CPU."""
+    per_sequence = kv_cache(spec.architecture, n_ctx, kv_type=options.kv_type).total
+    trials = []
+    n = CPU_PARALLEL * 2
+    while n <= MAX_CPU_PARALLEL and (n - CPU_PARALLEL) * per_sequence <= CPU_KV_LIMIT:
+        trials.append(n)
+        n *= 2
+    return tuple(trials)
+
+
+def doubling_pays(rate: float, doubled_rate: float, doubled: int) -> bool:
+    """Whether `doubled` sequences, decoding `doubled_rate` tokens/s in total against `rate` for
+    half as many, are worth it: CPU_BATCH_GAIN more in total, MIN_STREAM_RATE for each."""
+    return doubled_rate >= rate * CPU_BATCH_GAIN and doubled_rate / doubled >= MIN_STREAM_RATE
+
+
+def cpu_parallel(rates: Mapping[int, float]) -> int:
+    """Sequences to decode together on the CPU, from measured total decode rates (tokens/s) at
+    CPU_PARALLEL and twice as many, and so on: the count after the last doubling that paid."""
+    chosen = CPU_PARALLEL
+    while (bigger := chosen * 2) in rates and chosen in rates:
+        if not doubling_pays(rates[chosen], rates[bigger], bigger):
+            break
+        chosen = bigger
+    return chosen

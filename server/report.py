@@ -26,6 +26,12 @@ def plan_options(settings: Settings) -> PlanOptions:
     )
 
 
+def _at_once(plan: Plan) -> str:
+    if not plan.parallel_trials:
+        return str(plan.parallel)
+    return f"{plan.parallel} to {max(plan.parallel_trials)} (measured as the model loads)"
+
+
 def _where(plan: Plan) -> str:
     if not plan.on_gpu:
         return "on the CPU"
@@ -74,7 +80,7 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
         )
     lines.append(
         f"pick: {plan.model.id}, {plan.n_ctx} tokens of context, {_where(plan)}, "
-        f"{plan.parallel} requests at once"
+        f"{_at_once(plan)} requests at once"
     )
     lines.append(f"why: {plan.reason}")
     if plan.vision:
@@ -129,6 +135,7 @@ def as_json(hardware: Hardware, plan: Plan) -> dict[str, Any]:
             "model": plan.model.id,
             "ctx": plan.n_ctx,
             "parallel": plan.parallel,
+            "parallel_trials": list(plan.parallel_trials),
             "n_gpu_layers": plan.n_gpu_layers,
             "tensor_split": list(plan.tensor_split) if plan.tensor_split else None,
             "needed_bytes": plan.needed,

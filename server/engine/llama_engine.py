@@ -48,7 +48,9 @@ _IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 class LlamaEngine:
     """Loads a GGUF with llama.cpp and generates from it, up to `parallel` sequences at once.
 
-    A set `cancel` stops the load (LoadCancelled): the server is shutting down.
+    With `parallel_trials` (a CPU plan's), `parallel` is the floor and the count is measured as
+    the model loads (server/engine/calibration.py). A set `cancel` stops the load
+    (LoadCancelled): the server is shutting down.
     `cache_ram`: MiB of host memory for sequence states saved when their slot is taken for
     another prompt (`prompt_cache.PromptCache`); 0 keeps only what the slots hold."""
 
@@ -64,6 +66,7 @@ class LlamaEngine:
         kv_cache_type: str = "f16",
         template_choice: str = "pinned",
         parallel: int = 4,
+        parallel_trials: Sequence[int] = (),
         queue_size: int = 64,
         request_timeout: float | None = None,
         mmproj_path: Path | None = None,
@@ -78,7 +81,8 @@ class LlamaEngine:
             tensor_split=tuple(tensor_split) if tensor_split else None,
             kv_cache_type=kv_cache_type,
         )
-        self._loaded = load(model_path, params, cancel=cancel)
+        self._loaded = load(model_path, params, cancel=cancel, parallel_trials=parallel_trials)
+        parallel = self._loaded.n_seq  # `parallel` or more, as measured on the CPU
         self._model = self._loaded.model
         try:
             self._start_of_turn = self._special_token(START_OF_TURN)

@@ -9,8 +9,10 @@ loads with these same parameters to hold the planner's estimate to llama.cpp's o
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,10 @@ from llama_cpp import _internals, _logger
 # One llama_decode takes at most N_BATCH tokens, and n_batch = n_ubatch = N_BATCH: the planner's
 # compute buffer is sized by the same constant (server/memory.py).
 from server.download import Cancelled
+from server.engine.calibration import TRIAL_CTX, measure_parallel
 from server.memory import N_BATCH
+
+_log = logging.getLogger("gemma_serve.engine")
 
 __all__ = ["N_BATCH", "EngineLoadError", "LoadCancelled", "LoadParams", "LoadedModel", "load"]
 
@@ -52,7 +57,11 @@ class LoadParams:
     @property
     def flash_attn(self) -> bool:
         # On a GPU, flash attention keeps the attention scores out of the compute buffer; a
-        # quantised V cache needs it on any device.
+        # quantised V cache needs it on any device. Not otherwise on the CPU, though it decodes a
+        # few percent faster there: the CPU kernel's result depends on where the cells lie in the
+        # cache, and a state the prompt cache restores (its sliding-window cells packed at the
+        # start) then answers differently from the same state kept in place (logits up to 1.6
+        # apart after an 830-token prompt; bench/RESULTS.md). Without it they are bit-identical.
         return self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
 
 
@@ -63,6 +72,7 @@ class LoadedModel:
     model: _internals.LlamaModel
     context: _internals.LlamaContext
     n_ctx: int  # per sequence, as llama.cpp really allocated it
+    n_seq: int  # sequences decoded together (measured on the CPU when the plan left it open)
     # ctypes memory the model parameters point into; kept alive with the model.
     _keep: Any = None
 
@@ -118,10 +128,13 @@ def load(
     *,
     verbose: bool = False,
     cancel: threading.Event | None = None,
+    parallel_trials: Sequence[int] = (),
 ) -> LoadedModel:
     """Load `path` as `params` say; llama.cpp's log goes to stderr only when `verbose`. A set
     `cancel` stops loading the weights (LoadCancelled): a big model takes a while to read, and a
-    SIGTERM meanwhile should not wait for it."""
+    SIGTERM meanwhile should not wait for it. With `parallel_trials` (the CPU plan's), the
+    sequence count is measured first (server/engine/calibration.py) and `params.n_seq` is only
+    the floor."""
     _logger.set_verbose(verbose)
     try:
         model_p, keep = model_params(params, cancel)
@@ -131,6 +144,8 @@ def load(
             raise LoadCancelled(str(path)) from exc
         raise EngineLoadError(f"llama.cpp could not load {path}: {exc}") from exc
     try:
+        if parallel_trials:
+            params = replace(params, n_seq=_measured_n_seq(model, params, parallel_trials))
         context = _internals.LlamaContext(
             model=model, params=context_params(params), verbose=verbose
         )
@@ -141,4 +156,20 @@ def load(
             f"for {path}: {exc}"
         ) from exc
     n_ctx = min(params.n_ctx, int(llama_cpp.llama_n_ctx_seq(context.ctx)))
-    return LoadedModel(model, context, n_ctx, keep)
+    return LoadedModel(model, context, n_ctx, params.n_seq, keep)
+
+
+def _measured_n_seq(model: _internals.LlamaModel, params: LoadParams, trials: Sequence[int]) -> int:
+    """The sequence count worth decoding together here, timed in a small throwaway context (its
+    batch only as large as the largest trial, so no 512-row logits buffer is reserved)."""
+    largest = max(trials)
+    trial = context_params(replace(params, n_ctx=TRIAL_CTX, n_seq=largest))
+    trial.n_batch = trial.n_ubatch = largest
+    try:
+        chosen, _ = measure_parallel(model, trial, trials)
+    except (ValueError, RuntimeError) as exc:  # the measurement is an optimisation: serve anyway
+        _log.warning(
+            "could not measure the CPU's batching (%s); serving %d at once", exc, params.n_seq
+        )
+        return params.n_seq
+    return chosen

@@ -75,7 +75,9 @@ def test_eight_concurrent_streams_all_complete(base_url: str) -> None:
     assert peak["active"] > 1  # decoded together, not one after another
     with httpx.Client(base_url=base_url) as client:
         health = client.get("/health").json()
-    assert health == {"status": "ok", "active": 0, "queued": 0, "parallel": 4}
+    # on the CPU the count is measured at load: 4, or more where the cores gain from it
+    assert health.pop("parallel") in (4, 8, 16)
+    assert health == {"status": "ok", "active": 0, "queued": 0}
 
 
 def test_multibyte_characters_stream_intact(http: httpx.Client) -> None:

@@ -47,12 +47,9 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
             if client.get("/health").status_code == 200:
                 break
             threading.Event().wait(0.1)
-        assert client.get("/health").json() == {
-            "status": "ok",
-            "active": 0,
-            "queued": 0,
-            "parallel": 4,
-        }
+        health = client.get("/health").json()
+        assert health.pop("parallel") in (4, 8, 16)  # measured on the CPU as the model loads
+        assert health == {"status": "ok", "active": 0, "queued": 0}
         completion = client.post("/v1/chat/completions", json=GOOD).json()
         assert completion["choices"][0]["message"]["content"]
 

@@ -138,7 +138,8 @@ def _gib(cell: str) -> tuple[float, ...]:
 def test_the_hardware_tables_show_what_the_planner_picks(path: str, header: str) -> None:
     rows = _table((ROOT / path).read_text(), header)
     expected = [(tuple(map(float, g)), m, c, p) for g, m, c, _layers, p in HARDWARE_TABLE]
-    shown = [(_gib(r[0]), r[1].strip("`"), int(r[2]), int(r[3])) for r in rows]
+    # "4 or more, measured at load" on the CPU: the planner's floor (calibration adds the rest)
+    shown = [(_gib(r[0]), r[1].strip("`"), int(r[2]), int(r[3].split()[0])) for r in rows]
     assert shown == expected
 
 

@@ -126,7 +126,10 @@ def test_an_rtx_3090_with_a_cuda_build(tmp_path: Path) -> None:
 def test_an_rtx_3090_with_a_cpu_build_says_why_and_the_fix(tmp_path: Path) -> None:
     lines = report(tmp_path, FakeNvml([RTX_3090]), CPU_BUILD)
     assert "llama.cpp build: backends CPU; GPU offload: no" in lines
-    assert "  pick: gemma-3-270m, 8192 tokens of context, on the CPU, 4 requests at once" in lines
+    assert (
+        "  pick: gemma-3-270m, 8192 tokens of context, on the CPU, "
+        "4 to 16 (measured as the model loads) requests at once"
+    ) in lines
     (warning,) = [line for line in lines if line.startswith("  warning:")]
     assert warning.startswith(
         "  warning: found NVIDIA GeForce RTX 3090 (24.0 GiB) but this llama.cpp build is "

@@ -1,0 +1,88 @@
+"""How many sequences the CPU decodes together: measured when the model loads, not assumed.
+
+On a GPU, more sequences cost little until memory runs out; on a CPU each one costs compute, and
+what batching gains depends on the cores, their caches and the model. A throwaway context (short
+sequences, the real thread count) times decode steps with CPU_PARALLEL sequences against twice as
+many, and keeps doubling through the plan's `parallel_trials` while `planner.doubling_pays`.
+The two counts of a pair are timed in turns, a few times each, and each keeps its best time:
+anything else running on the machine only ever slows a step down, so the best is the closest to
+what the cores can do. About two seconds for the bundled model on 2 cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp
+from llama_cpp import _internals
+
+from server.planner import CPU_PARALLEL, doubling_pays
+
+log = logging.getLogger("gemma_serve.engine")
+
+TRIAL_CTX = 256  # per sequence, the smallest context llama.cpp pads to
+ROUNDS = 3  # timings per count, taken in turns with the other count of the pair
+STEPS = 2  # decode steps per timing
+
+
+def measure_parallel(
+    model: _internals.LlamaModel, trial_params: Any, trials: Sequence[int]
+) -> tuple[int, list[tuple[int, float, int, float]]]:
+    """The count to load with, and each pair measured on the way: (n, its total decode rate,
+    2n, its rate), tokens/s. `trial_params`: llama.cpp context parameters for `max(trials)`
+    sequences of TRIAL_CTX tokens."""
+    context = _internals.LlamaContext(model=model, params=trial_params, verbose=False)
+    batch = llama_cpp.llama_batch_init(max(trials), 0, 1)
+    pairs: list[tuple[int, float, int, float]] = []
+    chosen = CPU_PARALLEL
+    try:
+        for doubled in sorted(trials):
+            if doubled != chosen * 2:
+                break
+            rate, doubled_rate = _best_rates(context.ctx, batch, (chosen, doubled))
+            pairs.append((chosen, rate, doubled, doubled_rate))
+            if not doubling_pays(rate, doubled_rate, doubled):
+                break
+            chosen = doubled
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        context.close()  # type: ignore[no-untyped-call]
+    log.info(
+        "CPU decode, tokens/s in total: %s; serving %d requests at once",
+        ", ".join(f"{a} sequences {ra:.0f} -> {b} sequences {rb:.0f}" for a, ra, b, rb in pairs),
+        chosen,
+    )
+    return chosen, pairs
+
+
+def _best_rates(ctx: Any, batch: Any, counts: tuple[int, int]) -> tuple[float, float]:
+    best = dict.fromkeys(counts, float("inf"))
+    for count in counts:  # untimed: the first step of a new batch shape plans its graph
+        _steps(ctx, batch, count, 1)
+    for _ in range(ROUNDS):
+        for count in counts:
+            best[count] = min(best[count], _steps(ctx, batch, count, STEPS))
+    first, second = counts
+    return first * STEPS / best[first], second * STEPS / best[second]
+
+
+def _steps(ctx: Any, batch: Any, count: int, steps: int) -> float:
+    """Seconds for `steps` decode steps of `count` sequences, each from its first position: the
+    matrix products, which batching shares, are what is timed (a long context adds attention,
+    the same per sequence at any count)."""
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    started = time.perf_counter()
+    for step in range(steps):
+        for seq in range(count):
+            batch.token[seq] = 2 + step  # any real token: the products cost the same
+            batch.pos[seq] = step
+            batch.n_seq_id[seq] = 1
+            batch.seq_id[seq][0] = seq
+            batch.logits[seq] = True  # every stream needs its logits, as in serving
+        batch.n_tokens = count
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError(f"llama.cpp could not decode {count} sequences to measure them")
+    return time.perf_counter() - started

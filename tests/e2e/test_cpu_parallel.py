@@ -1,0 +1,95 @@
+"""The CPU's parallel count, measured as the real model loads: the engine times decode steps
+with 4 sequences and more, loads with the count `planner.cpu_parallel` picks from those rates,
+says so in its log, and then serves that many requests at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from llama_cpp import _internals
+
+from server.engine.calibration import TRIAL_CTX, measure_parallel
+from server.engine.llama_engine import LlamaEngine
+from server.engine.loading import LoadParams, context_params, model_params
+from server.engine.types import ChatMessage, Finished, GenerationRequest, SamplingParams
+from server.planner import CPU_PARALLEL, doubling_pays
+
+
+def test_measured_rates_are_real_and_the_pick_follows_them(model_path: Path) -> None:
+    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=16)
+    model = _internals.LlamaModel(
+        path_model=str(model_path), params=model_params(params)[0], verbose=False
+    )
+    try:
+        trial = context_params(params)
+        trial.n_batch = trial.n_ubatch = 16
+        chosen, pairs = measure_parallel(model, trial, (8, 16))
+    finally:
+        model.close()  # type: ignore[no-untyped-call]
+    assert [(a, b) for a, _, b, _ in pairs] in ([(4, 8)], [(4, 8), (8, 16)])
+    # batched decoding of the bundled model on any CPU: tens to thousands of tokens a second
+    assert all(10 < rate < 20_000 for _, ra, _, rb in pairs for rate in (ra, rb)), pairs
+    expected = CPU_PARALLEL
+    for a, rate, b, doubled_rate in pairs:  # 16 is measured only when 8 paid
+        assert a == expected
+        if not doubling_pays(rate, doubled_rate, b):
+            break
+        expected = b
+    assert chosen == expected
+
+
+def test_the_engine_serves_the_measured_count(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
+        engine = LlamaEngine(
+            model_path=model_path,
+            model_id="gemma-3-270m",
+            n_ctx=1024,
+            n_threads=2,
+            parallel=CPU_PARALLEL,
+            parallel_trials=(8, 16),
+        )
+    try:
+        (line,) = [r.getMessage() for r in caplog.records if "CPU decode" in r.getMessage()]
+        parallel = engine.stats().parallel
+        assert parallel in (4, 8, 16)
+        assert line.endswith(f"serving {parallel} requests at once")
+        assert line.startswith(f"CPU decode, tokens/s in total: {CPU_PARALLEL} sequences ")
+        # every one of them really runs at once: as many requests, all in slots together
+        request = GenerationRequest(
+            messages=(ChatMessage("user", "Count from one to twenty."),),
+            max_tokens=8,
+            sampling=SamplingParams(temperature=0),
+        )
+
+        async def all_at_once() -> tuple[list[Finished], int]:
+            async def one() -> Finished:
+                job = await engine.prepare(request)
+                return [e async for e in job.events() if isinstance(e, Finished)][-1]
+
+            runs = asyncio.gather(*(one() for _ in range(parallel)))
+            peak = 0
+            while not runs.done():
+                peak = max(peak, engine.stats().active)
+                await asyncio.sleep(0.002)
+            return list(await runs), peak
+
+        finished, peak = asyncio.run(all_at_once())
+        assert peak == parallel
+        assert all(f.usage.completion_tokens >= 1 for f in finished)
+    finally:
+        engine.close()
+
+
+def test_a_given_count_is_used_as_is(model_path: Path) -> None:
+    engine = LlamaEngine(
+        model_path=model_path, model_id="gemma-3-270m", n_ctx=1024, n_threads=2, parallel=2
+    )
+    try:
+        assert engine.stats().parallel == 2
+    finally:
+        engine.close()
