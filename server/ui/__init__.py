@@ -23,7 +23,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -74,18 +74,28 @@ class WithSecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# The assets folder's own address, which people type for "the UI": it leads to the page.
+UI_PATHS = (ASSETS_PREFIX.rstrip("/"), ASSETS_PREFIX)
+
+
 def is_page_path(path: str) -> bool:
     """True for the paths the page itself is served from (open without an API key)."""
-    return path == PAGE_PATH or path.startswith(ASSETS_PREFIX)
+    return path == PAGE_PATH or path == UI_PATHS[0] or path.startswith(ASSETS_PREFIX)
 
 
 async def _index(request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
 
 
+async def _to_the_page(request: Request) -> RedirectResponse:
+    return RedirectResponse(PAGE_PATH, status_code=308, headers=SECURITY_HEADERS)
+
+
 def add_chat_page(app: FastAPI) -> None:
     """Serve the page at `/` and its files under `/ui/`. Call after the API's routes."""
     app.add_route(PAGE_PATH, _index, methods=["GET", "HEAD"], include_in_schema=False)
+    for path in UI_PATHS:  # before the mount, which would answer them with a 404
+        app.add_route(path, _to_the_page, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount(
         ASSETS_PREFIX.rstrip("/"),
         WithSecurityHeaders(StaticFiles(directory=STATIC_DIR, follow_symlink=False)),

@@ -102,6 +102,15 @@ def test_the_page_never_shadows_the_api(client: TestClient) -> None:
     assert "content-security-policy" not in models.headers
 
 
+@pytest.mark.parametrize("path", ["/ui", "/ui/"])
+def test_the_ui_folder_leads_to_the_page(client: TestClient, path: str) -> None:
+    moved = client.get(path, follow_redirects=False)
+    assert moved.status_code == 308 and moved.headers["location"] == "/"
+    page = client.get(path)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
 def test_files_outside_the_static_folder_are_not_served(client: TestClient) -> None:
     assert client.get("/ui/nothing.js").status_code == 404
     assert client.get("/ui/../settings.py").status_code == 404
@@ -131,6 +140,7 @@ def test_the_page_loads_without_a_key_and_the_api_stays_keyed() -> None:
         assert client.get("/").status_code == 200
         assert client.get("/ui/app.js").status_code == 200
         assert client.head("/ui/style.css").status_code == 200
+        assert client.get("/ui").status_code == 200  # through the redirect, no key either
         assert client.get("/v1/models").status_code == 401
         assert client.get("/metrics").status_code == 401
         assert client.post("/").status_code == 401  # only reading the page is open
