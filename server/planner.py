@@ -340,7 +340,11 @@ def _gpu_plan(
         n_ctx=n_ctx,
         n_gpu_layers=layers,
         reason=reason,
-        tensor_split=_tensor_split(devices, options.margin) if len(devices) > 1 else None,
+        tensor_split=(
+            _tensor_split(devices, options.margin, budget.vision(chosen))
+            if len(devices) > 1
+            else None
+        ),
         available=budget.available,
         needed=total,
         warnings=tuple(warnings),
@@ -398,9 +402,11 @@ def _offload_warning(spec: ModelSpec, n_ctx: int, layers: int, total: int, budge
     )
 
 
-def _tensor_split(devices: list[Device], margin: int) -> tuple[float, ...]:
-    """Share of the model per GPU, in proportion to the memory each has free."""
+def _tensor_split(devices: list[Device], margin: int, on_first: int = 0) -> tuple[float, ...]:
+    """Share of the model per GPU, in proportion to the memory each has free once `on_first`
+    bytes are set aside on the first GPU (the vision projector, which loads whole there)."""
     room = [max(0, device.free - margin) for device in devices]
+    room[0] = max(0, room[0] - on_first)
     total = sum(room) or 1
     return tuple(round(r / total, 4) for r in room)
 

@@ -170,10 +170,22 @@ def test_each_sequence_has_its_own_kv_cache(registry: Registry) -> None:
 
 
 def test_two_gpus_split_in_proportion_to_free_memory(registry: Registry) -> None:
-    chosen = plan(gpus(14, 10), registry, PlanOptions())
+    chosen = plan(gpus(14, 10), registry, PlanOptions(vision=False))
     assert chosen.model.id == "gemma-3-27b-it-qat"
     assert chosen.tensor_split == (0.5909, 0.4091)  # (14 - 1) : (10 - 1)
     assert "2 GPUs" in chosen.reason
+
+
+def test_the_projector_is_set_aside_on_the_first_gpu(registry: Registry) -> None:
+    # The vision projector (and its compute buffer) loads whole on GPU 0: the model's layers are
+    # split over what is left, so GPU 0 is not asked for its share plus the projector.
+    chosen = plan(gpus(14, 10), registry, PlanOptions())
+    projector = chosen.vision / GiB
+    assert projector == pytest.approx(0.919, abs=0.001)
+    first = round((13 - projector) / (13 - projector + 9), 4)
+    assert chosen.tensor_split == (first, round(1 - first, 4)) == (0.5731, 0.4269)
+    equal = plan(gpus(24, 24), registry, PlanOptions())
+    assert equal.tensor_split == (0.4898, 0.5102)
     assert plan(gpus(24), registry, PlanOptions()).tensor_split is None
 
 
