@@ -429,6 +429,13 @@ def doubling_pays(rate: float, doubled_rate: float, doubled: int) -> bool:
     return doubled_rate >= rate * CPU_BATCH_GAIN and doubled_rate / doubled >= MIN_STREAM_RATE
 
 
+def doubling_can_pay(rate: float, doubled: int) -> bool:
+    """Whether `doubled` sequences could pay at all, given `rate` tokens/s for half as many: at
+    best batching doubles the total, and that must still give each stream MIN_STREAM_RATE. (A
+    big model on a slow CPU is not timed at twice the sequences for nothing.)"""
+    return rate * 2 >= MIN_STREAM_RATE * doubled
+
+
 def cpu_parallel(rates: Mapping[int, float]) -> int:
     """Sequences to decode together on the CPU, from measured total decode rates (tokens/s) at
     CPU_PARALLEL and twice as many, and so on: the count after the last doubling that paid."""

@@ -3,7 +3,9 @@
 On a GPU, more sequences cost little until memory runs out; on a CPU each one costs compute, and
 what batching gains depends on the cores, their caches and the model. A throwaway context (short
 sequences, the real thread count) times decode steps with CPU_PARALLEL sequences against twice as
-many, and keeps doubling through the plan's `parallel_trials` while `planner.doubling_pays`.
+many, and keeps doubling through the plan's `parallel_trials` while `planner.doubling_pays`
+(a count that could not pay even with perfect batching, `planner.doubling_can_pay`, is not
+timed: a big model on a slow CPU starts as quickly as before).
 The two counts of a pair are timed in turns, a few times each, and each keeps its best time:
 anything else running on the machine only ever slows a step down, so the best is the closest to
 what the cores can do. About two seconds for the bundled model on 2 cores.
@@ -19,7 +21,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp import _internals
 
-from server.planner import CPU_PARALLEL, doubling_pays
+from server.planner import CPU_PARALLEL, doubling_can_pay, doubling_pays
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -38,9 +40,15 @@ def measure_parallel(
     batch = llama_cpp.llama_batch_init(max(trials), 0, 1)
     pairs: list[tuple[int, float, int, float]] = []
     chosen = CPU_PARALLEL
+    stopped = ""
     try:
         for doubled in sorted(trials):
             if doubled != chosen * 2:
+                break
+            _steps(context.ctx, batch, chosen, 1)  # untimed: plans the graph for this shape
+            quick = chosen / min(_steps(context.ctx, batch, chosen, 1) for _ in range(2))
+            if not doubling_can_pay(quick, doubled):
+                stopped = f"{chosen} sequences {quick:.0f}, too few for {doubled} to pay"
                 break
             rate, doubled_rate = _best_rates(context.ctx, batch, (chosen, doubled))
             pairs.append((chosen, rate, doubled, doubled_rate))
@@ -50,9 +58,10 @@ def measure_parallel(
     finally:
         llama_cpp.llama_batch_free(batch)
         context.close()  # type: ignore[no-untyped-call]
+    measured = [f"{a} sequences {ra:.0f} -> {b} sequences {rb:.0f}" for a, ra, b, rb in pairs]
     log.info(
         "CPU decode, tokens/s in total: %s; serving %d requests at once",
-        ", ".join(f"{a} sequences {ra:.0f} -> {b} sequences {rb:.0f}" for a, ra, b, rb in pairs),
+        ", ".join([*measured, stopped] if stopped else measured),
         chosen,
     )
     return chosen, pairs

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from llama_cpp import _internals
 
+from server import planner
 from server.engine.calibration import TRIAL_CTX, measure_parallel
 from server.engine.llama_engine import LlamaEngine
 from server.engine.loading import LoadParams, context_params, model_params
@@ -93,3 +94,25 @@ def test_a_given_count_is_used_as_is(model_path: Path) -> None:
         assert engine.stats().parallel == 2
     finally:
         engine.close()
+
+
+def test_a_count_that_cannot_pay_is_not_timed(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As if every stream had to make a million tokens a second: no doubling could pay, so after
+    # one look at 4 sequences nothing more is timed.
+    monkeypatch.setattr(planner, "MIN_STREAM_RATE", 1e6)
+    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=8)
+    model = _internals.LlamaModel(
+        path_model=str(model_path), params=model_params(params)[0], verbose=False
+    )
+    try:
+        trial = context_params(params)
+        trial.n_batch = trial.n_ubatch = 8
+        with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
+            chosen, pairs = measure_parallel(model, trial, (8, 16))
+    finally:
+        model.close()  # type: ignore[no-untyped-call]
+    assert (chosen, pairs) == (CPU_PARALLEL, [])
+    (line,) = [r.getMessage() for r in caplog.records if "CPU decode" in r.getMessage()]
+    assert "4 sequences" in line and "too few for 8 to pay; serving 4 requests at once" in line

@@ -14,6 +14,7 @@ from server.planner import (
     PlanOptions,
     cpu_parallel,
     cpu_parallel_trials,
+    doubling_can_pay,
     doubling_pays,
     plan,
 )
@@ -61,6 +62,21 @@ def test_a_doubling_pays_with_25_percent_more_and_12_tokens_a_second_each(
     rate: float, doubled_rate: float, doubled: int, pays: bool
 ) -> None:
     assert doubling_pays(rate, doubled_rate, doubled) is pays
+
+
+@pytest.mark.parametrize(
+    ("rate", "doubled", "can_pay"),
+    [
+        (100.0, 8, True),  # the bundled model here: 8 could reach 200 tok/s
+        (48.0, 8, True),  # 8 x 12 tok/s = 96 = 2 x 48, just possible
+        (47.0, 8, False),
+        (12.0, 8, False),  # a 4B model on 2 cores: 3 tok/s a stream already
+        (100.0, 16, True),
+        (90.0, 16, False),
+    ],
+)
+def test_a_count_that_cannot_pay_is_not_timed(rate: float, doubled: int, can_pay: bool) -> None:
+    assert doubling_can_pay(rate, doubled) is can_pay
 
 
 def test_the_floor_is_four() -> None:
