@@ -147,7 +147,8 @@ def test_two_gpus(tmp_path: Path) -> None:
         "compute capability 8.9",
     ]
     assert any(line.endswith("require GPU: yes") for line in lines)
-    assert any("all layers split over the GPUs 77%/23%" in line for line in lines)
+    # 22.7 : 6.7 GiB of room, less the 27B's vision projector (0.92 GiB) on the first GPU
+    assert any("all layers split over the GPUs 76%/24%" in line for line in lines)
 
 
 @pytest.mark.parametrize(
