@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_cpp import _internals
@@ -19,17 +20,23 @@ from server.engine.types import ChatMessage, Finished, GenerationRequest, Sampli
 from server.planner import CPU_PARALLEL, doubling_pays
 
 
-def test_measured_rates_are_real_and_the_pick_follows_them(model_path: Path) -> None:
-    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=16)
+def measure(model_path: Path, trials: tuple[int, ...]) -> tuple[int, list[Any]]:
+    """measure_parallel on the bundled model, with the trial context the loader would make."""
+    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=max(trials))
     model = _internals.LlamaModel(
         path_model=str(model_path), params=model_params(params)[0], verbose=False
     )
     try:
         trial = context_params(params)
-        trial.n_batch = trial.n_ubatch = 16
-        chosen, pairs = measure_parallel(model, trial, (8, 16))
+        trial.n_batch = trial.n_ubatch = max(trials)
+        chosen, pairs = measure_parallel(model, trial, trials)
     finally:
         model.close()  # type: ignore[no-untyped-call]
+    return chosen, list(pairs)
+
+
+def test_measured_rates_are_real_and_the_pick_follows_them(model_path: Path) -> None:
+    chosen, pairs = measure(model_path, (8, 16))
     assert [(a, b) for a, _, b, _ in pairs] in ([(4, 8)], [(4, 8), (8, 16)])
     # batched decoding of the bundled model on any CPU: tens to thousands of tokens a second
     assert all(10 < rate < 20_000 for _, ra, _, rb in pairs for rate in (ra, rb)), pairs
@@ -102,17 +109,8 @@ def test_a_count_that_cannot_pay_is_not_timed(
     # As if every stream had to make a million tokens a second: no doubling could pay, so after
     # one look at 4 sequences nothing more is timed.
     monkeypatch.setattr(planner, "MIN_STREAM_RATE", 1e6)
-    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=8)
-    model = _internals.LlamaModel(
-        path_model=str(model_path), params=model_params(params)[0], verbose=False
-    )
-    try:
-        trial = context_params(params)
-        trial.n_batch = trial.n_ubatch = 8
-        with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
-            chosen, pairs = measure_parallel(model, trial, (8, 16))
-    finally:
-        model.close()  # type: ignore[no-untyped-call]
+    with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
+        chosen, pairs = measure(model_path, (8, 16))
     assert (chosen, pairs) == (CPU_PARALLEL, [])
     (line,) = [r.getMessage() for r in caplog.records if "CPU decode" in r.getMessage()]
     assert "4 sequences" in line and "too few for 8 to pay; serving 4 requests at once" in line
