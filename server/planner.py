@@ -12,7 +12,6 @@ them: the bundled model on the CPU) and `_gpu_plan`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from server.capability import LlamaBuild, capability_text, cuda_rebuild
@@ -26,7 +25,7 @@ MIN_GPU_PARALLEL = 4
 MAX_GPU_PARALLEL = 32
 # On the CPU, decoding is bound by the cores, not by memory. At least this many sequences are
 # decoded together; when the model loads, the engine measures whether twice as many (and twice
-# that, up to MAX_CPU_PARALLEL) still pay (`cpu_parallel`): here, on 2 cores, the raw loop made
+# that, up to MAX_CPU_PARALLEL) still pay (`doubling_pays`): here, on 2 cores, the raw loop made
 # 112 tok/s with 4 sequences and 151 with 8, and a desktop with more cores gains further.
 CPU_PARALLEL = 4
 MAX_CPU_PARALLEL = 16
@@ -101,7 +100,7 @@ class Plan:
     # Sequences decoded together, each with `n_ctx` tokens of its own.
     parallel: int = CPU_PARALLEL
     # On the CPU without --parallel: the larger counts the engine measures when the model loads
-    # (`parallel`, then each of these while `cpu_parallel` says the last doubling paid).
+    # (`parallel`, then each of these while `doubling_pays` says the last doubling paid).
     parallel_trials: tuple[int, ...] = ()
     # GPUs the candidates were measured against (0: no usable GPU, the table has no "fits").
     gpus: int = 0
@@ -279,7 +278,7 @@ def _cpu_plan(
         warnings=ignored,
         candidates=rows,
         parallel=budget.n_seq,
-        parallel_trials=() if options.parallel else cpu_parallel_trials(spec, n_ctx, options),
+        parallel_trials=cpu_parallel_trials(spec, n_ctx, options),
         refusals=refusals,
         vision=budget.vision(spec),
     )
@@ -382,7 +381,7 @@ def _too_small_plan(
         needed=budget.needed(spec, n_ctx),
         candidates=rows,
         parallel=options.parallel or CPU_PARALLEL,
-        parallel_trials=() if options.parallel else cpu_parallel_trials(spec, n_ctx, options),
+        parallel_trials=cpu_parallel_trials(spec, n_ctx, options),
         gpus=budget.n_gpus,
         refusals=refusals,
     )
@@ -413,7 +412,10 @@ def _tensor_split(devices: list[Device], margin: int, on_first: int = 0) -> tupl
 
 def cpu_parallel_trials(spec: ModelSpec, n_ctx: int, options: PlanOptions) -> tuple[int, ...]:
     """The counts above CPU_PARALLEL, doubling up to MAX_CPU_PARALLEL, whose extra sequences' KV
-    cache stays within CPU_KV_LIMIT: what the engine may measure on the CPU."""
+    cache stays within CPU_KV_LIMIT: what the engine may measure on the CPU. None when
+    --parallel gives the count."""
+    if options.parallel:
+        return ()
     per_sequence = kv_cache(spec.architecture, n_ctx, kv_type=options.kv_type).total
     trials = []
     n = CPU_PARALLEL * 2
@@ -434,14 +436,3 @@ def doubling_can_pay(rate: float, doubled: int) -> bool:
     best batching doubles the total, and that must still give each stream MIN_STREAM_RATE. (A
     big model on a slow CPU is not timed at twice the sequences for nothing.)"""
     return rate * 2 >= MIN_STREAM_RATE * doubled
-
-
-def cpu_parallel(rates: Mapping[int, float]) -> int:
-    """Sequences to decode together on the CPU, from measured total decode rates (tokens/s) at
-    CPU_PARALLEL and twice as many, and so on: the count after the last doubling that paid."""
-    chosen = CPU_PARALLEL
-    while (bigger := chosen * 2) in rates and chosen in rates:
-        if not doubling_pays(rates[chosen], rates[bigger], bigger):
-            break
-        chosen = bigger
-    return chosen
