@@ -45,7 +45,7 @@ def measure_parallel(
         for doubled in sorted(trials):
             if doubled != chosen * 2:
                 break
-            _steps(context.ctx, batch, chosen, 1)  # untimed: plans the graph for this shape
+            # a first look, the better of two single steps (the first may plan the graph)
             quick = chosen / min(_steps(context.ctx, batch, chosen, 1) for _ in range(2))
             if not doubling_can_pay(quick, doubled):
                 stopped = f"{chosen} sequences {quick:.0f}, too few for {doubled} to pay"
