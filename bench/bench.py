@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import shlex
 import sys
@@ -346,10 +345,6 @@ def main(argv: list[str] | None = None) -> int:
         *busy_warning(machine),
         *(f"- FAILED {system}: {error.splitlines()[0]}" for system, error in failures),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(text)
     record = {
         "machine": machine,
         "llama_system_info": report.llama_system_info(),
@@ -365,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, by in bench.rounds.items()
         },
     }
-    (args.out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    report.publish(args.out, "results", lines, record)
     log.info("wrote %s and %s", args.out / "results.md", args.out / "results.json")
     return 1 if bench.failures else 0
 

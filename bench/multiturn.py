@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import shlex
@@ -388,10 +387,6 @@ def main(argv: list[str]) -> int:
         *(f"- {line}" for line in notes(by_system)),
         *(f"- FAILED {system}: {error.splitlines()[0]}" for system, error in failures.items()),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "multiturn.md").write_text(text)
     record = {
         system: [
             {
@@ -410,7 +405,7 @@ def main(argv: list[str]) -> int:
         ]
         for system, scenarios in by_system.items()
     }
-    (args.out / "multiturn.json").write_text(json.dumps(record, indent=2) + "\n")
+    report.publish(args.out, "multiturn", lines, record)
     return 1 if failures else 0
 
 

@@ -7,6 +7,7 @@ runs. Rows are metrics, columns systems, then gemma-serve's ratio to the peer, t
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -161,6 +162,16 @@ def target_lines(results: list[dict[str, Any]]) -> list[str]:
         verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
         lines.append(f"{verdict}  {t['target']}: measured {_fmt(t['measured'], 2)}x")
     return lines
+
+
+def publish(out: Path, name: str, lines: list[str], record: dict[str, Any]) -> None:
+    """Print the markdown report and write it to `out/name.md`, the raw figures to
+    `out/name.json`."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def machine() -> dict[str, Any]:
