@@ -270,7 +270,9 @@ def test_health_is_ok_when_ready(http: httpx.Client) -> None:
     response = http.get("/health")
     assert response.status_code == 200
     health = response.json()
-    assert (health["status"], health["parallel"]) == ("ok", 4)  # the CPU plan's 4 sequences
+    assert health["status"] == "ok"
+    # the CPU plan's count, timed as the model loads: 4, or more where the cores gain from it
+    assert health["parallel"] in (4, 8, 16)
     assert {type(health["active"]), type(health["queued"])} == {int}
 
 

@@ -1,6 +1,6 @@
 """The CPU's parallel count, measured as the real model loads: the engine times decode steps
-with 4 sequences and more, loads with the count `planner.cpu_parallel` picks from those rates,
-says so in its log, and then serves that many requests at once."""
+with 4 sequences and more, keeps doubling while `planner.doubling_pays` says the measured rates
+pay, says so in its log, and then serves that many requests at once."""
 
 from __future__ import annotations
 
