@@ -58,10 +58,13 @@ class LoadParams:
     def flash_attn(self) -> bool:
         # On a GPU, flash attention keeps the attention scores out of the compute buffer; a
         # quantised V cache needs it on any device. Not otherwise on the CPU, though it decodes a
-        # few percent faster there: the CPU kernel's result depends on where the cells lie in the
-        # cache, and a state the prompt cache restores (its sliding-window cells packed at the
-        # start) then answers differently from the same state kept in place (logits up to 1.6
-        # apart after an 830-token prompt; bench/RESULTS.md). Without it they are bit-identical.
+        # few percent faster there: the CPU kernel splits a lone sequence's cells across threads
+        # and tiles a prompt's, so its result depends on where the cells lie and on what else is
+        # in the batch. Every state the prompt cache restores (its sliding-window cells packed at
+        # the start) then answers differently from the same state kept in place (logits up to
+        # 1.6 apart after an 830-token prompt), and a sequence decoded alone differently from one
+        # beside another (2.7 at 700 tokens). Without it, restored and kept states agreed bit for
+        # bit at 29 of 31 lengths of real text (bench/exactness.py, bench/RESULTS.md).
         return self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
 
 
