@@ -130,3 +130,44 @@ def test_an_unsupported_schema_is_a_400_and_the_server_survives(
             response_format={"type": "json_schema", "json_schema": {"name": "x"}},
         )
     assert http.get("/health").status_code == 200
+
+
+# Gemma's "\n", "\n\n" and "\t" tokens pushed to the top: wherever the grammar lets a raw control
+# character through, the model writes one, and the output is not JSON any more.
+CONTROL_BIAS = {"107": 100, "108": 100, "255968": 100}
+NOTE = {
+    "type": "object",
+    "properties": {"note": {"type": "string", "maxLength": 8}},
+    "required": ["note"],
+    "additionalProperties": False,
+}
+
+
+def ask_for_a_note(openai_client, **constraint):  # type: ignore[no-untyped-def]
+    """A note on two lines, with newline and tab tokens favoured, under `constraint`."""
+    return openai_client.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Write a note on two lines."}],
+        max_tokens=60,
+        temperature=0,
+        logit_bias=CONTROL_BIAS,
+        **constraint,
+    ).choices[0]
+
+
+def test_json_schema_strings_never_hold_raw_control_characters(openai_client) -> None:  # type: ignore[no-untyped-def]
+    schema = {"name": "note", "schema": NOTE, "strict": True}
+    choice = ask_for_a_note(
+        openai_client, response_format={"type": "json_schema", "json_schema": schema}
+    )
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content), NOTE)  # strict: no raw \n or \t
+
+
+def test_forced_tool_call_arguments_never_hold_raw_control_characters(openai_client) -> None:  # type: ignore[no-untyped-def]
+    tool = {"type": "function", "function": {"name": "write_note", "parameters": NOTE}}
+    named = {"type": "function", "function": {"name": "write_note"}}
+    choice = ask_for_a_note(openai_client, tools=[tool], tool_choice=named)
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), NOTE)

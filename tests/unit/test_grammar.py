@@ -47,3 +47,21 @@ def test_any_items_are_left_out(schema: object, rewritten: object) -> None:
 def test_an_array_of_anything_compiles(vocab: object) -> None:
     grammar = compile_json_format(JsonFormat({"type": "array", "items": {}}), vocab)
     assert "root" in grammar
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string"},
+        {"type": "object", "properties": {"note": {"type": "string", "maxLength": 8}}},
+        {"type": "object", "properties": {"char": {"type": "string"}}},  # a rule called char
+        {"type": "string", "pattern": "^.{1,4}$"},  # a pattern's `.`
+    ],
+)
+def test_no_raw_control_character_can_enter_a_json_string(vocab: object, schema: object) -> None:
+    grammar = compile_json_format(JsonFormat(schema=schema), vocab)  # type: ignore[arg-type]
+    string_rules = [line for line in grammar.splitlines() if '"\\\\" (' in line or "::= [^" in line]
+    assert string_rules  # every rule a string's characters come from
+    for rule in string_rules:
+        assert '[^"\\\\\\x7F\\x00-\\x1F]' in rule, rule
+    assert "[^\\x0A\\x0D]" not in grammar and '::= [^"\\\\] |' not in grammar
