@@ -416,7 +416,7 @@ def cpu_parallel_trials(spec: ModelSpec, n_ctx: int, options: PlanOptions) -> tu
     --parallel gives the count."""
     if options.parallel:
         return ()
-    per_sequence = kv_cache(spec.architecture, n_ctx, kv_type=options.kv_type).total
+    per_sequence = _Budget(options).per_sequence(spec, n_ctx)
     trials = []
     n = CPU_PARALLEL * 2
     while n <= MAX_CPU_PARALLEL and (n - CPU_PARALLEL) * per_sequence <= CPU_KV_LIMIT:

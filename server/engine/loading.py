@@ -162,14 +162,19 @@ def load(
     return LoadedModel(model, context, n_ctx, params.n_seq, keep)
 
 
-def _measured_n_seq(model: _internals.LlamaModel, params: LoadParams, trials: Sequence[int]) -> int:
-    """The sequence count worth decoding together here, timed in a small throwaway context (its
-    batch only as large as the largest trial, so no 512-row logits buffer is reserved)."""
+def trial_context_params(params: LoadParams, trials: Sequence[int]) -> Any:
+    """llama.cpp context parameters for timing `trials`: a small throwaway context of the largest
+    trial's sequences, its batch only that large (so no 512-row logits buffer is reserved)."""
     largest = max(trials)
     trial = context_params(replace(params, n_ctx=TRIAL_CTX, n_seq=largest))
     trial.n_batch = trial.n_ubatch = largest
+    return trial
+
+
+def _measured_n_seq(model: _internals.LlamaModel, params: LoadParams, trials: Sequence[int]) -> int:
+    """The sequence count worth decoding together here (server/engine/calibration.py)."""
     try:
-        chosen, _ = measure_parallel(model, trial, trials)
+        chosen, _ = measure_parallel(model, trial_context_params(params, trials), trials)
     except (ValueError, RuntimeError) as exc:  # the measurement is an optimisation: serve anyway
         _log.warning(
             "could not measure the CPU's batching (%s); serving %d at once", exc, params.n_seq

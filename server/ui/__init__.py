@@ -80,7 +80,7 @@ UI_PATHS = (ASSETS_PREFIX.rstrip("/"), ASSETS_PREFIX)
 
 def is_page_path(path: str) -> bool:
     """True for the paths the page itself is served from (open without an API key)."""
-    return path == PAGE_PATH or path == UI_PATHS[0] or path.startswith(ASSETS_PREFIX)
+    return path == PAGE_PATH or path in UI_PATHS or path.startswith(ASSETS_PREFIX)
 
 
 async def _index(request: Request) -> FileResponse:

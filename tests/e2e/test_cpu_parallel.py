@@ -15,21 +15,19 @@ from llama_cpp import _internals
 from server import planner
 from server.engine.calibration import TRIAL_CTX, measure_parallel
 from server.engine.llama_engine import LlamaEngine
-from server.engine.loading import LoadParams, context_params, model_params
+from server.engine.loading import LoadParams, model_params, trial_context_params
 from server.engine.types import ChatMessage, Finished, GenerationRequest, SamplingParams
 from server.planner import CPU_PARALLEL, doubling_pays
 
 
 def measure(model_path: Path, trials: tuple[int, ...]) -> tuple[int, list[Any]]:
-    """measure_parallel on the bundled model, with the trial context the loader would make."""
-    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2, n_seq=max(trials))
+    """measure_parallel on the bundled model, with the trial context the loader makes."""
+    params = LoadParams(n_ctx=TRIAL_CTX, n_threads=2)
     model = _internals.LlamaModel(
         path_model=str(model_path), params=model_params(params)[0], verbose=False
     )
     try:
-        trial = context_params(params)
-        trial.n_batch = trial.n_ubatch = max(trials)
-        chosen, pairs = measure_parallel(model, trial, trials)
+        chosen, pairs = measure_parallel(model, trial_context_params(params, trials), trials)
     finally:
         model.close()  # type: ignore[no-untyped-call]
     return chosen, list(pairs)
