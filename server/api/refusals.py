@@ -35,7 +35,9 @@ class RefusalFields:
     logit_bias: str = "logit_bias"
 
 
-def refused_field(refusal: RequestRejected, request: GenerationRequest, fields: RefusalFields) -> str:
+def refused_field(
+    refusal: RequestRejected, request: GenerationRequest, fields: RefusalFields
+) -> str:
     """The request's field behind `refusal` of `request` (images carry their own field)."""
     cause = refusal.cause
     if cause in (Refused.CONVERSATION, Refused.CONTEXT_LENGTH):

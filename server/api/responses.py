@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from server.api import validators
 from server.api.errors import APIError
 from server.api.images import ImageCollector, clean_text
+from server.api.refusals import RefusalFields
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -32,7 +33,6 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.refusals import RefusalFields
 from server.api.serving import Sequences, ServerEvent
 from server.api.validators import invalid, unsupported
 from server.engine.types import (

@@ -82,9 +82,7 @@ TWO_IMAGES = [
         ],
     }
 ]
-IMAGE_INPUT = [
-    {"role": "user", "content": [{"type": "input_image", "image_url": picture_url(1)}]}
-]
+IMAGE_INPUT = [{"role": "user", "content": [{"type": "input_image", "image_url": picture_url(1)}]}]
 TOOL_REQUIRED = {**CHAT[1], "tools": [WEATHER], "tool_choice": "required"}
 JSON_CHAT = {**CHAT[1], "response_format": {"type": "json_object"}}
 JSON_RESPONSES = {**RESPONSES[1], "text": {"format": {"type": "json_object"}}}
