@@ -1,10 +1,11 @@
-"""The engine thread: continuous batching over the slots of one llama.cpp context.
+"""The engine thread: continuous batching over the sequences of one llama.cpp context.
 
 Each step builds one `llama_batch` with the next token of every decoding sequence (its own
 `seq_id`) plus a chunk of prompt tokens from sequences still prefilling, calls `llama_decode`
 once, and samples every sequence whose logits it asked for with that sequence's own sampler chain.
-New jobs take free slots between steps; a long prompt is prefilled PREFILL_CHUNK tokens per step
-while others decode, so running streams keep flowing. Only this thread calls into the context.
+New jobs take free sequences between steps (`admission.admit`); a long prompt is prefilled
+PREFILL_CHUNK tokens per step while others decode, so running streams keep flowing. Only this
+thread calls into the context.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 
 import llama_cpp
 
+from server.engine.admission import admit
 from server.engine.job import DONE, Job
 from server.engine.loading import N_BATCH, LoadedModel
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
-from server.engine.sequence import Slot
+from server.engine.sequence import Cells, Sequence, State
 from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
 from server.engine.vision import ImageSteps, Projector
 
@@ -30,6 +32,7 @@ log = logging.getLogger("gemma_serve.engine")
 # Prompt tokens prefilled per step while other sequences decode: a step then costs about as much
 # as a few decode steps, so streams slow down but never stall behind a long prompt.
 PREFILL_CHUNK = 256
+_PREFILL = (State.PREFILLING, State.AWAITING_IMAGE)
 
 
 class Scheduler:
@@ -46,23 +49,19 @@ class Scheduler:
         cache_bytes: int = 0,
     ) -> None:
         self._ctx: Any = loaded.context.ctx
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._images = (
-            ImageSteps(projector, self._ctx, self._memory, N_BATCH) if projector else None
-        )
+        self._images = ImageSteps(projector, self._ctx, N_BATCH) if projector else None
         self._vocab: Any = loaded.model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._n_swa = int(llama_cpp.llama_model_n_swa(loaded.model.model))
         self._start_of_turn = start_of_turn
         self._timeout = request_timeout
-        self._slots = [Slot(seq_id) for seq_id in range(parallel)]
+        cells = Cells(self._ctx)
+        self._sequences = [Sequence(seq_id, cells) for seq_id in range(parallel)]
         self._queue: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
-        self.prompt_cache = PromptCache(
-            self._ctx, self._memory, budget=cache_bytes, n_swa=self._n_swa
-        )
+        self.prompt_cache = PromptCache(budget=cache_bytes, n_swa=self._n_swa)
         self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
         self._thread.start()
 
@@ -77,8 +76,8 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        """Busy slots (read from any thread; slots change only on the engine thread)."""
-        return sum(slot.busy for slot in self._slots)
+        """Busy sequences (read from any thread; they change only on the engine thread)."""
+        return sum(sequence.busy for sequence in self._sequences)
 
     def close(self, timeout: float) -> bool:
         """Stop after the current step, ending every job; True once the thread has ended."""
@@ -99,7 +98,7 @@ class Scheduler:
                         self._wake.wait()
                     if self._closing:
                         return
-                    free = sum(not slot.busy for slot in self._slots)
+                    free = sum(not sequence.busy for sequence in self._sequences)
                     arrivals = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
                 for job in arrivals:
                     self._admit(job)
@@ -118,8 +117,8 @@ class Scheduler:
             job.push(DONE)
             job.reservation.release()
             return
-        free = [slot for slot in self._slots if not slot.busy]
-        slot, reused = self.prompt_cache.admit(free, job.tokens, job.images)
+        free = [sequence for sequence in self._sequences if not sequence.busy]
+        sequence = admit(free, job, self.prompt_cache, self._n_swa)
         try:
             seed = job.request.sampling.seed
             sampler = SamplerChain(
@@ -130,28 +129,28 @@ class Scheduler:
             job.push(DONE)
             job.reservation.release()
             return
-        slot.start(job, sampler, reused, self._timeout)
+        sequence.start(job, sampler, self._timeout)
         log.debug(
             "sequence %d: %d prompt tokens, %d from the prefix cache",
-            slot.seq_id,
+            sequence.seq_id,
             len(job.tokens),
-            reused,
+            sequence.reused,
         )
 
     def _drop_cancelled(self) -> None:
         # NOTE: a consumer that went away sets `cancelled` from the event loop thread; checking it
-        # here, before every step, frees its slot within one step.
-        for slot in self._slots:
+        # here, before every step, frees its sequence within one step.
+        for slot in self._sequences:
             if slot.job is not None and slot.job.cancelled.is_set():
                 slot.cancel()
             elif slot.expired():
                 slot.expire()
 
     def _step(self, batch: Any) -> None:
-        if self._images is not None and (image_slot := self._images.due(self._slots)):
+        if self._images is not None and (image_slot := self._images.due(self._sequences)):
             self._images.run(image_slot)
             return
-        rows: list[tuple[Slot, int]] = []
+        rows: list[tuple[Sequence, int]] = []
         n = 0
 
         def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
@@ -163,19 +162,22 @@ class Scheduler:
             batch.logits[n] = logits
             n += 1
 
-        decoding = [slot for slot in self._slots if slot.next_token is not None]
+        decoding = [slot for slot in self._sequences if slot.state is State.DECODING]
         for slot in decoding:
             pos = len(slot.cached)
             put(slot.decode_token(), pos, slot.seq_id, True)
             rows.append((slot, n - 1))
         budget = N_BATCH - n if not decoding else min(PREFILL_CHUNK, N_BATCH - n)
+        # Waiting for an image step counts as prefilling: a failed decode ends those too.
         prefilling = sorted(
-            (slot for slot in self._slots if slot.prefilling),
+            (slot for slot in self._sequences if slot.state in _PREFILL),
             key=lambda slot: slot.job.submitted_at if slot.job else 0.0,
         )
         for slot in prefilling:
             if budget <= 0:
                 break
+            if not slot.prefilling:
+                continue
             start = len(slot.cached)
             chunk = slot.prefill_chunk(budget)
             budget -= len(chunk)
@@ -194,7 +196,7 @@ class Scheduler:
         for slot, row in rows:
             self._sample(slot, row)
 
-    def _sample(self, slot: Slot, row: int) -> None:
+    def _sample(self, slot: Sequence, row: int) -> None:
         job, sampler = slot.job, slot.sampler
         assert job is not None and sampler is not None
         if job.cancelled.is_set():
@@ -225,21 +227,18 @@ class Scheduler:
 
     def _fail_batch(
         self,
-        rows: list[tuple[Slot, int]],
-        decoding: list[Slot],
-        prefilling: list[Slot],
+        rows: list[tuple[Sequence, int]],
+        decoding: list[Sequence],
+        prefilling: list[Sequence],
         status: int,
     ) -> None:
         """llama_decode refused the batch: end the sequences in it and forget their KV."""
         log.error("llama_decode failed with status %d", status)
         for slot in {*decoding, *prefilling, *(slot for slot, _ in rows)}:
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            slot.cached = []
-            if slot.job is not None:
-                slot.fail(RuntimeError(f"llama.cpp could not decode (status {status})"))
+            slot.abort(RuntimeError(f"llama.cpp could not decode (status {status})"))
 
     def _end_all(self, error: BaseException) -> None:
-        for slot in self._slots:
+        for slot in self._sequences:
             if slot.job is not None:
                 slot.fail(error)
         with self._wake:

@@ -35,7 +35,7 @@ from server.engine.types import ImageInput, Refused, RequestRejected
 from server.gguf import GGUFError, read_header
 
 if TYPE_CHECKING:
-    from server.engine.sequence import Slot
+    from server.engine import sequence
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -204,31 +204,27 @@ class Projector:
 class ImageSteps:
     """The scheduler's image steps: which sequence's picture goes next, and running it."""
 
-    def __init__(self, projector: Projector, lctx: Any, memory: Any, n_batch: int) -> None:
+    def __init__(self, projector: Projector, lctx: Any, n_batch: int) -> None:
         self._projector = projector
         self._lctx = lctx
-        self._memory = memory
         self._n_batch = n_batch
         self._last_was_image = False
 
-    def due(self, slots: list[Slot]) -> Slot | None:
-        """The slot whose image to decode now, or None for a text step."""
-        waiting = [slot for slot in slots if slot.pending_image() is not None]
+    def due(self, sequences: list[sequence.Sequence]) -> sequence.Sequence | None:
+        """The sequence whose image to decode now, or None for a text step."""
+        waiting = [slot for slot in sequences if slot.pending_image() is not None]
         if not waiting:
             self._last_was_image = False
             return None
-        others = any(
-            slot.next_token is not None or (slot.prefilling and slot.pending_image() is None)
-            for slot in slots
-        )
+        others = any(slot.prefilling or slot.next_token is not None for slot in sequences)
         if self._last_was_image and others:
             self._last_was_image = False
             return None
         self._last_was_image = True
         return min(waiting, key=lambda slot: slot.job.submitted_at if slot.job else 0.0)
 
-    def run(self, slot: Slot) -> None:
-        """Encode and decode the slot's next image. The consumer leaving or the time limit
+    def run(self, slot: sequence.Sequence) -> None:
+        """Encode and decode the sequence's next image. The consumer leaving or the time limit
         passing while the picture is encoded ends the job before its decode."""
         image = slot.pending_image()
         assert image is not None and slot.job is not None
@@ -256,8 +252,6 @@ class ImageSteps:
             (time.perf_counter() - started) * 1000,
         )
 
-    def _fail(self, slot: Slot, message: str) -> None:
+    def _fail(self, slot: sequence.Sequence, message: str) -> None:
         log.error("sequence %d: %s", slot.seq_id, message)
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        slot.cached = []
-        slot.fail(RuntimeError(message))
+        slot.abort(RuntimeError(message))
