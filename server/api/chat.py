@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from server.api import validators
 from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, ImagePart, TextPart
 from server.api.choices import OutputOptions
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
-from server.api.serving import Sequences
+from server.api.serving_types import Sequences
 from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,

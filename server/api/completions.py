@@ -20,7 +20,7 @@ from server.api.completions_protocol import (
 )
 from server.api.protocol import Usage
 from server.api.refusals import RefusalFields
-from server.api.serving import Sequences, ServerEvent, error_event, wire_usage
+from server.api.serving_types import Sequences, ServerEvent, error_event, wire_usage
 from server.api.validators import invalid
 from server.engine.types import Event, GenerationRequest, TextDelta, TokenLogprob
 from server.engine.types import Usage as EngineUsage

@@ -19,7 +19,7 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from server.api import validators
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
 from server.api.responses_protocol import (
@@ -33,7 +33,7 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.serving import Sequences, ServerEvent
+from server.api.serving_types import Sequences, ServerEvent
 from server.api.validators import invalid, unsupported
 from server.engine.types import (
     ChatMessage,

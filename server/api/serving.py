@@ -1,7 +1,8 @@
 """The one serving path of chat, completions and responses.
 
 Each endpoint converts its request into `Sequences` (pure, in its own module) and describes its
-answer with an `Answer`; everything between is here, once:
+answer with an `Answer` (both in serving_types.py, free of FastAPI); everything between is here,
+once:
 
 1. the model the request names is checked (404 otherwise);
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
@@ -16,21 +17,19 @@ answer with an `Answer`; everything between is here, once:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError, error_body, stream_failure
-from server.api.protocol import PromptTokensDetails, Usage
-from server.api.refusals import RefusalFields, openai_refusal
+from server.api.errors import APIError, stream_failure
+from server.api.refusals import openai_refusal
+from server.api.serving_types import SSE_DONE, Answer, Sequences, ServerEvent
 from server.api.streams import interleave
 from server.engine.types import (
     Engine,
@@ -39,65 +38,14 @@ from server.engine.types import (
     PreparedGeneration,
     RequestRejected,
 )
-from server.engine.types import Usage as EngineUsage
 from server.logtext import printable
 
 prompt_log = logging.getLogger("gemma_serve.prompts")
 
-# What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
-ServerEvent = str | dict[str, str]
-# The last `data:` of a chat or completions stream.
-SSE_DONE = "[DONE]"
 # An SSE comment every so often keeps proxies from closing a stream during a long prefill.
 PING_SECONDS = 15
 
 T = TypeVar("T", bound=BaseModel)
-T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
-
-
-@dataclass(frozen=True)
-class Sequences:
-    """Every sequence one request asks the engine for, in answer order, and where the request
-    holds what the engine may refuse of each."""
-
-    requests: tuple[GenerationRequest, ...]
-    count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
-    refusal_fields: tuple[RefusalFields, ...]  # one per request
-    prompts: int = 1  # how many prompts `n` multiplies: more than the server holds names `prompt`
-
-    def __post_init__(self) -> None:
-        assert len(self.refusal_fields) == len(self.requests), "one RefusalFields per request"
-
-
-class Answer(Protocol[T_co]):
-    """How one endpoint writes its answer from `(sequence index, event)` pairs."""
-
-    @property
-    def ends_with_done(self) -> bool:
-        """Whether the stream ends with `data: [DONE]` (chat, completions) or not (responses)."""
-        ...
-
-    def whole(self, events: AsyncIterator[tuple[int, Event]]) -> Awaitable[T_co]: ...
-
-    def stream(self, events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[ServerEvent]: ...
-
-    def failed(self, message: str, code: str) -> list[ServerEvent]:
-        """The events that end a stream after an error (the HTTP status is already sent)."""
-        ...
-
-
-def wire_usage(usage: EngineUsage) -> Usage:
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-def error_event(message: str, code: str) -> str:
-    """The `data:` payload of an error in a chat or completions stream."""
-    return json.dumps(error_body(message, type="server_error", code=code))
 
 
 class ClientGone(Exception):

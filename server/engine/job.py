@@ -13,12 +13,9 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
 
 from server.engine.types import Event, Finished, GenerationRequest, TextDelta
-
-if TYPE_CHECKING:
-    from server.engine.vision import PromptImage
+from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a job's asyncio queue
 

@@ -18,7 +18,7 @@ import time
 from collections import abc
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp
 
@@ -26,9 +26,7 @@ from server.engine.job import DONE, Job
 from server.engine.sampling import SamplerChain
 from server.engine.text import TextAssembler
 from server.engine.types import Finished, FinishReason, TextDelta, TokenLogprob, Usage
-
-if TYPE_CHECKING:
-    from server.engine.vision import PromptImage
+from server.engine.vision import PromptImage
 
 
 class State(Enum):
