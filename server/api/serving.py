@@ -1,8 +1,8 @@
 """The one serving path of chat, completions and responses.
 
-Each endpoint converts its request into `Sequences` (pure, in its own module) and describes its
-answer with an `Answer` (both in serving_types.py, free of FastAPI); everything between is here,
-once:
+Each endpoint converts its request into `GenerationRequests` (pure, in its own module) and
+describes its answer with an `Answer` (both in serving_types.py, free of FastAPI); everything
+between is here, once:
 
 1. the model the request names is checked (404 otherwise);
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
@@ -29,13 +29,13 @@ from sse_starlette import EventSourceResponse
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError, stream_failure
 from server.api.refusals import openai_refusal
-from server.api.serving_types import SSE_DONE, Answer, Sequences, ServerEvent
+from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
 from server.api.streams import interleave
 from server.engine.types import (
     Engine,
     Event,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     RequestRejected,
 )
 from server.logtext import printable
@@ -87,13 +87,13 @@ class Serving:
     def check_model(self, model: str) -> None:
         self.runtime.check_model(model)
 
-    async def prepare(self, sequences: Sequences) -> list[PreparedGeneration]:
-        """Prepare every sequence, or none: a refusal or a full server releases the places the
+    async def prepare(self, generations: GenerationRequests) -> list[Generation]:
+        """Prepare every generation, or none: a refusal or a full server releases the places the
         earlier ones took."""
-        requests = sequences.requests
+        requests = generations.requests
         capacity = self.engine.info.capacity
         if len(requests) > capacity:
-            too_many = "prompt" if sequences.prompts > capacity else sequences.count_param
+            too_many = "prompt" if generations.prompts > capacity else generations.count_param
             fix = "send fewer prompts" if too_many == "prompt" else f"lower {too_many}"
             raise APIError(
                 400,
@@ -103,15 +103,15 @@ class Serving:
                 param=too_many,
                 code="invalid_value",
             )
-        prepared: list[PreparedGeneration] = []
+        prepared: list[Generation] = []
         try:
-            for index, generation in enumerate(requests):
-                self._log_prompt(generation)
+            for index, asked in enumerate(requests):
+                self._log_prompt(asked)
                 try:
-                    prepared.append(await self.engine.prepare(generation))
+                    prepared.append(await self.engine.prepare(asked))
                 except RequestRejected as exc:
-                    fields = sequences.refusal_fields[index]
-                    raise openai_refusal(exc, generation, fields) from exc
+                    fields = generations.refusal_fields[index]
+                    raise openai_refusal(exc, asked, fields) from exc
         except BaseException:
             prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
             raise
@@ -120,7 +120,7 @@ class Serving:
     async def respond(
         self,
         request: Request,
-        prepared: Sequence[PreparedGeneration],
+        prepared: Sequence[Generation],
         answer: Answer[T],
         *,
         stream: bool,
@@ -142,10 +142,16 @@ class Serving:
             return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
 
     async def serve(
-        self, request: Request, sequences: Sequences, answer: Answer[T], *, stream: bool
+        self,
+        request: Request,
+        generations: GenerationRequests,
+        answer: Answer[T],
+        *,
+        stream: bool,
     ) -> Response | T:
         """Prepare, then respond."""
-        return await self.respond(request, await self.prepare(sequences), answer, stream=stream)
+        prepared = await self.prepare(generations)
+        return await self.respond(request, prepared, answer, stream=stream)
 
     def _log_prompt(self, generation: GenerationRequest) -> None:
         if not self._log_prompts:

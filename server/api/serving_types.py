@@ -28,7 +28,7 @@ T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
 
 
 @dataclass(frozen=True)
-class Sequences:
+class GenerationRequests:
     """Every sequence one request asks the engine for, in answer order, and where the request
     holds what the engine may refuse of each."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from server.engine.job import Job
+from server.engine.job import LlamaGeneration
 from server.engine.prefix import Candidate, place, reusable_prefix
 from server.engine.prompt_cache import PromptCache
 from server.engine.sequence import Sequence
@@ -19,11 +19,13 @@ from server.engine.vision import safe_reuse
 log = logging.getLogger("gemma_serve.engine")
 
 
-def admit(free: list[Sequence], job: Job, cache: PromptCache, n_swa: int) -> Sequence:
-    """The sequence among `free` for `job`, holding the best KV there is for its prompt, cut to
-    the reusable prefix, which never ends inside one of the prompt's images
+def admit(
+    free: list[Sequence], generation: LlamaGeneration, cache: PromptCache, n_swa: int
+) -> Sequence:
+    """The sequence among `free` for `generation`, holding the best KV there is for its prompt,
+    cut to the reusable prefix, which never ends inside one of the prompt's images
     (`vision.safe_reuse`). What the sequence held is saved first if it is about to be lost."""
-    prompt = job.tokens
+    prompt = generation.tokens
     live = [
         Candidate(s.seq_id, s.cached, s.pos_min(), s.last_used, saved=cache.holds(s)) for s in free
     ]
@@ -41,5 +43,5 @@ def admit(free: list[Sequence], job: Job, cache: PromptCache, n_swa: int) -> Seq
         log.warning(
             "a restored state serves %d prompt tokens, %d expected", reused, placement.reuse
         )
-    cache.counted(sequence.truncate(safe_reuse(reused, job.images)))
+    cache.counted(sequence.truncate(safe_reuse(reused, generation.images)))
     return sequence

@@ -29,46 +29,53 @@ class ImageSteps:
 
     def due(self, sequences: list[Sequence]) -> Sequence | None:
         """The sequence whose image to decode now, or None for a text step."""
-        waiting = [slot for slot in sequences if slot.pending_image() is not None]
+        waiting = [sequence for sequence in sequences if sequence.pending_image() is not None]
         if not waiting:
             self._last_was_image = False
             return None
-        others = any(slot.prefilling or slot.next_token is not None for slot in sequences)
+        others = any(
+            sequence.prefilling or sequence.next_token is not None for sequence in sequences
+        )
         if self._last_was_image and others:
             self._last_was_image = False
             return None
         self._last_was_image = True
-        return min(waiting, key=lambda slot: slot.job.submitted_at if slot.job else 0.0)
+        return min(
+            waiting,
+            key=lambda sequence: sequence.generation.submitted_at if sequence.generation else 0.0,
+        )
 
-    def run(self, slot: Sequence) -> None:
+    def run(self, sequence: Sequence) -> None:
         """Encode and decode the sequence's next image. The consumer leaving or the time limit
-        passing while the picture is encoded ends the job before its decode."""
-        image = slot.pending_image()
-        assert image is not None and slot.job is not None
+        passing while the picture is encoded ends the generation before its decode."""
+        image = sequence.pending_image()
+        assert image is not None and sequence.generation is not None
         started = time.perf_counter()
         status = self._projector.encode(image.chunk)
         if status != 0:
-            self._fail(slot, f"the projector could not encode the image (status {status})")
+            self._fail(sequence, f"the projector could not encode the image (status {status})")
             return
-        if slot.job.cancelled.is_set():
-            slot.cancel()
+        if sequence.generation.cancelled.is_set():
+            sequence.cancel()
             return
-        if slot.expired():
-            slot.expire()
+        if sequence.expired():
+            sequence.expire()
             return
-        pos = len(slot.cached)
-        status = self._projector.decode(self._lctx, image.chunk, pos, slot.seq_id, self._n_batch)
+        pos = len(sequence.cached)
+        status = self._projector.decode(
+            self._lctx, image.chunk, pos, sequence.seq_id, self._n_batch
+        )
         if status != 0:
-            self._fail(slot, f"llama.cpp could not decode the image (status {status})")
+            self._fail(sequence, f"llama.cpp could not decode the image (status {status})")
             return
-        slot.image_decoded(image)
+        sequence.image_decoded(image)
         log.debug(
             "sequence %d: image of %d positions in %.0f ms",
-            slot.seq_id,
+            sequence.seq_id,
             image.chunk.n_pos,
             (time.perf_counter() - started) * 1000,
         )
 
-    def _fail(self, slot: Sequence, message: str) -> None:
-        log.error("sequence %d: %s", slot.seq_id, message)
-        slot.abort(RuntimeError(message))
+    def _fail(self, sequence: Sequence, message: str) -> None:
+        log.error("sequence %d: %s", sequence.seq_id, message)
+        sequence.abort(RuntimeError(message))

@@ -1,17 +1,18 @@
-"""A prompt cache that outlives the slots: sequence states saved to host memory, restored later.
+"""A prompt cache that outlives the sequences' own KV: states saved to host memory, restored later.
 
-A slot keeps its last sequence's KV only until another prompt takes it. With more conversations
-than slots, every later turn would then prefill its whole history again. Instead, when a slot is
-taken for a prompt that does not extend what it holds, its state is copied to host memory
-(`llama_state_seq_get_data`: the sequence's cells of every layer, as llama.cpp keeps them), keyed
-by its tokens; a later prompt that extends a saved state gets it copied back into whichever slot it
-takes (`llama_state_seq_set_data`), and prefills only what is new.
+A sequence keeps the KV of its last generation only until another prompt takes it. With more
+conversations than sequences, every later turn would then prefill its whole history again.
+Instead, when a sequence is taken for a prompt that does not extend what it holds, its state is
+copied to host memory (`llama_state_seq_get_data`: its cells of every layer, as llama.cpp keeps
+them), keyed by its tokens; a later prompt that extends a saved state gets it copied back into
+whichever sequence it takes (`llama_state_seq_set_data`), and prefills only what is new.
 
-Exactness: the copy holds the very KV the sequence computed, so a restored state is what the slot
-would have held had nobody else used it. Sliding-window layers are saved with only the window the
-last position attends to, so a restored state may serve only a prompt that extends it whole
+Exactness: the copy holds the very KV the sequence computed, so a restored state is what the
+sequence would have held had nobody else used it. Sliding-window layers are saved with only the
+window the last position attends to, so a restored state may serve only a prompt that extends it
+whole
 (`prefix.restored_pos_min` and the usual `reusable_prefix` test); anything else is prefilled cold.
-The restored cells lie elsewhere in the slot, and at a few lengths that changes the last bits of
+The restored cells lie elsewhere in the sequence, and at a few lengths that changes the last bits of
 llama.cpp's attention sums, as batching with other requests does: over 31 lengths of real text
 (540 to 3,450 tokens) one or two restored states' next logits differed from the kept ones' (by
 up to 0.92, same top token), the others were bit-identical (bench/exactness.py, two runs).

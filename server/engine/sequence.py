@@ -1,14 +1,14 @@
-"""One sequence of the batch: a llama.cpp sequence id, the KV cells it holds, and the job it runs.
+"""One sequence of the batch: a llama.cpp sequence id, its KV cells, and the generation it runs.
 
 A `Sequence` owns its KV: the tokens whose cells it holds (`cached`) change only through its own
 methods (truncate, forget, save, restore, and the prefill and decode steps that add to them), and
 this module is the only one that removes cells (`llama_memory_seq_rm`) or copies a sequence's
 state out or in. Its state (`State`) is held, not inferred, and moves only along `TRANSITIONS`.
 
-Only the engine thread touches a sequence. A job moves through it in two phases: prefill (its
+Only the engine thread touches a sequence. A generation moves through it in two phases: prefill (its
 prompt tokens, in chunks, the last one asking for logits; an image in a step of its own) and
 decode (one sampled token per step). Each sampled token is turned into text once
-(`TextAssembler`: UTF-8 safe, stop strings held back) and pushed to the job's queue.
+(`TextAssembler`: UTF-8 safe, stop strings held back) and pushed to the generation's queue.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.job import DONE, Job
+from server.engine.job import DONE, LlamaGeneration
 from server.engine.sampling import SamplerChain
 from server.engine.text import TextAssembler
 from server.engine.types import Finished, FinishReason, TextDelta, TokenLogprob, Usage
@@ -30,9 +30,9 @@ from server.engine.vision import PromptImage
 
 
 class State(Enum):
-    """Where a sequence is with its job."""
+    """Where a sequence is with its generation."""
 
-    FREE = "free"  # no job; its KV still serves a later prompt that extends it
+    FREE = "free"  # no generation; its KV still serves a later prompt that extends it
     PREFILLING = "prefilling"  # prompt tokens are left to put in a batch
     AWAITING_IMAGE = "awaiting image"  # the prompt's next positions are an image (a step alone)
     DECODING = "decoding"  # a token (sampled, or the prompt's last) waits for the next batch
@@ -88,7 +88,7 @@ class Cells:
 
 
 class Sequence:
-    """A sequence of the llama.cpp context (`seq_id`), free or running one job."""
+    """A sequence of the llama.cpp context (`seq_id`), free or running one generation."""
 
     def __init__(self, seq_id: int, cells: Cells) -> None:
         self.seq_id = seq_id
@@ -96,7 +96,7 @@ class Sequence:
         self._cached: list[int] = []  # tokens whose KV this sequence holds, at positions 0..n-1
         self.state = State.FREE
         self.last_used = 0.0
-        self.job: Job | None = None
+        self.generation: LlamaGeneration | None = None
         self.sampler: SamplerChain | None = None
         self.next_prompt = 0  # index of the next prompt token to prefill
         self.next_token: int | None = None  # sampled, decoded in the next step
@@ -164,21 +164,21 @@ class Sequence:
     def _prompt_state(self) -> State:
         """Where the prompt stands after the last step: an image next, text left, or the last
         token handed to decode (seeded), or done (its logits come from the batch in flight)."""
-        assert self.job is not None
-        for image in self.job.images:
+        assert self.generation is not None
+        for image in self.generation.images:
             if image.start == self.next_prompt:
                 return State.AWAITING_IMAGE
-        if self.split_last and self.next_prompt == len(self.job.tokens) - 1:
+        if self.split_last and self.next_prompt == len(self.generation.tokens) - 1:
             # NOTE: a seeded request's last prompt token is decoded like a generated one, in a
             # step of its own, whether the rest came from the prefix cache or not: llama.cpp's
             # numerics depend on the batch a row is in, so this is what makes a repeated seeded
             # request (cold, then warm) give the same text. Other requests ask for no such
             # promise and save the step (a decode step of time to first token): their last
             # prompt token ends the prefill.
-            self.next_token = self.job.tokens[-1]
+            self.next_token = self.generation.tokens[-1]
             self.next_prompt += 1
             return State.DECODING
-        if self.next_prompt < len(self.job.tokens):
+        if self.next_prompt < len(self.generation.tokens):
             return State.PREFILLING
         return State.SAMPLING
 
@@ -196,18 +196,20 @@ class Sequence:
         samples the next token."""
         return self.state is State.SAMPLING
 
-    def start(self, job: Job, sampler: SamplerChain, timeout: float | None) -> None:
-        """Run `job` here. Its KV must already be cut to the prompt's reusable prefix (what the
-        sequence holds now is the prompt's first tokens)."""
-        self.job = job
+    def start(
+        self, generation: LlamaGeneration, sampler: SamplerChain, timeout: float | None
+    ) -> None:
+        """Run `generation` here. Its KV must already be cut to the prompt's reusable prefix
+        (what the sequence holds now is the prompt's first tokens)."""
+        self.generation = generation
         self.sampler = sampler
         self.reused = len(self._cached)
-        self.split_last = job.request.sampling.seed is not None
+        self.split_last = generation.request.sampling.seed is not None
         self.next_prompt = self.reused
         self.next_token = None
         self.generated = 0
         self.deadline = time.monotonic() + timeout if timeout else None
-        self._text = TextAssembler(job.request.stop)
+        self._text = TextAssembler(generation.request.stop)
         self._logprobs = []
         self._move(self._prompt_state())
 
@@ -215,12 +217,14 @@ class Sequence:
         """The next prompt tokens to decode (at most `budget`; with `split_last` never the last
         one, which is then decoded next step with the generating sequences); they are cached from
         now on. A chunk that ends the prompt asks for its last token's logits (`prefilled`)."""
-        assert self.job is not None and self.state is State.PREFILLING
-        end = min(self.next_prompt + budget, len(self.job.tokens) - (1 if self.split_last else 0))
-        for image in self.job.images:  # text only: an image is decoded in a step of its own
+        assert self.generation is not None and self.state is State.PREFILLING
+        end = min(
+            self.next_prompt + budget, len(self.generation.tokens) - (1 if self.split_last else 0)
+        )
+        for image in self.generation.images:  # text only: an image is decoded in a step of its own
             if self.next_prompt <= image.start < end:
                 end = image.start
-        chunk = self.job.tokens[self.next_prompt : end]
+        chunk = self.generation.tokens[self.next_prompt : end]
         self.next_prompt += len(chunk)
         self._cached += chunk
         self._move(self._prompt_state())
@@ -228,14 +232,14 @@ class Sequence:
 
     def pending_image(self) -> PromptImage | None:
         """The image whose positions the prompt reaches next, if it is at one."""
-        if self.job is None or self.state is not State.AWAITING_IMAGE:
+        if self.generation is None or self.state is not State.AWAITING_IMAGE:
             return None
-        return next(image for image in self.job.images if image.start == self.next_prompt)
+        return next(image for image in self.generation.images if image.start == self.next_prompt)
 
     def image_decoded(self, image: PromptImage) -> None:
         """The image's KV is in the sequence now."""
-        assert self.job is not None and self.state is State.AWAITING_IMAGE
-        self._cached += self.job.tokens[image.start : image.end]
+        assert self.generation is not None and self.state is State.AWAITING_IMAGE
+        self._cached += self.generation.tokens[image.start : image.end]
         self.next_prompt = image.end
         self._move(self._prompt_state())
 
@@ -255,7 +259,7 @@ class Sequence:
         logprob: TokenLogprob | None,
     ) -> bool:
         """Handle a sampled token; True when the sequence has finished (events pushed)."""
-        assert self.job is not None and self.state is State.SAMPLING
+        assert self.generation is not None and self.state is State.SAMPLING
         if end_of_turn:
             return self._finish("stop")
         self.generated += 1
@@ -266,7 +270,7 @@ class Sequence:
             self._emit(text, dropping_held=True)
             return self._finish("stop")
         self._emit(text)
-        if self.generated >= self.job.max_new_tokens:
+        if self.generated >= self.generation.max_new_tokens:
             return self._finish("length")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return self._finish("length")
@@ -276,7 +280,9 @@ class Sequence:
 
     def expired(self) -> bool:
         return (
-            self.job is not None and self.deadline is not None and time.monotonic() >= self.deadline
+            self.generation is not None
+            and self.deadline is not None
+            and time.monotonic() >= self.deadline
         )
 
     def expire(self) -> None:
@@ -284,47 +290,49 @@ class Sequence:
         self._finish("length")
 
     def fail(self, error: BaseException) -> None:
-        """End the job with `error` (raised to its consumer)."""
-        assert self.job is not None
-        self.job.push(error)
+        """End the generation with `error` (raised to its consumer)."""
+        assert self.generation is not None
+        self.generation.push(error)
         self._release()
 
     def abort(self, error: BaseException) -> None:
         """llama.cpp failed on this sequence: its KV is not to be trusted. Forget it and end the
-        job (if any) with `error`."""
+        generation (if any) with `error`."""
         self.forget()
-        if self.job is not None:
+        if self.generation is not None:
             self.fail(error)
 
     def cancel(self) -> None:
-        """The consumer is gone: drop the job without events."""
+        """The consumer is gone: drop the generation without events."""
         self._release()
 
     def _emit(self, text: str, dropping_held: bool = False) -> None:
-        assert self.job is not None
+        assert self.generation is not None
         if text:
-            self.job.push(TextDelta(text, tuple(self._logprobs)))
+            self.generation.push(TextDelta(text, tuple(self._logprobs)))
             self._logprobs = []
         elif dropping_held:
             self._logprobs = []  # the tokens of a stop string are not reported
 
     def _finish(self, reason: FinishReason) -> bool:
-        assert self.job is not None
+        assert self.generation is not None
         if not self._text.stopped:
             tail = self._text.finish()
             if self._text.stopped:
                 reason = "stop"
             self._emit(tail, dropping_held=True)
-        self.job.push(Finished(reason, Usage(self.job.prompt_tokens, self.generated, self.reused)))
+        self.generation.push(
+            Finished(reason, Usage(self.generation.prompt_tokens, self.generated, self.reused))
+        )
         self._release()
         return True
 
     def _release(self) -> None:
-        assert self.job is not None
-        job = self.job
+        assert self.generation is not None
+        generation = self.generation
         if self.sampler is not None:
             self.sampler.free()
-        self.job = None
+        self.generation = None
         self.sampler = None
         self.next_token = None
         self.deadline = None
@@ -332,5 +340,5 @@ class Sequence:
         self._move(State.FREE)
         # NOTE: the sequence is free before the consumer hears the end, so /health never reports
         # a finished request as active.
-        job.reservation.release()
-        job.push(DONE)
+        generation.reservation.release()
+        generation.push(DONE)

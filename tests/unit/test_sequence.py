@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from server.engine.job import Job, Reservation
+from server.engine.job import LlamaGeneration, Reservation
 from server.engine.sequence import TRANSITIONS, Sequence, Snapshot, State
 from server.engine.types import ChatMessage, GenerationRequest, SamplingParams
 
@@ -51,17 +51,17 @@ class FakeCells:
         return True
 
 
-def job_for(seed: int | None = None, prompt: list[int] = PROMPT) -> Job:
+def job_for(seed: int | None = None, prompt: list[int] = PROMPT) -> LlamaGeneration:
     request = GenerationRequest(
         messages=(ChatMessage("user", "hi"),), sampling=SamplingParams(seed=seed)
     )
-    return Job(
+    return LlamaGeneration(
         request,
         prompt,
         grammar=None,
         n_ctx=512,
         reservation=Reservation(lambda: None),
-        submit=lambda job: None,
+        submit=lambda generation: None,
     )
 
 
@@ -98,16 +98,16 @@ def test_prefill_chunks(
     prefilled: bool,
     next_token: int | None,
 ) -> None:
-    slot = started(seed, reused)
+    sequence = started(seed, reused)
     sizes = []
-    while slot.prefilling:
-        chunk = slot.prefill_chunk(budget)
-        assert not slot.prefilled or slot.next_prompt == len(PROMPT)
+    while sequence.prefilling:
+        chunk = sequence.prefill_chunk(budget)
+        assert not sequence.prefilled or sequence.next_prompt == len(PROMPT)
         sizes.append(len(chunk))
     assert sizes == chunks
-    assert slot.prefilled == prefilled
-    assert slot.next_token == next_token
-    assert slot.cached == PROMPT[: len(PROMPT) - (next_token is not None)]
+    assert sequence.prefilled == prefilled
+    assert sequence.next_token == next_token
+    assert sequence.cached == PROMPT[: len(PROMPT) - (next_token is not None)]
 
 
 def test_truncate_keeps_a_prefix_or_forgets_all() -> None:
@@ -140,9 +140,11 @@ def test_a_failed_restore_leaves_nothing() -> None:
 
 def test_a_job_runs_through_its_states_and_frees_the_sequence() -> None:
     sequence = started(seed=None)
-    assert sequence.job is not None
-    loop = asyncio.new_event_loop()  # where the job's events would go (nobody reads them here)
-    sequence.job._loop = loop
+    assert sequence.generation is not None
+    loop = (
+        asyncio.new_event_loop()
+    )  # where the generation's events would go (nobody reads them here)
+    sequence.generation._loop = loop
     assert sequence.state is State.PREFILLING
     sequence.prefill_chunk(512)
     assert sequence.state is State.SAMPLING
