@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from server.engine.types import EngineUnavailable
+from server.engine.contract import EngineUnavailable
 
 log = logging.getLogger("gemma_serve.api")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api.error_shape import APIError, error_body, stream_failure, unavailable
-from server.engine.types import EngineBusy, EngineUnavailable
+from server.engine.contract import EngineBusy, EngineUnavailable
 
 # The error shape itself lives in error_shape.py (no web framework); these names stay importable
 # from here for the modules that answer over HTTP.

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.capability import LlamaBuild
 from server.cli import parse_settings
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.planner import PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
