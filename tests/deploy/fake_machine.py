@@ -27,6 +27,8 @@ NO_DRIVER = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
     "Make sure that the latest NVIDIA driver is installed and running."
 )
+# nvidia-smi after a driver upgrade without a reboot (the old kernel module still loaded).
+MISMATCH = "Failed to initialize NVML: Driver/library version mismatch"
 # What `nvcc --list-gpu-code` prints for CUDA 12.8 and 13.0 (13.0 dropped sm_50 to sm_72).
 SM_12_8 = (
     "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 sm_90 sm_100 "
@@ -72,8 +74,9 @@ fi
 """,
         )
 
-    def no_driver(self) -> None:
-        executable(self.bin / "nvidia-smi", f'echo "{NO_DRIVER}"\nexit 9\n')
+    def no_driver(self, message: str = NO_DRIVER) -> None:
+        """nvidia-smi installed and failing, with `message` (default: no driver loaded)."""
+        executable(self.bin / "nvidia-smi", f'echo "{message}"\nexit 9\n')
 
     def nvcc(self, release: str = "12.8", codes: str = SM_12_8, on_path: bool = True) -> Path:
         where = self.bin if on_path else self.cuda_home / "bin"

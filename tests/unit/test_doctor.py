@@ -155,10 +155,22 @@ def test_two_gpus(tmp_path: Path) -> None:
     ("nvml", "build", "expected"),
     [
         (
-            FakeNvml(init_error="Driver Not Loaded"),
+            FakeNvml(init_error="NVML Shared Library Not Found"),
             CUDA_BUILD,
             "no NVIDIA GPU found (no NVIDIA "
-            "driver found (Driver Not Loaded)); check that nvidia-smi works here",
+            "driver found (NVML Shared Library Not Found)); check that nvidia-smi works here",
+        ),
+        (  # a driver that is there and fails is said as such, with its fix
+            FakeNvml(init_error="Driver Not Loaded"),
+            CUDA_BUILD,
+            "the NVIDIA driver is installed but not loaded (Driver Not Loaded): reboot, or "
+            "sudo modprobe nvidia",
+        ),
+        (
+            FakeNvml(init_error="RM has detected an NVML/RM version mismatch."),
+            CUDA_BUILD,
+            "the NVIDIA driver fails (RM has detected an NVML/RM version mismatch.): it was "
+            "upgraded and the old one is still loaded; reboot",
         ),
         (
             FakeNvml([RTX_3090]),
