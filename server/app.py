@@ -100,7 +100,7 @@ def model_to_serve(
             raise
         fallback = plan.fallback
         log.error(
-            "NOT SERVING %s, the model planned for this machine: %s. Serving the bundled %s "
+            "NOT SERVING %s, the model planned for this machine: %s; serving the bundled %s "
             "instead (a small base model, poor answers). Fix the cause and restart to serve %s "
             "(an interrupted download resumes); --require-gpu makes this an error instead",
             spec.id,
@@ -188,12 +188,12 @@ async def _load(
     if fallback is not None and engine.info.model_id == fallback.id:
         runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
     runtime.engine = install(engine)
-    loaded = f"{engine.info.model_id} is loaded (context {engine.info.n_ctx} tokens); ready"
+    loaded = f"{engine.info.model_id} is loaded{{took}} (context {engine.info.n_ctx} tokens); ready"
     if runtime.progress is not None:
         runtime.progress.end(loaded)
         runtime.progress.close()
     else:
-        log.info("%s", loaded)
+        log.info("%s", loaded.replace("{took}", ""))
 
 
 def create_app(

@@ -171,13 +171,16 @@ def verify_sha256(
     if known is not None and known["sha256"] == expected.sha256 and record_matches(known, path):
         return
     if progress is not None:
-        size = path.stat().st_size
-        progress.begin("verifying", path.name, size, detail=f"(sha256, {expected.origin})")
+        detail = f"against the sha256 ({expected.origin})"
+        progress.begin("verifying", path.name, path.stat().st_size, detail=detail)
     try:
         actual = sha256_of(path, progress)
-    finally:
+    except BaseException:
         if progress is not None:
             progress.drop()
+        raise
+    if actual != expected.sha256 and progress is not None:
+        progress.drop()
     if actual != expected.sha256:
         raise FetchError(
             f"{path} does not match the sha256 of {model_id} ({expected.origin}: "

@@ -149,11 +149,12 @@ class Progress:
             self._step = None
 
     def end(self, message: str) -> None:
-        """Log the end of the step (`message`, then how long it took) and stop tracking it."""
+        """Log the end of the step and stop tracking it: `message` with how long it took in
+        place of `{took}` (" in 4 s"), or after it."""
         with self._lock:
             step, self._step = self._step, None
         took = f" in {duration_text(self._clock() - step.started)}" if step else ""
-        log.info("%s%s", message, took)
+        log.info("%s", message.replace("{took}", took) if "{took}" in message else message + took)
 
     def snapshot(self) -> dict[str, Any] | None:
         """The step in progress for /health, None when there is none."""
