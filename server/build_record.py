@@ -22,10 +22,11 @@ CPUINFO = Path("/proc/cpuinfo")
 _NAMES = {"pni": "SSE3", "sse4_1": "SSE4.1", "sse4_2": "SSE4.2", "sha_ni": "SHA"}
 
 
-def needed(record: Path = RECORD) -> frozenset[str]:
-    """The instruction sets the record says the build uses (none known: empty)."""
+def needed(record: Path | None = None) -> frozenset[str]:
+    """The instruction sets the record (default: this environment's) says the build uses (none
+    known: empty)."""
     try:
-        lines = record.read_text(encoding="utf-8").splitlines()
+        lines = (record or RECORD).read_text(encoding="utf-8").splitlines()
     except OSError:
         return frozenset()
     for line in lines:
@@ -53,7 +54,7 @@ def name(flag: str) -> str:
     return _NAMES.get(flag, flag.upper())
 
 
-def missing_instructions(record: Path = RECORD, cpuinfo: Path | None = None) -> str | None:
+def missing_instructions(record: Path | None = None, cpuinfo: Path | None = None) -> str | None:
     """One line when this CPU lacks an instruction set the build uses, None otherwise."""
     needs, flags = needed(record), cpu_flags(cpuinfo)
     if not needs or flags is None:

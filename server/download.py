@@ -17,6 +17,7 @@ The metadata (commit, LFS sha256, size, where to download) comes from huggingfac
 from __future__ import annotations
 
 import dataclasses
+import errno
 import http.client
 import logging
 import os
@@ -35,6 +36,9 @@ from urllib.parse import urlparse
 from server.progress import Progress, size_text
 
 log = logging.getLogger("gemma_serve.fetch")
+
+# Errors of writing the partial file, not of the transfer: retrying them only wastes time.
+_LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 CHUNK = 256 * 1024  # bytes read between two looks at `cancel`
 ATTEMPTS = 5
@@ -207,6 +211,8 @@ def _transfer(
         try:
             _get(remote, partial, start, cancel, progress)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in _LOCAL_WRITE_ERRORS:
+                raise  # a full disk or a read-only cache: no retry helps (fetch.py says so)
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
                 if urlparse(exc.geturl()).netloc == _hub_host():
                     raise DownloadFailed(f"the hub answered {exc.code}") from exc

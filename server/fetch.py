@@ -301,7 +301,10 @@ def _from_hub(
         except DownloadFailed as exc:
             raise FetchError(f"{where}: {exc}") from exc
         except OSError as exc:  # a full disk, a read-only cache
-            raise FetchError(f"{where}: cannot write it to {hub_cache}: {exc.strerror}") from exc
+            need = f" (it needs {remote.size / 1e9:.1f} GB free there)" if remote.size else ""
+            raise FetchError(
+                f"{where}: cannot write it to {hub_cache}: {exc.strerror}{need}"
+            ) from exc
     record = record_path(cache_dir, source)
     expected = _expected_sha256(sha256, remote, source, record)
     try:
