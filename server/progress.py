@@ -95,8 +95,9 @@ class Step:
 class Progress:
     """The step in progress, logged at a steady interval off a terminal.
 
-    `terminal`: a progress bar is drawn instead (the periodic lines are left out; the start and
-    end lines are logged either way). `clock` is for tests."""
+    `terminal`: the download draws a progress bar there instead of its periodic lines (the
+    verification and the load, which have no bar, keep theirs; start and end lines are logged
+    either way). `clock` is for tests."""
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class Progress:
             now = self._clock()
             self._step = Step(phase, what, total, start_at, start_at, now)
             self._logged = now
-            if not self.terminal and self._reporter is None and not self._closed:
+            if self._reporter is None and not self._closed:
                 self._reporter = threading.Thread(
                     target=self._report, name="gemma-serve-progress", daemon=True
                 )
@@ -190,4 +191,5 @@ class Progress:
                     self._lock.wait(due)
                     continue
                 self._logged = self._clock()
-                log.info("%s", self._step.line(self._logged))
+                if not (self.terminal and self._step.phase == "downloading"):
+                    log.info("%s", self._step.line(self._logged))

@@ -41,7 +41,7 @@ def test_a_resumed_download_counts_only_what_this_run_moved(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    progress = Progress(terminal=True, clock=clock)  # no reporter thread: lines asked for
+    progress = Progress(interval=3600, clock=clock)  # no periodic line within this test
     with caplog.at_level(logging.INFO, logger="gemma_serve.fetch"):
         progress.begin("downloading", "m.gguf", 16_000_000_000, start_at=4_000_000_000)
         clock.now += 100
@@ -63,12 +63,13 @@ def test_a_resumed_download_counts_only_what_this_run_moved(
         clock.now += 200
         progress.end("downloaded m.gguf")
         assert progress.snapshot() is None
+        progress.close()
     assert caplog.messages == ["downloading m.gguf (16.00 GB)", "downloaded m.gguf in 5 min 00 s"]
 
 
 def test_a_load_has_no_bytes_only_time(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    progress = Progress(terminal=True, clock=clock)
+    progress = Progress(interval=3600, clock=clock)
     with caplog.at_level(logging.INFO, logger="gemma_serve.fetch"):
         progress.begin("loading", "gemma-3-27b-it-qat", None, detail="from /m.gguf")
         clock.now += 42
@@ -77,6 +78,7 @@ def test_a_load_has_no_bytes_only_time(caplog: pytest.LogCaptureFixture) -> None
         assert snapshot is not None and snapshot["done_bytes"] is None
         assert snapshot["elapsed_seconds"] == 42.0
         progress.end("gemma-3-27b-it-qat is loaded{took} (context 4096 tokens); ready")
+        progress.close()
     assert caplog.messages == [
         "loading gemma-3-27b-it-qat from /m.gguf",
         "gemma-3-27b-it-qat is loaded in 42 s (context 4096 tokens); ready",
@@ -118,3 +120,19 @@ def test_the_health_check_passes_while_the_server_makes_progress(
 ) -> None:
     assert verdict(status, json.dumps(body).encode())[0] is healthy
     assert verdict(503, b"not json") == (False, "/health answered 503 (no status)")
+
+
+def test_on_a_terminal_the_download_has_its_bar_and_the_load_its_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    progress = Progress(interval=0.1, terminal=True)
+    with caplog.at_level(logging.INFO, logger="gemma_serve.fetch"):
+        progress.begin("downloading", "m.gguf", 1000)
+        time.sleep(0.35)
+        progress.end("downloaded m.gguf")
+        progress.begin("loading", "m", None)
+        time.sleep(0.35)
+        progress.end("m is loaded{took}")
+        progress.close()
+    assert not [m for m in caplog.messages if m.startswith("downloading m.gguf: ")]
+    assert [m for m in caplog.messages if m.startswith("loading m: ")], caplog.messages
