@@ -64,7 +64,7 @@ def missing_instructions(record: Path | None = None, cpuinfo: Path | None = None
         return None
     return (
         f"this CPU lacks {', '.join(name(flag) for flag in lacking)}, which the installed "
-        f"llama.cpp build uses (it would die with SIGILL): build llama.cpp on this machine "
-        f"(make serve rebuilds it for this CPU; Docker: docker compose build with "
-        f"--build-arg CPU_NATIVE=1, on this machine)"
+        "llama.cpp build uses (it would die with SIGILL): build llama.cpp on this machine "
+        "(make serve rebuilds it for this CPU; Docker: CPU_NATIVE=1 in docker/.env, then "
+        "docker compose up -d --build here)"
     )

@@ -201,7 +201,8 @@ class Settings(BaseSettings):
         le=3600,
         description=(
             "Seconds between two progress lines in the log while the model downloads, is "
-            "verified or loads (off a terminal: containers, services; a terminal gets a bar)."
+            "verified or loads (a container's or a service's log; on a terminal the download "
+            "draws a progress bar instead)."
         ),
     )
     api_keys: CommaList = Field(
