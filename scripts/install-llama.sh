@@ -84,7 +84,7 @@ if [ -f "$record" ] && [ "$(cat "$record")" = "$key_text" ]; then
 fi
 
 # Compile jobs: one per core, no more than the memory holds (GiB per job: CUDA 4, CPU 1).
-jobs() {
+compile_jobs() {
     local cores per_job=1 memory_gib
     cores=$(nproc)
     if [ -n "$nvcc" ]; then per_job=4; fi
@@ -112,7 +112,7 @@ show_progress() {
 
 if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "Building llama-cpp-python $version from source into $wheel_dir."
-    parallel=${CMAKE_BUILD_PARALLEL_LEVEL:-$(jobs)}
+    parallel=${CMAKE_BUILD_PARALLEL_LEVEL:-$(compile_jobs)}
     if [ "$build" = cuda ]; then
         echo "A CUDA build takes longer than a CPU one (tens of minutes on a few cores), once per machine."
     else
