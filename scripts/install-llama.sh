@@ -116,7 +116,7 @@ if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     if [ "$build" = cuda ]; then
         echo "A CUDA build takes longer than a CPU one (tens of minutes on a few cores), once per machine."
     else
-        echo "This takes about 12 minutes on 2 cores (measured on a fresh clone), once per machine."
+        echo "This takes 6 to 7 minutes on 2 cores (measured on a fresh clone), longer on a busy machine; once per machine."
     fi
     echo "llama.cpp build: $parallel compile jobs ($(nproc) cores; CMAKE_BUILD_PARALLEL_LEVEL sets it)"
     if [ -n "$nvcc" ]; then
