@@ -1,13 +1,23 @@
 """JSON schemas to llama.cpp grammars: what llama-cpp-python's converter trips on is rewritten to
-an equivalent schema first, and a property merely named like a keyword is left alone."""
+an equivalent schema first, and a property merely named like a keyword is left alone; an enum is
+a trie of its values' shared prefixes that matches exactly those values; schemas too large to
+enforce are refused naming the limit."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
-from server.engine.grammar import compile_json_format
-from server.engine.json_schema import without_any_items
-from server.engine.types import JsonFormat
+from server.engine.grammar import compile_json_format, literal_trie
+from server.engine.json_schema import (
+    MAX_ENUM_VALUES,
+    MAX_SCHEMA_CHARS,
+    schema_over_limits,
+    without_any_items,
+)
+from server.engine.types import JsonFormat, RequestRejected
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +75,77 @@ def test_no_raw_control_character_can_enter_a_json_string(vocab: object, schema:
     for rule in string_rules:
         assert '[^"\\\\\\x7F\\x00-\\x1F]' in rule, rule
     assert "[^\\x0A\\x0D]" not in grammar and '::= [^"\\\\] |' not in grammar
+
+
+def trie_regex(expression: str) -> re.Pattern[str]:
+    """The Python regex that `literal_trie`'s GBNF (literals, groups, `|`, `?`) matches."""
+    pattern, index = "", 0
+    while index < len(expression):
+        char = expression[index]
+        if char == '"':
+            index += 1
+            text = ""
+            while expression[index] != '"':
+                if expression[index] == "\\":
+                    if expression[index + 1] == "x":
+                        text += chr(int(expression[index + 2 : index + 4], 16))
+                        index += 4
+                        continue
+                    index += 1
+                text += expression[index]
+                index += 1
+            pattern += re.escape(text)
+        elif char in "()|?":
+            pattern += char
+        index += 1
+    return re.compile(pattern)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["red", "green", "blue"],
+        ["a", "ab", "abc", "b"],
+        [f"value-{i}" for i in range(300)],
+        ['say "hi"', "back\\slash", "new\nline", "tab\there", "é", "\x01"],
+        ["x" * n for n in range(1, 150)],  # deeper than the trie's nesting bound
+    ],
+    ids=["colours", "prefixes", "numbered", "escapes", "deep"],
+)
+def test_an_enum_trie_matches_exactly_its_values(words: list[str]) -> None:
+    encoded = [json.dumps(word) for word in words]
+    regex = trie_regex(literal_trie(encoded))
+    for value in encoded:
+        assert regex.fullmatch(value), value
+    for other in ['"', '""', encoded[0][:-1], encoded[0] + "x", '"zzz"', encoded[-1] + '"']:
+        if other not in encoded:
+            assert not regex.fullmatch(other), other
+
+
+def test_a_large_enum_compiles_to_a_trie(vocab: object) -> None:
+    values = [f"value-{i}" for i in range(5000)]
+    schema = {"type": "object", "properties": {"v": {"enum": values}}, "required": ["v"]}
+    grammar = compile_json_format(JsonFormat(schema=schema), vocab)
+    assert '"\\"value-"' in grammar  # the shared prefix, once
+    assert grammar.count("value-") == 1
+
+
+@pytest.mark.parametrize(
+    ("schema", "limit"),
+    [
+        ({"enum": list(range(MAX_ENUM_VALUES + 1))}, f"at most {MAX_ENUM_VALUES:,}"),
+        (
+            {"type": "object", "properties": {"v": {"enum": list(range(MAX_ENUM_VALUES + 1))}}},
+            "#/properties/v",
+        ),
+        ({"type": "string", "description": "x" * MAX_SCHEMA_CHARS}, f"{MAX_SCHEMA_CHARS:,}"),
+    ],
+    ids=["enum", "nested-enum", "schema-size"],
+)
+def test_oversized_schemas_are_refused_naming_the_limit(
+    vocab: object, schema: dict[str, object], limit: str
+) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        compile_json_format(JsonFormat(schema=schema), vocab)
+    assert limit in caught.value.message
+    assert schema_over_limits({"enum": list(range(MAX_ENUM_VALUES))}) is None
