@@ -1,8 +1,10 @@
 """An `Engine` proxy that meters every generation, without the converters knowing.
 
 `MeteredEngine` wraps the loaded engine (installed in `app.py`): its prepared generations time
-the first piece of text and the gaps between pieces, count tokens from `Finished.usage`, and
-note them on the HTTP request's `RequestRecord` for the access log. Metrics only: everything else
+the first piece of text and the gaps between pieces, count tokens from `Finished.usage` (or, for
+a generation cut short by a shutdown or a client leaving, from the tokens its text deltas
+carried: what was really sent), and note them on the HTTP request's `RequestRecord` for the
+access log. Metrics only: everything else
 is the wrapped engine's contract, passed through unchanged.
 """
 
