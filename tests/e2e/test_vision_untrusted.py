@@ -88,6 +88,9 @@ def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     running = start_server(
         tmp,
         *("--ctx", "2048", "--mmproj", str(projector), "--max-body-size", "32MiB"),
+        # No saved prompt states: memory they hold (by design, up to --cache-ram) would hide
+        # what the decoder keeps.
+        *("--cache-ram", "0"),
         *("--image-urls", "--image-url-timeout", "2"),
         *("--image-url-allowed-networks", "127.0.0.1"),  # the test's own image host only
     )
