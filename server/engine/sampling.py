@@ -100,15 +100,20 @@ class SamplerChain:
         candidates (tens of milliseconds a token for plain JSON, on the engine thread that
         every sequence's step waits for). As llama.cpp's own server does, the chain picks a
         token from all candidates and the grammar checks that one alone; only when it refuses
-        are all candidates filtered by the grammar and the chain applied again. Greedy picks
-        exactly what grammar-first would; with temperature, a token the grammar allows keeps
-        at least the probability it had among all tokens."""
+        are the candidates filtered by the grammar and the chain applied again (greedy: the
+        1,024 most likely first). Greedy picks exactly what grammar-first would; with
+        temperature, a token the grammar allows keeps at least the probability it had among
+        all tokens."""
         assert self._candidates is not None
         row = _logits_row(logits, self._candidates.size)
         chosen = row.argmax() if self._argmax_of else self._candidates.pick(self._chain, row)
         token = int(chosen)
         if not self._candidates.allows(self._grammar, token):
-            token = self._candidates.pick(self._chain, row, first=self._grammar)
+            # Greedy: the best allowed token is almost always among the most likely ones.
+            found = self._candidates.best_allowed(self._grammar, row) if self._argmax_of else None
+            if found is None:
+                found = self._candidates.pick(self._chain, row, first=self._grammar)
+            token = found
         llama_cpp.llama_sampler_accept(self._grammar, token)
         if not self._argmax_of:
             llama_cpp.llama_sampler_accept(self._chain, token)
@@ -153,6 +158,21 @@ class _Candidates:
         if array.selected < 0:
             raise RuntimeError("the sampler chain selected no token")
         return int(array.data[array.selected].id)
+
+    def best_allowed(self, grammar: Any, logits: Any, count: int = 1024) -> int | None:
+        """The most likely token the grammar allows if it is among the `count` most likely
+        (the lowest id among equals, as the greedy sampler picks), else None."""
+        count = min(count, self.size)
+        top = np.argpartition(logits, -count)[-count:]
+        view = self._view[:count]
+        view["id"], view["logit"], view["p"] = top, logits[top], 0.0
+        array = llama_cpp.llama_token_data_array(self._data, count, -1, False)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+        allowed = np.isfinite(view["logit"])
+        if not allowed.any():
+            return None
+        ids, values = view["id"][allowed], view["logit"][allowed]
+        return int(ids[values == values.max()].min())
 
     def allows(self, grammar: Any, token: int) -> bool:
         """Whether the grammar sampler, in its current state, lets `token` through."""

