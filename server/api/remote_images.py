@@ -139,8 +139,10 @@ async def fetch_remote_images(
         check_place(part.role, index, part.param, limits)
     request_deadline = time.monotonic() + policy.request_timeout
     fetched: dict[str, bytes] = {}
+    # NOTE: trust_env=False: no proxy from the environment, the connection goes to the address
+    # that was checked.
     async with httpx.AsyncClient(
-        timeout=policy.timeout, follow_redirects=False, transport=transport
+        timeout=policy.timeout, follow_redirects=False, transport=transport, trust_env=False
     ) as client:
         for part in remote:
             left = request_deadline - time.monotonic()
