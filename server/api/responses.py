@@ -169,10 +169,13 @@ def _refusal_param(index: int, param: str | None) -> str | None:
     return "input" if param == "messages" else param
 
 
-def to_generation_request(request: ResponseRequest) -> GenerationRequest:
-    """Map a Responses request onto the engine, or raise `APIError` naming the field."""
+def to_generation_request(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> GenerationRequest:
+    """Map a Responses request onto the engine, or raise `APIError` naming the field. `images`
+    decodes its pictures (see `chat.to_chat_sequences`)."""
     _refuse_unsupported(request)
-    images = ImageCollector()
+    images = ImageCollector() if images is None else images
     return GenerationRequest(
         messages=_messages(request, images),
         images=tuple(images.images),
@@ -182,9 +185,11 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     )
 
 
-def to_response_sequences(request: ResponseRequest) -> Sequences:
+def to_response_sequences(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> Sequences:
     """The one sequence a Responses request asks for."""
-    return Sequences((to_generation_request(request),), "input", _refusal_param)
+    return Sequences((to_generation_request(request, images),), "input", _refusal_param)
 
 
 @dataclass

@@ -32,6 +32,7 @@ class Slot:
         self.next_prompt = 0  # index of the next prompt token to prefill
         self.next_token: int | None = None  # sampled, decoded in the next step
         self.generated = 0
+        self._sent = 0  # generated tokens whose text was emitted
         self.reused = 0  # prompt tokens whose KV came from the cache
         self.split_last = False  # the prompt's last token is decoded in a step of its own
         self.deadline: float | None = None
@@ -66,7 +67,7 @@ class Slot:
         self.cached = job.tokens[:reused]
         self.next_prompt = reused
         self.next_token = None
-        self.generated = 0
+        self.generated = self._sent = 0
         self.deadline = time.monotonic() + timeout if timeout else None
         self._text = TextAssembler(job.request.stop)
         self._logprobs = []
@@ -168,8 +169,9 @@ class Slot:
     def _emit(self, text: str, dropping_held: bool = False) -> None:
         assert self.job is not None
         if text:
-            self.job.push(TextDelta(text, tuple(self._logprobs)))
+            self.job.push(TextDelta(text, tuple(self._logprobs), self.generated - self._sent))
             self._logprobs = []
+            self._sent = self.generated
         elif dropping_held:
             self._logprobs = []  # the tokens of a stop string are not reported
 

@@ -34,12 +34,6 @@ class ImageInput:
     param: str
 
 
-def image_marker(index: int) -> str:
-    """Text standing for `GenerationRequest.images[index]` inside a message's content (private
-    Unicode characters: client text cannot contain them, see api/images.clean_text)."""
-    return f"\ue002{index}\ue003"
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling as llama.cpp applies it. Defaults are Gemma 3's recommended settings
@@ -83,7 +77,7 @@ class GenerationRequest:
     json_format: JsonFormat | None = None
     # None: no logprobs. k >= 0: each generated token's logprob plus the k most likely tokens'.
     logprobs: int | None = None
-    # Pictures, each standing where `image_marker(i)` appears in the messages' contents.
+    # Pictures, each standing where `image_marker.marker(i)` appears in the messages' contents.
     images: tuple[ImageInput, ...] = ()
 
 
@@ -123,6 +117,8 @@ class TextDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Generated tokens whose text this completes (a stream cut short is counted by these).
+    tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from server.api.images import decode_image
+from server.engine.image_marker import marker as image_marker
 from server.engine.llama_engine import LlamaEngine
 from server.engine.types import (
     ChatMessage,
@@ -28,7 +29,6 @@ from server.engine.types import (
     ImageInput,
     SamplingParams,
     TextDelta,
-    image_marker,
 )
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
