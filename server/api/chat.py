@@ -199,16 +199,19 @@ def _json_format(request: ChatCompletionRequest, plan: ToolPlan | None) -> JsonF
     return JsonFormat(schema=spec.schema_)
 
 
-def to_chat_plan(request: ChatCompletionRequest, max_choices: int) -> ChatPlan:
+def to_chat_plan(
+    request: ChatCompletionRequest, max_choices: int, images: ImageCollector | None = None
+) -> ChatPlan:
     """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour.
     One sequence per choice (`n`); with a seed, choice i samples with seed + i, so the choices
-    differ from each other and the whole answer is reproducible."""
+    differ from each other and the whole answer is reproducible. `images` decodes the request's
+    pictures (default: limits of a model that takes images, nothing fetched)."""
     _refuse_unsupported(request)
     n = validators.choices(request.n, max_choices)
     include_usage = validators.include_usage(request.stream, request.stream_options)
     plan = plan_tools(request)
     sampling = validators.sampling(request)
-    images = ImageCollector()
+    images = ImageCollector() if images is None else images
     first = GenerationRequest(
         messages=_messages(request, plan, images),
         images=tuple(images.images),

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.error_shape import APIError, error_body, stream_failure, unavailable
 from server.engine.contract import EngineBusy, EngineUnavailable
@@ -156,12 +157,6 @@ def install_error_handlers(app: FastAPI) -> None:
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
         return json_response(APIError(exc.status_code, message, code=code, headers=exc.headers))
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return json_response(
-            APIError(500, "The server had an internal error.", code="internal_error")
-        )
-
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
             return json_response(
@@ -179,5 +174,39 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    # Innermost middleware (added first), so that the access log sees the 500 it sends.
+    app.add_middleware(InternalErrorMiddleware)
     _document_errors(app)
+
+
+class InternalErrorMiddleware:
+    """A bug's answer, a 500 in OpenAI's shape, without the exception escaping the app.
+
+    Starlette's own catch-all (`add_exception_handler(Exception, ...)`) sends its response and
+    then re-raises, and uvicorn answers an exception from the app by closing the connection:
+    the next request a client sent on that keep-alive connection failed. Here the exception
+    ends with the response; only an error after the response started (nothing else can be
+    sent then) is left to the server, which must close that connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            response = APIError(500, "The server had an internal error.", code="internal_error")
+            await json_response(response)(scope, receive, send)

@@ -171,10 +171,13 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
 _REFUSAL_FIELDS = RefusalFields(prompt="input")
 
 
-def to_generation_request(request: ResponseRequest) -> GenerationRequest:
-    """Map a Responses request onto the engine, or raise `APIError` naming the field."""
+def to_generation_request(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> GenerationRequest:
+    """Map a Responses request onto the engine, or raise `APIError` naming the field. `images`
+    decodes its pictures (see `chat.to_chat_plan`)."""
     _refuse_unsupported(request)
-    images = ImageCollector()
+    images = ImageCollector() if images is None else images
     return GenerationRequest(
         messages=_messages(request, images),
         images=tuple(images.images),
@@ -184,9 +187,13 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     )
 
 
-def to_response_generations(request: ResponseRequest) -> GenerationRequests:
+def to_response_generations(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> GenerationRequests:
     """The one sequence a Responses request asks for."""
-    return GenerationRequests((to_generation_request(request),), "input", (_REFUSAL_FIELDS,))
+    return GenerationRequests(
+        (to_generation_request(request, images),), "input", (_REFUSAL_FIELDS,)
+    )
 
 
 @dataclass

@@ -16,11 +16,13 @@ from server.api.chat_protocol import ChatCompletion, ChatCompletionRequest
 from server.api.completions import CompletionAnswer, to_completion_plan
 from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.deps import Runtime, RuntimeDep, SettingsDep
+from server.api.images import ImageCollector, image_limits
 from server.api.protocol import Capabilities, Health, ModelCard, ModelList
-from server.api.remote_images import inline_remote_images, policy_of
+from server.api.remote_images import fetch_remote_images, policy_of
 from server.api.responses import ResponseAnswer, to_response_generations
 from server.api.responses_protocol import ResponseObject, ResponseRequest
-from server.api.serving import ServingDep
+from server.api.serving import Serving, ServingDep
+from server.settings import Settings
 
 router = APIRouter()
 
@@ -64,15 +66,25 @@ def _card(runtime: Runtime) -> ModelCard:
     )
 
 
+async def _image_collector(
+    body: ChatCompletionRequest | ResponseRequest, serving: Serving, settings: Settings
+) -> ImageCollector:
+    """The request's images are checked against the model and the limits, and its remote ones
+    fetched (with --image-urls), before anything is decoded."""
+    limits = image_limits(settings, accepted=serving.engine.info.vision)
+    fetched = await fetch_remote_images(body, policy_of(settings), limits)
+    return ImageCollector(limits, fetched)
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ChatCompletion:
     serving.check_model(body.model)
-    await inline_remote_images(body, policy_of(settings))
+    images = await _image_collector(body, serving, settings)
     # NOTE: in a worker thread: decoding a request's pictures with Pillow takes tens of
     # milliseconds each, which would stall every other stream on the event loop.
-    chat = await asyncio.to_thread(to_chat_plan, body, settings.max_choices)
+    chat = await asyncio.to_thread(to_chat_plan, body, settings.max_choices, images)
     answer = ChatAnswer(
         completion_id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -107,8 +119,8 @@ async def create_response(
     body: ResponseRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ResponseObject:
     serving.check_model(body.model)
-    await inline_remote_images(body, policy_of(settings))
-    generations = await asyncio.to_thread(to_response_generations, body)  # pictures: see chat
+    images = await _image_collector(body, serving, settings)
+    generations = await asyncio.to_thread(to_response_generations, body, images)  # see chat
     answer = ResponseAnswer(
         response_id=f"resp_{uuid.uuid4().hex}",
         message_id=f"msg_{uuid.uuid4().hex}",

@@ -37,12 +37,6 @@ class ImageInput:
     param: str
 
 
-def image_marker(index: int) -> str:
-    """Text standing for `GenerationRequest.images[index]` inside a message's content (private
-    Unicode characters: client text cannot contain them, see api/images.clean_text)."""
-    return f"\ue002{index}\ue003"
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling as llama.cpp applies it. Defaults are Gemma 3's recommended settings
@@ -86,7 +80,7 @@ class GenerationRequest:
     json_format: JsonFormat | None = None
     # None: no logprobs. k >= 0: each generated token's logprob plus the k most likely tokens'.
     logprobs: int | None = None
-    # Pictures, each standing where `image_marker(i)` appears in the messages' contents.
+    # Pictures, each standing where `image_marker.marker(i)` appears in the messages' contents.
     images: tuple[ImageInput, ...] = ()
 
 
@@ -126,6 +120,8 @@ class TextDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Generated tokens whose text this completes (a stream cut short is counted by these).
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,20 +197,20 @@ class EngineStats:
     """What `/health` and `/metrics` report about the engine's load."""
 
     active: int  # sequences being generated now
-    queued: int  # accepted requests waiting for a slot
+    queued: int  # accepted requests waiting for a free sequence
     parallel: int  # how many sequences are decoded together at most
     prompt_cache: PromptCacheStats | None = None  # None: an engine without one
 
 
 @dataclass(frozen=True)
 class PromptCacheStats:
-    """The prompt cache since start: reuse of cached prefixes (a slot's own or a restored saved
+    """The prompt cache since start: reuse of cached prefixes (a sequence's own or a restored saved
     state), and the sequence states saved in host memory."""
 
     hits: int = 0  # generations that reused a cached prefix
     reused_tokens: int = 0  # prompt tokens those generations did not prefill
-    restores: int = 0  # saved states copied back into a slot
-    saves: int = 0  # slot states copied to host memory
+    restores: int = 0  # saved states copied back into a sequence
+    saves: int = 0  # sequence states copied to host memory
     evictions: int = 0  # saved states dropped for the budget
     saved_states: int = 0  # held now
     saved_bytes: int = 0  # held now

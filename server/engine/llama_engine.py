@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
 
+from server.engine import image_marker
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
 from server.engine.contract import (
     EngineBusy,
@@ -42,8 +42,6 @@ log = logging.getLogger("gemma_serve.engine")
 BOS = "<bos>"
 # How long close() waits for the step in flight (a long prefill chunk cannot be interrupted).
 CLOSE_TIMEOUT = 30.0
-# Where contract.image_marker(i) put the request's i-th image in a message's text.
-_IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 
 
 class LlamaEngine:
@@ -246,18 +244,17 @@ class LlamaEngine:
         tokens: list[int] = []
         placed: list[PromptImage] = []
         for segment in segments:
-            pieces = [segment.text] if segment.trusted else _IMAGE_MARKER.split(segment.text)
-            for index, piece in enumerate(pieces):
-                if index % 2 == 0:
-                    if piece:
-                        tokens += self._model.tokenize(
-                            piece.encode(), add_bos=False, special=segment.trusted
-                        )
+            pieces = [segment.text] if segment.trusted else image_marker.split(segment.text)
+            for piece in pieces:
+                if isinstance(piece, str):
+                    tokens += self._model.tokenize(
+                        piece.encode(), add_bos=False, special=segment.trusted
+                    )
                     continue
-                image = images[int(piece)] if int(piece) < len(images) else None
+                image = images[piece] if piece < len(images) else None
                 if image is None or self._projector is None:
                     continue
-                before, chunk, after = self._projector.tokenize(image, int(piece))
+                before, chunk, after = self._projector.tokenize(image, piece)
                 tokens += before
                 placed.append(PromptImage(len(tokens), chunk))
                 tokens += [image_token_id(image.digest)] * chunk.n_pos

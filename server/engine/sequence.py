@@ -101,6 +101,7 @@ class Sequence:
         self.next_prompt = 0  # index of the next prompt token to prefill
         self.next_token: int | None = None  # sampled, decoded in the next step
         self.generated = 0
+        self._sent = 0  # generated tokens whose text was emitted
         self.reused = 0  # prompt tokens whose KV came from the cache
         self.split_last = False  # the prompt's last token is decoded in a step of its own
         self.deadline: float | None = None
@@ -207,7 +208,7 @@ class Sequence:
         self.split_last = generation.request.sampling.seed is not None
         self.next_prompt = self.reused
         self.next_token = None
-        self.generated = 0
+        self.generated = self._sent = 0
         self.deadline = time.monotonic() + timeout if timeout else None
         self._text = TextAssembler(generation.request.stop)
         self._logprobs = []
@@ -309,8 +310,11 @@ class Sequence:
     def _emit(self, text: str, dropping_held: bool = False) -> None:
         assert self.generation is not None
         if text:
-            self.generation.push(TextDelta(text, tuple(self._logprobs)))
+            self.generation.push(
+                TextDelta(text, tuple(self._logprobs), self.generated - self._sent)
+            )
             self._logprobs = []
+            self._sent = self.generated
         elif dropping_held:
             self._logprobs = []  # the tokens of a stop string are not reported
 

@@ -27,8 +27,8 @@ from server.engine.contract import (
     ImageInput,
     SamplingParams,
     TextDelta,
-    image_marker,
 )
+from server.engine.image_marker import marker as image_marker
 from server.engine.llama_engine import LlamaEngine
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector

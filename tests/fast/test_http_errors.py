@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.fast.conftest import (
     FastServer,
     cpu_plan,
     error_of,
+    serve,
 )
 from tests.fast.scripted import MODEL_ID, Hold, Script, ScriptedEngine
 from tests.images import picture_url
@@ -56,6 +57,12 @@ def test_an_unknown_model_is_404_on_every_endpoint(
         error = error_of(client.post(path, json={**body, "model": "gpt-4o"}), 404)
     assert (error["param"], error["code"]) == ("model", "model_not_found")
     assert fast_server.engine.history == []
+
+
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastServer]:
+    """A server whose engine says it takes pictures (else the API refuses them before it)."""
+    yield from serve(tmp_path_factory.mktemp("vision"), ScriptedEngine(vision=True))
 
 
 def reject(
@@ -115,7 +122,7 @@ BIAS = {"logit_bias": {"5": 10}}
     ],
 )  # fmt: skip
 def test_an_engine_refusal_names_the_endpoints_own_field(
-    fast_server: FastServer,
+    vision_server: FastServer,
     path: str,
     body: dict[str, Any],
     cause: Refused,
@@ -124,11 +131,12 @@ def test_an_engine_refusal_names_the_endpoints_own_field(
     param: str,
     code: str,
 ) -> None:
-    fast_server.engine.on_prepare = reject(cause, on_call=on_call, index=index)
-    with fast_server.client() as client:
+    vision_server.engine.reset()
+    vision_server.engine.on_prepare = reject(cause, on_call=on_call, index=index)
+    with vision_server.client() as client:
         error = error_of(client.post(path, json=body), 400)
     assert (error["message"], error["param"], error["code"]) == ("refused", param, code)
-    assert fast_server.engine.running == 0
+    assert vision_server.engine.running == 0
 
 
 @pytest.mark.parametrize(("path", "body"), ENDPOINTS)
