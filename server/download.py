@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from server.cancellation import Cancelled
 from server.progress import Progress, size_text
 
 log = logging.getLogger("gemma_serve.fetch")
@@ -43,11 +44,6 @@ _LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.
 CHUNK = 256 * 1024  # bytes read between two looks at `cancel`
 ATTEMPTS = 5
 TIMEOUT = 30.0
-
-
-class Cancelled(Exception):
-    """Getting the model ready was stopped because the server is shutting down: nothing failed.
-    (Loading's own case, `LoadCancelled`, lives with the loader.)"""
 
 
 class DownloadCancelled(Cancelled):

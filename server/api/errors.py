@@ -7,7 +7,7 @@ deterministic failure must be a 4xx, and FastAPI's own 422 `{"detail": ...}` mus
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,72 +17,27 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.engine.types import EngineBusy, EngineUnavailable
+from server.api.error_shape import APIError, error_body, stream_failure, unavailable
+from server.engine.contract import EngineBusy, EngineUnavailable
+
+# The error shape itself lives in error_shape.py (no web framework); these names stay importable
+# from here for the modules that answer over HTTP.
+__all__ = [
+    "APIError",
+    "ErrorResponse",
+    "error_body",
+    "install_error_handlers",
+    "json_response",
+    "stream_failure",
+    "unavailable",
+]
 
 log = logging.getLogger("gemma_serve.api")
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
-
-class APIError(Exception):
-    """Raise anywhere in the API layer to answer with an OpenAI error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
-    """503: the server cannot serve now (loading, failed, shutting down); clients may retry."""
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return APIError(503, message, type="server_error", code=code, headers=headers)
-
-
-def stream_failure(exc: Exception) -> tuple[str, str]:
-    """(message, code) for an error after a stream has started, which can only be reported as a
-    final event. The server going down (drain over, engine closed) is expected and named as such;
-    anything else is a bug, logged with its traceback."""
-    if isinstance(exc, EngineUnavailable):
-        log.info("a stream was ended early: %s", exc)
-        return f"The generation was ended early: {exc}.", "server_shutting_down"
-    log.error("generation failed after the stream started", exc_info=exc)
-    return "The server had an error while generating the response.", "internal_error"
-
-
-def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+def json_response(error: APIError) -> JSONResponse:
+    """The HTTP response carrying `error` in OpenAI's shape."""
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 class ErrorDetail(BaseModel):
@@ -185,12 +140,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return json_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
-        return APIError(400, message, param=param, code="invalid_value").response()
+        return json_response(APIError(400, message, param=param, code="invalid_value"))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -200,16 +155,20 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
-        return APIError(exc.status_code, message, code=code, headers=exc.headers).response()
+        return json_response(APIError(exc.status_code, message, code=code, headers=exc.headers))
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
-            return unavailable(
-                f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
-            ).response()
-        return unavailable(
-            f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
-        ).response()
+            return json_response(
+                unavailable(
+                    f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
+                )
+            )
+        return json_response(
+            unavailable(
+                f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
+            )
+        )
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)
@@ -250,4 +209,4 @@ class InternalErrorMiddleware:
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             response = APIError(500, "The server had an internal error.", code="internal_error")
-            await response.response()(scope, receive, send)
+            await json_response(response)(scope, receive, send)

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.api.errors import APIError
 from server.engine import image_marker
-from server.engine.types import ImageInput
+from server.engine.contract import ImageInput
 from server.settings import Settings
 
 # Formats OpenAI's vision API accepts.

@@ -17,14 +17,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from server.api.metrics import Metrics
-from server.engine.types import (
+from server.engine.contract import (
     Engine,
     EngineInfo,
     EngineStats,
     Event,
     Finished,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     TextDelta,
     Usage,
 )
@@ -46,9 +46,7 @@ current_record: ContextVar[RequestRecord | None] = ContextVar("current_record", 
 
 
 class MeteredGeneration:
-    def __init__(
-        self, inner: PreparedGeneration, metrics: Metrics, record: RequestRecord | None
-    ) -> None:
+    def __init__(self, inner: Generation, metrics: Metrics, record: RequestRecord | None) -> None:
         self._inner = inner
         self._metrics = metrics
         self._record = record
@@ -102,7 +100,7 @@ class MeteredEngine:
         self.info: EngineInfo = inner.info
         self._metrics = metrics
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+    async def prepare(self, request: GenerationRequest) -> Generation:
         prepared = await self._inner.prepare(request)
         return MeteredGeneration(prepared, self._metrics, current_record.get())
 

@@ -21,12 +21,12 @@ from llama_cpp.llama_grammar import (
     SchemaConverter,
 )
 
+from server.engine.contract import JsonFormat, Refused, RequestRejected
 from server.engine.json_schema import schema_over_limits, unenforced_keyword, without_any_items
-from server.engine.types import JsonFormat, RequestRejected
 
 
 def _rejected(message: str) -> RequestRejected:
-    return RequestRejected(message, code="invalid_value", param="response_format")
+    return RequestRejected(message, Refused.OUTPUT_FORMAT)
 
 
 # What a character of a JSON string may be unescaped (RFC 8259: not '"', not '\\', no control

@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from server.api.images import decode_image
-from server.engine.image_marker import marker as image_marker
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Finished,
     GenerationRequest,
@@ -30,6 +28,8 @@ from server.engine.types import (
     SamplingParams,
     TextDelta,
 )
+from server.engine.image_marker import marker as image_marker
+from server.engine.llama_engine import LlamaEngine
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from server.engine.types import GenerationRequest
+from server.engine.contract import GenerationRequest
 from tests.fast.conftest import CHAT, FastServer
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from server.engine.contract import JsonFormat, RequestRejected
 from server.engine.grammar import compile_json_format, literal_trie
 from server.engine.json_schema import (
     MAX_ENUM_VALUES,
@@ -18,7 +19,6 @@ from server.engine.json_schema import (
     schema_over_limits,
     without_any_items,
 )
-from server.engine.types import JsonFormat, RequestRejected
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_greedy_sampling_checks_the_grammar_and_picks_what_grammar_first_would(
     import llama_cpp
     import numpy as np
 
+    from server.engine.contract import SamplingParams
     from server.engine.sampling import SamplerChain
-    from server.engine.types import SamplingParams
 
     values = [f"value-{i}" for i in range(300)]
     schema = {"type": "object", "properties": {"v": {"enum": values}}, "required": ["v"]}
