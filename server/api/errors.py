@@ -1,14 +1,18 @@
-"""Every error leaves the server in OpenAI's shape: {"error": {message, type, param, code}}.
+"""Every error leaves the server in the shape of the dialect its path speaks: OpenAI's
+`{"error": {message, type, param, code}}`, Ollama's `{"error": "..."}` under `/api/`, Anthropic's
+`{"type": "error", "error": {type, message}}` under `/v1/messages` (`dialect_of`).
 
-Clients (the official SDK above all) read `error.message` and retry 408/409/429/5xx, so a
+Clients (the official SDKs above all) read the message and retry 408/409/429/5xx, so a
 deterministic failure must be a 4xx, and FastAPI's own 422 `{"detail": ...}` must never escape.
+Code raises one `APIError` (OpenAI's fields); `APIError.response(path)` writes it in the dialect's
+shape, so the same checks (keys, Host, body size, a full queue) answer every dialect in its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +35,32 @@ _TYPE_BY_STATUS = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+Dialect = Literal["openai", "ollama", "anthropic"]
+DIALECTS: tuple[Dialect, ...] = ("openai", "ollama", "anthropic")
+
+# Anthropic's error `type` for each status (its API reference, "Errors"); 503 is its 529.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+
+
+def dialect_of(path: str) -> Dialect:
+    """Which API a path belongs to: Ollama's under `/api/`, Anthropic's Messages API under
+    `/v1/messages`, OpenAI's everywhere else."""
+    if path == "/api" or path.startswith("/api/"):
+        return "ollama"
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    return "openai"
 
 
 class APIError(Exception):
@@ -57,8 +87,26 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def plain_message(self) -> str:
+        """The message with the field named, for dialects without a `param` field."""
+        if self.param and self.param not in self.message:
+            return f"{self.param}: {self.message}"
+        return self.message
+
+    def body_for(self, dialect: Dialect) -> dict[str, Any]:
+        if dialect == "ollama":
+            return {"error": self.plain_message()}
+        if dialect == "anthropic":
+            kind = _ANTHROPIC_TYPES.get(self.status, "invalid_request_error")
+            if self.status >= 500 and self.status != 503:
+                kind = "api_error"
+            return {"type": "error", "error": {"type": kind, "message": self.plain_message()}}
+        return self.body()
+
+    def response(self, path: str = "") -> JSONResponse:
+        """The error as the dialect of `path` writes it (OpenAI's when no path is given)."""
+        body = self.body_for(dialect_of(path))
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
@@ -184,12 +232,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return exc.response(request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
-        return APIError(400, message, param=param, code="invalid_value").response()
+        error = APIError(400, message, param=param, code="invalid_value")
+        return error.response(request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -199,20 +248,22 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
-        return APIError(exc.status_code, message, code=code, headers=exc.headers).response()
+        error = APIError(exc.status_code, message, code=code, headers=exc.headers)
+        return error.response(request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(500, "The server had an internal error.", code="internal_error").response()
+        error = APIError(500, "The server had an internal error.", code="internal_error")
+        return error.response(request.url.path)
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
             return unavailable(
                 f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
-            ).response()
+            ).response(request.url.path)
         return unavailable(
             f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
-        ).response()
+        ).response(request.url.path)
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
@@ -44,6 +45,7 @@ prompt_log = logging.getLogger("gemma_serve.prompts")
 
 # What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
 ServerEvent = str | dict[str, str]
+NDJSON = "application/x-ndjson"
 # The last `data:` of a chat or completions stream.
 SSE_DONE = "[DONE]"
 # An SSE comment every so often keeps proxies from closing a stream during a long prefill.
@@ -176,11 +178,15 @@ class Serving:
         answer: Answer[T],
         *,
         stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
-        """Run the prepared sequences together and answer: a stream, or the whole answer (499
-        when the client hangs up first)."""
+        """Run the prepared sequences together and answer: a stream (SSE, or with `ndjson` one
+        JSON object a line, as Ollama streams), or the whole answer (499 when the client hangs up
+        first)."""
         if stream:
             events = sse_events(answer, [generation.events() for generation in prepared])
+            if ndjson:
+                return StreamingResponse(ndjson_lines(events), media_type=NDJSON)
             return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
 
         async def collect() -> T:
@@ -194,10 +200,17 @@ class Serving:
             return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
 
     async def serve(
-        self, request: Request, sequences: Sequences, answer: Answer[T], *, stream: bool
+        self,
+        request: Request,
+        sequences: Sequences,
+        answer: Answer[T],
+        *,
+        stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
         """Prepare, then respond."""
-        return await self.respond(request, await self.prepare(sequences), answer, stream=stream)
+        prepared = await self.prepare(sequences)
+        return await self.respond(request, prepared, answer, stream=stream, ndjson=ndjson)
 
     def _log_prompt(self, generation: GenerationRequest) -> None:
         if not self._log_prompts:
@@ -226,6 +239,13 @@ async def sse_events(
             yield payload
     if answer.ends_with_done:
         yield SSE_DONE
+
+
+async def ndjson_lines(events: AsyncIterator[ServerEvent]) -> AsyncIterator[str]:
+    """A stream's payloads (JSON strings) as newline-delimited JSON."""
+    async for payload in events:
+        assert isinstance(payload, str), "an NDJSON stream has no named events"
+        yield payload + "\n"
 
 
 def get_serving(runtime: RuntimeDep, engine: EngineDep, settings: SettingsDep) -> Serving:

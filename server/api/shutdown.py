@@ -75,7 +75,7 @@ class DrainMiddleware:
                 retry_after=5,
             )
             error.headers["Connection"] = "close"
-            await error.response()(scope, receive, send)
+            await error.response(scope["path"])(scope, receive, send)
             return
         self.drain.active += 1
         try:

@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from server.api.chat_protocol import (
-    ChatCompletionRequest,
     FunctionDefinition,
     NamedToolChoice,
     ToolCallIn,
+    ToolDefinition,
 )
 from server.api.validators import invalid
 from server.engine.json_schema import (
@@ -69,7 +69,18 @@ class ToolPlan:
         return MAX_PARALLEL_CALLS if self.parallel and self.forced_name is None else 1
 
 
-def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
+class ToolFields(Protocol):
+    """The tool fields of a request: a chat request's, or another dialect's converted to them."""
+
+    @property
+    def tools(self) -> Sequence[ToolDefinition] | None: ...
+    @property
+    def tool_choice(self) -> Literal["none", "auto", "required"] | NamedToolChoice | None: ...
+    @property
+    def parallel_tool_calls(self) -> bool | None: ...
+
+
+def plan_tools(request: ToolFields) -> ToolPlan | None:
     """Check `tools`, `tool_choice` and `parallel_tool_calls`; None when no tools are offered to
     the model (none given, or `tool_choice: "none"`)."""
     functions = tuple(tool.function for tool in request.tools or ())

@@ -180,7 +180,8 @@ class Slot:
             if self._text.stopped:
                 reason = "stop"
             self._emit(tail, dropping_held=True)
-        self.job.push(Finished(reason, Usage(self.job.prompt_tokens, self.generated, self.reused)))
+        usage = Usage(self.job.prompt_tokens, self.generated, self.reused)
+        self.job.push(Finished(reason, usage, stop_sequence=self._text.matched))
         self._release()
         return True
 
