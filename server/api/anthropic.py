@@ -73,13 +73,14 @@ class _ChatTools:
     parallel_tool_calls: bool | None
 
 
-def anthropic_field(param: str | None) -> str | None:
+def anthropic_field(param: str | None, *, forced_call: bool = False) -> str | None:
     """The Messages API field an error is about, from the name the engine or chat's tool checks
-    gave it (OpenAI's fields: `response_format` is the grammar of a forced tool call)."""
+    gave it (OpenAI's fields: `response_format` is the JSON grammar, a forced tool call's or
+    `output_config.format`'s)."""
     if param is None:
         return None
     if param == "response_format":
-        return "tools"
+        return "tools" if forced_call else "output_config.format"
     return param.replace(".function.parameters", ".input_schema").replace(".function.", ".")
 
 
@@ -261,6 +262,22 @@ def _messages(
     return with_tools_instruction(messages, plan)
 
 
+def _json_format(request: MessagesRequest, plan: ToolPlan | None) -> JsonFormat | None:
+    """A forced tool call's schema, or `output_config.format`'s (structured outputs)."""
+    if plan is not None and plan.required:
+        return JsonFormat(schema=tool_call_schema(plan))
+    output = request.output_config.format if request.output_config else None
+    if output is None:
+        return None
+    if plan is not None:
+        raise unsupported(
+            "output_config.format",
+            "output_config.format cannot be combined with tool_choice auto here (the answer "
+            "could be neither); use tool_choice any, tool or none.",
+        )
+    return JsonFormat(schema=output.schema_)
+
+
 def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
     """Map a Messages (or count_tokens) request onto the engine, or raise `APIError` naming the
     field."""
@@ -268,11 +285,7 @@ def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
     plan = _plan(request)
     images = ImageCollector()
     messages = _messages(request, plan, images)
-    generation = GenerationRequest(
-        messages=messages,
-        images=tuple(images.images),
-        json_format=JsonFormat(schema=tool_call_schema(plan)) if plan and plan.required else None,
-    )
+    generation = GenerationRequest(messages=messages, images=tuple(images.images))
     if isinstance(request, MessagesRequest):
         stop = tuple(
             validators.text(text, f"stop_sequences[{index}]")
@@ -283,7 +296,14 @@ def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
             temperature=request.temperature, top_p=request.top_p, top_k=request.top_k
         )
         generation = replace(
-            generation, sampling=sampling, max_tokens=request.max_tokens, stop=stop
+            generation,
+            sampling=sampling,
+            max_tokens=request.max_tokens,
+            stop=stop,
+            json_format=_json_format(request, plan),
         )
-    sequences = Sequences((generation,), "messages", lambda _, param: anthropic_field(param))
+    forced = plan is not None and plan.required
+    sequences = Sequences(
+        (generation,), "messages", lambda _, param: anthropic_field(param, forced_call=forced)
+    )
     return AnthropicSequences(sequences, OutputOptions(tools=plan))

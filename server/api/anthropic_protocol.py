@@ -18,7 +18,7 @@ from server.api.protocol import WireModel
 
 
 class ImageSource(WireModel):
-    type: str = Field(description="base64 (accepted), url or file (refused).")
+    type: str | None = Field(None, description="base64 (accepted), url or file (refused).")
     media_type: str | None = None
     data: str | None = None
     url: str | None = None
@@ -62,6 +62,17 @@ class ToolChoice(WireModel):
     disable_parallel_tool_use: bool | None = None
 
 
+class OutputFormat(WireModel):
+    type: Literal["json_schema"]
+    # `schema` would shadow a pydantic BaseModel attribute, hence the alias.
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(WireModel):
+    effort: str | None = Field(None, description="Ignored: Gemma 3 has one effort level.")
+    format: OutputFormat | None = None
+
+
 class CountTokensRequest(WireModel):
     model: str = Field(min_length=1)
     messages: list[MessageIn] = Field(min_length=1)
@@ -82,8 +93,10 @@ class MessagesRequest(CountTokensRequest):
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
     stream: bool = False
+    output_config: OutputConfig | None = None
     metadata: dict[str, Any] | None = Field(None, description="Ignored: bookkeeping.")
     service_tier: str | None = Field(None, description="Ignored: one tier for all.")
+    cache_control: Any = Field(None, description="Ignored: the prompt cache is automatic.")
 
 
 # --- answers ----------------------------------------------------------------------------------
