@@ -16,6 +16,7 @@ from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, Image
 from server.api.choices import OutputOptions
 from server.api.errors import APIError
 from server.api.images import ImageCollector, clean_text
+from server.api.refusals import RefusalFields
 from server.api.serving import Sequences
 from server.api.tool_prompt import (
     ToolPlan,
@@ -223,13 +224,12 @@ def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatS
         for i in range(1, n)
     ]
     required = plan is not None and plan.required
-
-    def refusal_param(index: int, param: str | None) -> str | None:
-        # The grammar the engine could not build was the tool-call schema's.
-        return "tools" if required and param == "response_format" else param
-
+    # With a required tool call, the grammar the engine could not build was the tools' schema.
+    fields = RefusalFields(
+        prompt="messages", output_format="tools" if required else "response_format"
+    )
     return ChatSequences(
-        sequences=Sequences(tuple(requests), count_param="n", refusal_param=refusal_param),
+        sequences=Sequences(tuple(requests), count_param="n", refusal_fields=(fields,) * n),
         options=OutputOptions(tools=plan, logprobs=bool(request.logprobs)),
         include_usage=include_usage,
     )

@@ -19,6 +19,7 @@ from server.api.completions_protocol import (
     CompletionRequest,
 )
 from server.api.protocol import Usage
+from server.api.refusals import RefusalFields
 from server.api.serving import Sequences, ServerEvent, error_event, wire_usage
 from server.api.validators import invalid
 from server.engine.types import Event, GenerationRequest, TextDelta, TokenLogprob
@@ -104,16 +105,17 @@ def to_completion_sequences(request: CompletionRequest, max_choices: int) -> Com
         for sample in range(n)
     )
     listed = not isinstance(request.prompt, str)
-
-    def refusal_param(index: int, param: str | None) -> str | None:
-        return f"prompt[{index // n}]" if param == "prompt" and listed else param
-
+    refusal_fields = tuple(
+        RefusalFields(prompt=f"prompt[{index}]" if listed else "prompt")
+        for index in range(len(prompts))
+        for _ in range(n)
+    )
     return CompletionSequences(
         sequences=Sequences(
             requests,
             count_param="n" if n > 1 else "prompt",
+            refusal_fields=refusal_fields,
             prompts=len(prompts),
-            refusal_param=refusal_param,
         ),
         n=n,
         prefixes=tuple(prompt for prompt in prompts for _ in range(n))

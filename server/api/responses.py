@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from server.api import validators
 from server.api.errors import APIError
 from server.api.images import ImageCollector, clean_text
+from server.api.refusals import RefusalFields
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -165,8 +166,9 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
     )
 
 
-def _refusal_param(index: int, param: str | None) -> str | None:
-    return "input" if param == "messages" else param
+# The engine's refusals of a Responses request: its conversation is `input`; the output format
+# keeps the name it has always had here (`text.format` is the field that asks for it).
+_REFUSAL_FIELDS = RefusalFields(prompt="input")
 
 
 def to_generation_request(request: ResponseRequest) -> GenerationRequest:
@@ -184,7 +186,7 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
 
 def to_response_sequences(request: ResponseRequest) -> Sequences:
     """The one sequence a Responses request asks for."""
-    return Sequences((to_generation_request(request),), "input", _refusal_param)
+    return Sequences((to_generation_request(request),), "input", (_REFUSAL_FIELDS,))
 
 
 @dataclass

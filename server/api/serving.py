@@ -6,7 +6,8 @@ answer with an `Answer`; everything between is here, once:
 1. the model the request names is checked (404 otherwise);
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
    request needing more sequences than the server can ever hold is a 400 naming the field that
-   asked for them; an engine refusal becomes a 400 naming the endpoint's own field;
+   asked for them; an engine refusal becomes a 400 naming the endpoint's own field
+   (api/refusals.py);
 3. the sequences then run together in the batch (`streams.interleave`) and the answer is either
    streamed (an error after the start is the endpoint's error event) or collected while the
    client is watched: a client that hangs up cancels the generation and gets 499.
@@ -17,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request, Response
@@ -30,6 +31,7 @@ from sse_starlette import EventSourceResponse
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError, error_body, stream_failure
 from server.api.protocol import PromptTokensDetails, Usage
+from server.api.refusals import RefusalFields, openai_refusal
 from server.api.streams import interleave
 from server.engine.types import (
     Engine,
@@ -55,20 +57,18 @@ T = TypeVar("T", bound=BaseModel)
 T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
 
 
-def _same_param(index: int, param: str | None) -> str | None:
-    return param
-
-
 @dataclass(frozen=True)
 class Sequences:
-    """Every sequence one request asks the engine for, in answer order, and how to name the
-    request's own fields in the errors about them."""
+    """Every sequence one request asks the engine for, in answer order, and where the request
+    holds what the engine may refuse of each."""
 
     requests: tuple[GenerationRequest, ...]
     count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
-    # (sequence index, the engine's `param`) -> the field of this request that caused it
-    refusal_param: Callable[[int, str | None], str | None] = field(default=_same_param)
+    refusal_fields: tuple[RefusalFields, ...]  # one per request
     prompts: int = 1  # how many prompts `n` multiplies: more than the server holds names `prompt`
+
+    def __post_init__(self) -> None:
+        assert len(self.refusal_fields) == len(self.requests), "one RefusalFields per request"
 
 
 class Answer(Protocol[T_co]):
@@ -164,8 +164,8 @@ class Serving:
                 try:
                     prepared.append(await self.engine.prepare(generation))
                 except RequestRejected as exc:
-                    param = sequences.refusal_param(index, exc.param)
-                    raise APIError(400, exc.message, param=param, code=exc.code) from exc
+                    fields = sequences.refusal_fields[index]
+                    raise openai_refusal(exc, generation, fields) from exc
         except BaseException:
             prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
             raise

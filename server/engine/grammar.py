@@ -14,11 +14,11 @@ import llama_cpp
 from llama_cpp.llama_grammar import DOT, DOTALL, JSON_GBNF, PRIMITIVE_RULES, json_schema_to_gbnf
 
 from server.engine.json_schema import unenforced_keyword, without_any_items
-from server.engine.types import JsonFormat, RequestRejected
+from server.engine.types import JsonFormat, Refused, RequestRejected
 
 
 def _rejected(message: str) -> RequestRejected:
-    return RequestRejected(message, code="invalid_value", param="response_format")
+    return RequestRejected(message, Refused.OUTPUT_FORMAT)
 
 
 # What a character of a JSON string may be unescaped (RFC 8259: not '"', not '\\', no control

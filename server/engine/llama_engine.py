@@ -30,6 +30,7 @@ from server.engine.types import (
     EngineUnavailable,
     GenerationRequest,
     ImageInput,
+    Refused,
     RequestRejected,
 )
 from server.engine.vision import Projector, ProjectorError, PromptImage, image_token_id
@@ -137,27 +138,27 @@ class LlamaEngine:
             raise RequestRejected(
                 f"The model {self.info.model_id} does not take images (it is served without a "
                 "vision projector); send text only.",
-                code="image_input_not_supported",
-                param=request.images[0].param,
+                Refused.NO_IMAGE_INPUT,
+                index=0,
             )
         if request.prompt is not None:
             tokens = await asyncio.to_thread(self._tokenize_prompt, request.prompt)
-            param = "prompt"
+            what = "prompt"
         else:
             segments = self._template.render_segments(request.messages)
             tokens, images = await asyncio.to_thread(
                 self._tokenize_segments, segments, request.images
             )
-            param = "messages"
+            what = "messages"
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
-        for token, _ in request.sampling.logit_bias:
+        for entry, (token, _) in enumerate(request.sampling.logit_bias):
             # NOTE: llama.cpp's logit-bias sampler indexes the logits with these ids unchecked.
             if not 0 <= token < n_vocab:
                 raise RequestRejected(
                     f"logit_bias names token {token}, but this model's vocabulary has "
                     f"{n_vocab} tokens (ids 0 to {n_vocab - 1}).",
-                    code="invalid_value",
-                    param="logit_bias",
+                    Refused.LOGIT_BIAS,
+                    index=entry,
                 )
         grammar = None
         if request.json_format is not None:
@@ -170,10 +171,9 @@ class LlamaEngine:
         if len(tokens) + max(completion, 1) > n_ctx:
             raise RequestRejected(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                f"{len(tokens) + completion} tokens ({len(tokens)} in the {param}, {completion} "
-                f"in the completion). Please reduce the length of the {param} or completion.",
-                code="context_length_exceeded",
-                param=param,
+                f"{len(tokens) + completion} tokens ({len(tokens)} in the {what}, {completion} "
+                f"in the completion). Please reduce the length of the {what} or completion.",
+                Refused.CONTEXT_LENGTH,
             )
         return Job(
             request,
@@ -257,7 +257,7 @@ class LlamaEngine:
                 image = images[int(piece)] if int(piece) < len(images) else None
                 if image is None or self._projector is None:
                     continue
-                before, chunk, after = self._projector.tokenize(image)
+                before, chunk, after = self._projector.tokenize(image, int(piece))
                 tokens += before
                 placed.append(PromptImage(len(tokens), chunk))
                 tokens += [image_token_id(image.digest)] * chunk.n_pos

@@ -1,14 +1,16 @@
 """What goes into and comes out of the engine, free of any llama_cpp or HTTP types.
 
 The API layer converts OpenAI wire types to a `GenerationRequest` and consumes a stream of
-`TextDelta`s closed by exactly one `Finished`. Errors a client caused are `RequestRejected`
-(mapped to 4xx); everything else is a bug or a broken model.
+`TextDelta`s closed by exactly one `Finished`. Errors a client caused are `RequestRejected`,
+which name the part refused in the engine's terms (`Refused`; each dialect maps it to a 4xx
+naming its own field); everything else is a bug or a broken model.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant"]
@@ -25,7 +27,8 @@ class ChatMessage:
 class ImageInput:
     """A picture as the engine takes it: `width` x `height` RGB bytes (row-major, 3 bytes a
     pixel), `digest` a hash of exactly those (the prefix cache recognises an image by it), and
-    `param` where the request had it (`messages[0].content[1]`), for errors about it."""
+    `param` where the request had it (`messages[0].content[1]`): the API's label, which the
+    engine never reads (its refusals name an image by its index)."""
 
     rgb: bytes = field(repr=False)
     width: int
@@ -145,17 +148,40 @@ class EngineInfo:
     vision: bool = False  # a projector is loaded: the model takes images
 
 
+class Refused(Enum):
+    """What part of a request the engine refused, in the engine's own terms.
+
+    The engine knows requests only as `GenerationRequest`s, never as a dialect's wire fields, so
+    a refusal names the part of the `GenerationRequest` at fault, and each API dialect maps it
+    to its own field and error shape in one place (OpenAI's: server/api/refusals.py). A dialect
+    maps `CONVERSATION` and `CONTEXT_LENGTH` to the field holding the prompt (`messages`,
+    `prompt[1]`, `input`), `OUTPUT_FORMAT` to the field that asked for JSON or a tool call
+    (`response_format`, `tools`, `format`), `LOGIT_BIAS` to its bias field (`RequestRejected.
+    index`: the entry of `SamplingParams.logit_bias`), `NO_IMAGE_INPUT` and `IMAGE` to where
+    `GenerationRequest.images[index]` was in its request; and it picks its own error code per
+    cause (each dialect's unit tests check that it maps every cause).
+    """
+
+    CONVERSATION = "conversation"  # the messages cannot be made into a prompt (roles, template)
+    CONTEXT_LENGTH = "context_length"  # the prompt plus the completion exceed the context
+    OUTPUT_FORMAT = "output_format"  # `json_format`'s schema cannot be enforced
+    LOGIT_BIAS = "logit_bias"  # entry `index` of the bias names a token the model lacks
+    NO_IMAGE_INPUT = "no_image_input"  # images sent to a model without a projector (`index` 0)
+    IMAGE = "image"  # image `index` cannot be prepared for the model
+
+
 class RequestRejected(ValueError):
     """The request cannot be served as asked (prompt too long, roles out of order, ...).
 
-    `code` and `param` follow OpenAI's error object; the API layer answers 400.
+    `cause` says which part of the `GenerationRequest` (and `index` which of its items); the
+    API dialect names its own field for it and answers 400. `message` is for people.
     """
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(self, message: str, cause: Refused, *, index: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.param = param
+        self.cause = cause
+        self.index = index
 
 
 class EngineUnavailable(RuntimeError):

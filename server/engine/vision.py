@@ -31,7 +31,7 @@ from llama_cpp import _logger
 from llama_cpp import mtmd_cpp as mtmd
 
 from server.engine.prefix import MIN_REUSE
-from server.engine.types import ImageInput, RequestRejected
+from server.engine.types import ImageInput, Refused, RequestRejected
 from server.gguf import GGUFError, read_header
 
 if TYPE_CHECKING:
@@ -134,8 +134,9 @@ class Projector:
             raise ProjectorError(f"{path} is not a vision projector; check --mmproj")
         self._max_tokens = max_tokens
 
-    def tokenize(self, image: ImageInput) -> tuple[list[int], ImageChunk, list[int]]:
-        """The tokens before the image (`<start_of_image>`), the image, the tokens after."""
+    def tokenize(self, image: ImageInput, index: int) -> tuple[list[int], ImageChunk, list[int]]:
+        """The tokens before the image (`<start_of_image>`), the image, the tokens after;
+        `index`: the request's image number, named in a refusal."""
         data = ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8))
         bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
         chunks = mtmd.mtmd_input_chunks_init()
@@ -146,14 +147,14 @@ class Projector:
             if status != 0:
                 raise RequestRejected(
                     f"The image could not be prepared for the model (mtmd status {status}).",
-                    code="invalid_image",
-                    param=image.param,
+                    Refused.IMAGE,
+                    index=index,
                 )
             before: list[int] = []
             after: list[int] = []
             chunk: ImageChunk | None = None
-            for index in range(mtmd.mtmd_input_chunks_size(chunks)):
-                item = mtmd.mtmd_input_chunks_get(chunks, index)
+            for position in range(mtmd.mtmd_input_chunks_size(chunks)):
+                item = mtmd.mtmd_input_chunks_get(chunks, position)
                 if mtmd.mtmd_input_chunk_get_type(item) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     count = ctypes.c_size_t()
                     ids = mtmd.mtmd_input_chunk_get_tokens_text(item, ctypes.byref(count))
@@ -167,8 +168,8 @@ class Projector:
             # NOTE: llama.cpp aborts the process on a non-causal batch larger than n_ubatch.
             raise RequestRejected(
                 "This model's projector makes an image layout gemma-serve cannot decode.",
-                code="invalid_image",
-                param=image.param,
+                Refused.IMAGE,
+                index=index,
             )
         return before, chunk, after
 
