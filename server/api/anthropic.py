@@ -36,6 +36,7 @@ from server.api.choices import OutputOptions
 from server.api.errors import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.ollama import with_tools_instruction
+from server.api.refusals import RefusalFields
 from server.api.serving import Sequences
 from server.api.tool_prompt import (
     ToolPlan,
@@ -73,14 +74,20 @@ class _ChatTools:
     parallel_tool_calls: bool | None
 
 
-def anthropic_field(param: str | None, *, forced_call: bool = False) -> str | None:
-    """The Messages API field an error is about, from the name the engine or chat's tool checks
-    gave it (OpenAI's fields: `response_format` is the JSON grammar, a forced tool call's or
-    `output_config.format`'s)."""
+def refusal_fields(*, forced_call: bool) -> RefusalFields:
+    """Where a Messages request holds what the engine may refuse: the conversation (`messages`)
+    and the JSON constraint (a forced call's `tools`, or `output_config.format`); images are
+    named where this converter found them (`messages[0].content[1]`)."""
+    return RefusalFields(
+        prompt="messages", output_format="tools" if forced_call else "output_config.format"
+    )
+
+
+def tool_field(param: str | None) -> str | None:
+    """The Messages API field behind one that chat's tool checks name (`tools[0].function.name`
+    is `tools[0].name`, `...function.parameters` is `...input_schema`)."""
     if param is None:
         return None
-    if param == "response_format":
-        return "tools" if forced_call else "output_config.format"
     return param.replace(".function.parameters", ".input_schema").replace(".function.", ".")
 
 
@@ -128,7 +135,7 @@ def _plan(request: CountTokensRequest) -> ToolPlan | None:
     try:
         return plan_tools(_ChatTools(tools or None, wanted, parallel))
     except APIError as exc:
-        exc.param = anthropic_field(exc.param)
+        exc.param = tool_field(exc.param)
         raise
 
 
@@ -303,7 +310,5 @@ def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
             json_format=_json_format(request, plan),
         )
     forced = plan is not None and plan.required
-    sequences = Sequences(
-        (generation,), "messages", lambda _, param: anthropic_field(param, forced_call=forced)
-    )
+    sequences = Sequences((generation,), "messages", (refusal_fields(forced_call=forced),))
     return AnthropicSequences(sequences, OutputOptions(tools=plan))

@@ -40,6 +40,7 @@ from server.api.ollama_protocol import (
     OllamaToolCall,
     Timings,
 )
+from server.api.refusals import RefusalFields
 from server.api.serving import Sequences, ServerEvent
 from server.api.tool_prompt import (
     ToolPlan,
@@ -82,15 +83,11 @@ def now_text() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def refusal_field(param: str | None, *, generate: bool = False) -> str | None:
-    """The Ollama field an engine refusal is about. The engine names OpenAI's fields (`messages`,
-    `response_format`); images are named where this converter found them (`messages[0].images[1]`,
-    `images[0]`)."""
-    if param == "response_format":
-        return "format"
-    if param == "messages":
-        return "prompt" if generate else "messages"
-    return param
+def refusal_fields(*, generate: bool) -> RefusalFields:
+    """Where an Ollama request holds what the engine may refuse: the conversation (`messages`,
+    or `prompt` for /api/generate) and the JSON constraint (`format`); images are named where
+    this converter found them (`messages[0].images[1]`, `images[0]`)."""
+    return RefusalFields(prompt="prompt" if generate else "messages", output_format="format")
 
 
 def _sampling(options: OllamaOptions | None) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
@@ -219,9 +216,7 @@ def ollama_chat_sequences(request: OllamaChatRequest) -> OllamaSequences:
         stop=stop,
         json_format=_json_format(request.format, plan),
     )
-    sequences = Sequences(
-        (generation,), "messages", lambda _, param: refusal_field(param, generate=False)
-    )
+    sequences = Sequences((generation,), "messages", (refusal_fields(generate=False),))
     return OllamaSequences(sequences, OutputOptions(tools=plan))
 
 
@@ -271,9 +266,7 @@ def ollama_generate_sequences(request: OllamaGenerateRequest) -> OllamaSequences
             stop=stop,
             json_format=_json_format(request.format, None),
         )
-    sequences = Sequences(
-        (generation,), "prompt", lambda _, param: refusal_field(param, generate=True)
-    )
+    sequences = Sequences((generation,), "prompt", (refusal_fields(generate=True),))
     return OllamaSequences(sequences, OutputOptions())
 
 

@@ -19,6 +19,7 @@ import pytest
 from server.engine.types import (
     Finished,
     GenerationRequest,
+    Refused,
     RequestRejected,
     TextDelta,
     Usage,
@@ -352,9 +353,7 @@ def test_the_sdk_raises_its_own_errors(fast_server: FastServer) -> None:
 
 def test_an_engine_refusal_is_anthropic_shaped(fast_server: FastServer) -> None:
     def refuse(request: GenerationRequest) -> None:
-        raise RequestRejected(
-            "The prompt is too long.", code="context_length_exceeded", param="messages"
-        )
+        raise RequestRejected("The prompt is too long.", Refused.CONTEXT_LENGTH)
 
     fast_server.engine.on_prepare = refuse
     with fast_server.client() as http:

@@ -18,6 +18,7 @@ from server.engine.types import (
     Finished,
     GenerationRequest,
     JsonFormat,
+    Refused,
     RequestRejected,
     TextDelta,
     Usage,
@@ -269,13 +270,18 @@ def test_a_bad_generate_field_is_400_naming_it(
 
 
 @pytest.mark.parametrize(
-    ("param", "named"), [("response_format", "format"), ("messages", "messages")]
+    ("cause", "named"),
+    [
+        (Refused.OUTPUT_FORMAT, "format"),
+        (Refused.CONVERSATION, "messages"),
+        (Refused.CONTEXT_LENGTH, "messages"),
+    ],
 )
 def test_an_engine_refusal_names_ollamas_field(
-    fast_server: FastServer, param: str, named: str
+    fast_server: FastServer, cause: Refused, named: str
 ) -> None:
     def refuse(request: GenerationRequest) -> None:
-        raise RequestRejected("No.", code="invalid_value", param=param)
+        raise RequestRejected("No.", cause)
 
     fast_server.engine.on_prepare = refuse
     with fast_server.client() as http:
