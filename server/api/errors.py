@@ -145,6 +145,31 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class OllamaErrorResponse(BaseModel):
+    """The body of an error under `/api/` (Ollama's shape)."""
+
+    error: str
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """The body of an error under `/v1/messages` (Anthropic's shape)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+_ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
+    "openai": ErrorResponse,
+    "ollama": OllamaErrorResponse,
+    "anthropic": AnthropicErrorResponse,
+}
+
+
 # What each documented error status means. 400 and 404 answer operations that take input (a body,
 # a path or query parameter); 503 any operation while the model loads or the server stops.
 _INPUT_ERRORS = {
@@ -161,7 +186,8 @@ _UNAVAILABLE = {
 def _document_errors(app: FastAPI) -> None:
     """Make /openapi.json tell the truth about errors: FastAPI documents a 422 with
     `{"detail": ...}` for every operation that takes input, which this server never sends; the
-    real answers are 400/404/503 with `ErrorResponse`. Clients and schema-driven tests
+    real answers are 400/404/503 with `ErrorResponse` (or its Ollama or Anthropic shape on their
+    paths). Clients and schema-driven tests
     (schemathesis in tests/property) rely on the documented statuses and shapes."""
     build = app.openapi
 
@@ -170,11 +196,15 @@ def _document_errors(app: FastAPI) -> None:
             return app.openapi_schema
         document = build()
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(error_schema.pop("$defs", {}))
-        schemas["ErrorResponse"] = error_schema
-        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for path_item in document.get("paths", {}).values():
+        contents = {}
+        for dialect, model in _ERROR_MODELS.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+            contents[dialect] = {"application/json": {"schema": reference}}
+        for path, path_item in document.get("paths", {}).items():
+            content = contents[dialect_of(path)]
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
                 takes_input = "requestBody" in operation or operation.get("parameters")

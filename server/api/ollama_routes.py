@@ -4,7 +4,7 @@ ask about models (the list, one model's details, what is loaded, pulling one).
 Chat and generate are converted in `server.api.ollama` and served by `serving.Serving` like every
 other endpoint (NDJSON instead of SSE when streamed). Errors come out as Ollama's
 `{"error": "..."}` (see `errors.dialect_of`). Model management that makes no sense for a server
-of registry models (create, push, copy, blobs) answers 501 in that shape, never a 404 page.
+of registry models (create, push, copy, blobs) answers 400 in that shape, never a 404 page.
 """
 
 from __future__ import annotations
@@ -279,15 +279,17 @@ async def delete(body: ModelRequest, runtime: RuntimeDep, settings: SettingsDep)
         )
     _registry_spec(settings, name)  # unknown: 404
     raise APIError(
-        501,
+        400,
         f"gemma-serve does not delete model files through the API; remove '{name}' from "
         f"the model cache ({settings.cache_dir}) by hand.",
-        code="not_implemented",
+        param="model",
+        code="unsupported_endpoint",
     )
 
 
 def _not_here(what: str) -> APIError:
-    return APIError(501, f"{what} is not supported by gemma-serve.", code="not_implemented")
+    """A deterministic refusal is a 4xx: clients retry 5xx answers."""
+    return APIError(400, f"{what} is not supported by gemma-serve.", code="unsupported_endpoint")
 
 
 @router.post("/create")

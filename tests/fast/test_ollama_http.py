@@ -298,11 +298,11 @@ def test_an_unknown_model_is_404_with_the_client(fast_server: FastServer) -> Non
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("POST", "/api/create", 501),
-        ("POST", "/api/push", 501),
-        ("POST", "/api/copy", 501),
-        ("POST", "/api/blobs/sha256:00", 501),
-        ("POST", "/api/embed", 501),
+        ("POST", "/api/create", 400),
+        ("POST", "/api/push", 400),
+        ("POST", "/api/copy", 400),
+        ("POST", "/api/blobs/sha256:00", 400),
+        ("POST", "/api/embed", 400),
         ("GET", "/api/no-such-endpoint", 404),
         ("GET", "/api/chat", 405),
     ],
