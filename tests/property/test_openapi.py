@@ -4,8 +4,9 @@ bodies generated from its schemas, valid (positive) and invalid (negative).
 Checks: never a 5xx; 4xx bodies in the error shape of the path's dialect (OpenAI's, Ollama's,
 Anthropic's); successes conform to the documented response schema (streams: the SSE or NDJSON
 contract instead, since OpenAPI cannot describe them); and negative data -- a body that breaks
-the documented schema -- is rejected with a 4xx, not silently accepted. New endpoints are picked up from /openapi.json with nothing to add here; the
-fields that bound generation cost are capped wherever an operation declares them (`cost.py`).
+the documented schema -- is rejected with a 4xx, not silently accepted. New endpoints are picked
+up from /openapi.json with nothing to add here; the fields that bound generation cost are capped
+wherever an operation declares them (`cost.py`).
 """
 
 from __future__ import annotations
