@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from server.api.deps import Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError
+from server.api.errors import APIError, OllamaErrorResponse
 from server.api.ollama import (
     OllamaAnswer,
     now_text,
@@ -35,12 +35,14 @@ from server.api.ollama_protocol import (
     ModelRequest,
     OllamaChatRequest,
     OllamaGenerateRequest,
+    OllamaMessage,
     RunningList,
     RunningModel,
     ShowAnswer,
     Status,
     TagList,
     TagModel,
+    Timings,
     Version,
 )
 from server.api.serving import NDJSON, ServingDep
@@ -156,9 +158,10 @@ async def show(body: ModelRequest, runtime: RuntimeDep) -> ShowAnswer:
     )
 
 
-def _load_answer(request: OllamaChatRequest | OllamaGenerateRequest) -> JSONResponse:
-    """Ollama loads a model for a request with nothing to generate; here it is loaded already.
-    Unloading (`keep_alive: 0`) is refused: the one model stays loaded while the server runs."""
+def _load_answer(request: OllamaChatRequest | OllamaGenerateRequest) -> ChatDone | GenerateDone:
+    """Ollama loads a model for a request with nothing to generate; here it is loaded already
+    (`done_reason: "load"`, every count and duration 0). Unloading (`keep_alive: 0`) is refused:
+    the one model stays loaded while the server runs."""
     if request.keep_alive in (0, "0", "0s", "0m"):
         raise APIError(
             400,
@@ -166,12 +169,18 @@ def _load_answer(request: OllamaChatRequest | OllamaGenerateRequest) -> JSONResp
             param="keep_alive",
             code="unsupported_parameter",
         )
-    body: dict[str, Any] = {"model": request.model, "created_at": now_text()}
+    nothing = Timings(
+        done_reason="load",
+        total_duration=0,
+        prompt_eval_count=0,
+        prompt_eval_duration=0,
+        eval_count=0,
+        eval_duration=0,
+    ).model_dump()
+    common = {"model": request.model, "created_at": now_text(), "done": True, **nothing}
     if isinstance(request, OllamaChatRequest):
-        body["message"] = {"role": "assistant", "content": ""}
-    else:
-        body["response"] = ""
-    return JSONResponse({**body, "done_reason": "load", "done": True})
+        return ChatDone(message=OllamaMessage(content=""), **common)
+    return GenerateDone(response="", **common)
 
 
 @router.post("/chat", response_model=ChatDone)
@@ -287,36 +296,42 @@ async def delete(body: ModelRequest, runtime: RuntimeDep, settings: SettingsDep)
     )
 
 
+# How /openapi.json documents the endpoints that always refuse.
+REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Not supported by gemma-serve.", "model": OllamaErrorResponse}
+}
+
+
 def _not_here(what: str) -> APIError:
     """A deterministic refusal is a 4xx: clients retry 5xx answers."""
     return APIError(400, f"{what} is not supported by gemma-serve.", code="unsupported_endpoint")
 
 
-@router.post("/create")
+@router.post("/create", responses=REFUSED)
 async def create() -> None:
     raise _not_here("Creating models (/api/create)")
 
 
-@router.post("/push")
+@router.post("/push", responses=REFUSED)
 async def push() -> None:
     raise _not_here("Pushing models (/api/push)")
 
 
-@router.post("/copy")
+@router.post("/copy", responses=REFUSED)
 async def copy() -> None:
     raise _not_here("Copying models (/api/copy)")
 
 
-@router.api_route("/blobs/{digest}", methods=["HEAD", "POST"])
+@router.post("/blobs/{digest}", responses=REFUSED)
 async def blobs(digest: str) -> None:
     raise _not_here("Model blobs (/api/blobs)")
 
 
-@router.post("/embed")
+@router.post("/embed", responses=REFUSED)
 async def embed() -> None:
     raise _not_here("Embeddings (/api/embed)")
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", responses=REFUSED)
 async def embeddings() -> None:
     raise _not_here("Embeddings (/api/embeddings)")
