@@ -35,7 +35,6 @@ from server.api.chat_protocol import (
 from server.api.choices import OutputOptions
 from server.api.errors import APIError
 from server.api.images import ImageCollector, clean_text
-from server.api.ollama import with_tools_instruction
 from server.api.refusals import RefusalFields
 from server.api.serving import Sequences
 from server.api.tool_prompt import (
@@ -44,6 +43,7 @@ from server.api.tool_prompt import (
     plan_tools,
     tool_call_schema,
     tool_result_text,
+    with_tools_instruction,
 )
 from server.api.validators import invalid, unsupported
 from server.engine.types import ChatMessage, GenerationRequest, JsonFormat, Role, SamplingParams

@@ -46,7 +46,7 @@ from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,
     plan_tools,
-    tools_instruction,
+    with_tools_instruction,
 )
 from server.api.validators import invalid, unsupported
 from server.engine.types import (
@@ -155,18 +155,6 @@ def image_markers(images: ImageCollector, pictures: Sequence[str], param: str, r
         images.add(f"data:;base64,{''.join(picture.split())}", f"{param}[{index}]", role)
         for index, picture in enumerate(pictures)
     )
-
-
-def with_tools_instruction(
-    messages: list[ChatMessage], plan: ToolPlan | None
-) -> tuple[ChatMessage, ...]:
-    """The offered tools as a system message after the client's own leading system messages."""
-    if plan is not None:
-        leading = 0
-        while leading < len(messages) and messages[leading].role == "system":
-            leading += 1
-        messages.insert(leading, ChatMessage("system", tools_instruction(plan)))
-    return tuple(messages)
 
 
 def _chat_messages(

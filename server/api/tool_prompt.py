@@ -44,6 +44,7 @@ from server.engine.json_schema import (
     UNENFORCED,
     unenforced_keyword,
 )
+from server.engine.types import ChatMessage
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 # Calls in one answer at most when parallel calls are allowed and a call is required.
@@ -223,6 +224,19 @@ def tools_instruction(plan: ToolPlan) -> str:
         lines.append("If no tool is needed, reply in plain text instead.")
     lines.append('Tool results come back in a message that starts with "Tool result".')
     return "\n".join(lines)
+
+
+def with_tools_instruction(
+    messages: list[ChatMessage], plan: ToolPlan | None
+) -> tuple[ChatMessage, ...]:
+    """The offered tools as a system message after the client's own leading system messages
+    (Ollama's and Anthropic's converters; chat's also counts `developer` messages)."""
+    if plan is not None:
+        leading = 0
+        while leading < len(messages) and messages[leading].role == "system":
+            leading += 1
+        messages.insert(leading, ChatMessage("system", tools_instruction(plan)))
+    return tuple(messages)
 
 
 def _arguments_value(arguments: str) -> Any:
