@@ -137,3 +137,14 @@ def test_a_prompt_too_long_is_400_in_ollamas_shape(http: httpx.Client) -> None:
     response = http.post("/api/generate", json=body)
     assert response.status_code == 400
     assert set(response.json()) == {"error"} and "prompt" in response.json()["error"]
+
+
+def test_pull_reports_progress_and_success(client: ollama.Client) -> None:
+    """The served model is in the cache already: the pull verifies it and succeeds."""
+    statuses = [progress.status for progress in client.pull(MODEL_ID, stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert "verifying sha256 digest" in statuses
+    assert client.pull(f"{MODEL_ID}:latest", stream=False).status == "success"
+    with pytest.raises(ollama.ResponseError) as unknown:
+        client.pull("no-such-model")
+    assert unknown.value.status_code == 404
