@@ -125,3 +125,15 @@ def test_errors_are_the_sdks_own(client: anthropic.Anthropic) -> None:
             thinking={"type": "enabled", "budget_tokens": 1024},
         )
     assert "thinking" in str(caught.value)
+
+
+def test_a_stop_sequence_is_named(client: anthropic.Anthropic) -> None:
+    whole = client.messages.create(model=MODEL_ID, max_tokens=8, messages=HI, extra_body=GREEDY)
+    text = whole.content[0].text  # type: ignore[union-attr]
+    stop = text[len(text) // 2 :][:3]
+    message = client.messages.create(
+        model=MODEL_ID, max_tokens=8, messages=HI, stop_sequences=[stop], extra_body=GREEDY
+    )
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+    cut = "".join(block.text for block in message.content if block.type == "text")
+    assert cut == text[: text.index(stop)]  # the text before the stop string, without it
