@@ -38,7 +38,8 @@ from server.api.security import (
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
-from server.download import Cancelled, DownloadCancelled
+from server.cancellation import Cancelled
+from server.download import DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.types import Engine
 from server.fetch import FetchError, ensure_model_file, ensure_projector_file

@@ -32,16 +32,13 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from server.cancellation import Cancelled
+
 log = logging.getLogger("gemma_serve.fetch")
 
 CHUNK = 256 * 1024  # bytes read between two looks at `cancel`
 ATTEMPTS = 5
 TIMEOUT = 30.0
-
-
-class Cancelled(Exception):
-    """Getting the model ready was stopped because the server is shutting down: nothing failed.
-    (Loading's own case, `LoadCancelled`, lives with the loader.)"""
 
 
 class DownloadCancelled(Cancelled):

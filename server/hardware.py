@@ -15,8 +15,31 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.planner import Device, below_architectures
 from server.settings import parse_size
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU as the hardware probe saw it (or as `--gpu-memory` describes it)."""
+
+    name: str
+    total: int
+    free: int
+    # Compute capability x 10 (86 for 8.6); None where unknown (a simulated card).
+    compute_capability: int | None = None
+    uuid: str | None = None  # NVML's "GPU-..." id, which CUDA_VISIBLE_DEVICES also takes
+
+
+def below_architectures(devices: list[Device], archs: tuple[int, ...]) -> list[Device]:
+    """The cards older than the lowest CUDA architecture the build has kernels for: llama.cpp
+    would abort on them with "no kernel image is available"."""
+    if not archs:
+        return []
+    return [
+        device
+        for device in devices
+        if device.compute_capability is not None and device.compute_capability < min(archs)
+    ]
 
 
 @dataclass(frozen=True)

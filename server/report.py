@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from server.capability import capability_text
-from server.hardware import Hardware
+from server.hardware import Device, Hardware
 from server.memory import GiB, gib
-from server.planner import Device, Plan, PlanOptions
+from server.planner import Plan, PlanOptions
 from server.settings import Settings
 
 

@@ -1,6 +1,6 @@
 """Anthropic's Messages API, request side: a `MessagesRequest` -> the engine's one sequence.
 
-`anthropic_sequences` maps every field onto the engine, refuses by name what cannot be honoured
+`to_anthropic_plan` maps every field onto the engine, refuses by name what cannot be honoured
 (extended thinking, server tools, documents, citations, image URLs and files) and ignores what
 changes nothing here (`metadata`, `cache_control`, `service_tier`); the field table is in
 docs/api.md. Tools go through chat's `ToolPlan`: `input_schema` is a function's parameters,
@@ -33,10 +33,10 @@ from server.api.chat_protocol import (
     ToolDefinition,
 )
 from server.api.choices import OutputOptions
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
-from server.api.serving import Sequences
+from server.api.serving_types import GenerationRequests
 from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,
@@ -60,8 +60,8 @@ _CHOICES: dict[str, ChatChoice] = {"auto": "auto", "any": "required", "none": "n
 
 
 @dataclass(frozen=True)
-class AnthropicSequences:
-    sequences: Sequences
+class AnthropicPlan:
+    generations: GenerationRequests
     options: OutputOptions
 
 
@@ -285,7 +285,7 @@ def _json_format(request: MessagesRequest, plan: ToolPlan | None) -> JsonFormat 
     return JsonFormat(schema=output.schema_)
 
 
-def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
+def to_anthropic_plan(request: CountTokensRequest) -> AnthropicPlan:
     """Map a Messages (or count_tokens) request onto the engine, or raise `APIError` naming the
     field."""
     _refuse_unsupported(request)
@@ -310,5 +310,7 @@ def anthropic_sequences(request: CountTokensRequest) -> AnthropicSequences:
             json_format=_json_format(request, plan),
         )
     forced = plan is not None and plan.required
-    sequences = Sequences((generation,), "messages", (refusal_fields(forced_call=forced),))
-    return AnthropicSequences(sequences, OutputOptions(tools=plan))
+    generations = GenerationRequests(
+        (generation,), "messages", (refusal_fields(forced_call=forced),)
+    )
+    return AnthropicPlan(generations, OutputOptions(tools=plan))

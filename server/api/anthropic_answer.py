@@ -24,7 +24,7 @@ from server.api.anthropic_protocol import (
     ToolUseOut,
 )
 from server.api.choices import ChoiceBuilder, OutputOptions, StreamDelta
-from server.api.serving import ServerEvent
+from server.api.serving_types import ServerEvent
 from server.engine.types import Event, Finished, TextDelta
 
 

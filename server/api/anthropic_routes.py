@@ -14,7 +14,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 
-from server.api.anthropic import anthropic_sequences
+from server.api.anthropic import to_anthropic_plan
 from server.api.anthropic_answer import AnthropicAnswer
 from server.api.anthropic_protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
 from server.api.serving import ServingDep
@@ -28,8 +28,8 @@ async def create_message(
 ) -> Response | Message:
     serving.check_model(body.model)
     # NOTE: in a worker thread: pictures are decoded with Pillow (see routes.py).
-    converted = await asyncio.to_thread(anthropic_sequences, body)
-    prepared = await serving.prepare(converted.sequences)
+    converted = await asyncio.to_thread(to_anthropic_plan, body)
+    prepared = await serving.prepare(converted.generations)
     answer = AnthropicAnswer(
         message_id=f"msg_{uuid.uuid4().hex}",
         model=body.model,
@@ -42,8 +42,8 @@ async def create_message(
 @router.post("/count_tokens", response_model=TokenCount)
 async def count_tokens(body: CountTokensRequest, serving: ServingDep) -> TokenCount:
     serving.check_model(body.model)
-    converted = await asyncio.to_thread(anthropic_sequences, body)
-    prepared = await serving.prepare(converted.sequences)
+    converted = await asyncio.to_thread(to_anthropic_plan, body)
+    prepared = await serving.prepare(converted.generations)
     count = prepared[0].prompt_tokens
     prepared.clear()  # NOTE: dropping the unstarted generation gives its place back
     return TokenCount(input_tokens=count)

@@ -1,6 +1,6 @@
 """Chat completions, request side: a `ChatCompletionRequest` -> the engine's sequences.
 
-`to_chat_sequences` is where every request field is mapped onto the engine, refused by name, or
+`to_chat_plan` is where every request field is mapped onto the engine, refused by name, or
 ignored for a documented reason (docs/api.md); nothing is dropped silently. The body passes
 through once: the tools module reads the tool fields into one `ToolPlan`, and everything
 tool-related (the offer in the prompt, the answer's schema, how to read the answer) comes from
@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from server.api import validators
 from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, ImagePart, TextPart
 from server.api.choices import OutputOptions
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
-from server.api.serving import Sequences
+from server.api.serving_types import GenerationRequests
 from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,
@@ -33,10 +33,10 @@ _REFUSED_PARTS = {"input_audio": "audio", "file": "files"}
 
 
 @dataclass(frozen=True)
-class ChatSequences:
+class ChatPlan:
     """What a chat request asks of the engine (one sequence per choice), and of its answer."""
 
-    sequences: Sequences
+    generations: GenerationRequests
     options: OutputOptions
     include_usage: bool
 
@@ -199,7 +199,7 @@ def _json_format(request: ChatCompletionRequest, plan: ToolPlan | None) -> JsonF
     return JsonFormat(schema=spec.schema_)
 
 
-def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatSequences:
+def to_chat_plan(request: ChatCompletionRequest, max_choices: int) -> ChatPlan:
     """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour.
     One sequence per choice (`n`); with a seed, choice i samples with seed + i, so the choices
     differ from each other and the whole answer is reproducible."""
@@ -228,8 +228,10 @@ def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatS
     fields = RefusalFields(
         prompt="messages", output_format="tools" if required else "response_format"
     )
-    return ChatSequences(
-        sequences=Sequences(tuple(requests), count_param="n", refusal_fields=(fields,) * n),
+    return ChatPlan(
+        generations=GenerationRequests(
+            tuple(requests), count_param="n", refusal_fields=(fields,) * n
+        ),
         options=OutputOptions(tools=plan, logprobs=bool(request.logprobs)),
         include_usage=include_usage,
     )

@@ -18,7 +18,7 @@ from server.api.chat_protocol import (
 )
 from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.protocol import Usage
-from server.api.serving import ServerEvent, error_event, wire_usage
+from server.api.serving_types import ServerEvent, error_event, wire_usage
 from server.engine.types import Event, Finished, TextDelta
 from server.engine.types import Usage as EngineUsage
 

@@ -1,17 +1,18 @@
 """Every error leaves the server in the shape of the dialect its path speaks: OpenAI's
 `{"error": {message, type, param, code}}`, Ollama's `{"error": "..."}` under `/api/`, Anthropic's
-`{"type": "error", "error": {type, message}}` under `/v1/messages` (`dialect_of`).
+`{"type": "error", "error": {type, message}}` under `/v1/messages` (`error_shape.dialect_of`).
 
 Clients (the official SDKs above all) read the message and retry 408/409/429/5xx, so a
 deterministic failure must be a 4xx, and FastAPI's own 422 `{"detail": ...}` must never escape.
-Code raises one `APIError` (OpenAI's fields); `APIError.response(path)` writes it in the dialect's
-shape, so the same checks (keys, Host, body size, a full queue) answer every dialect in its own.
+Code raises one `APIError` (OpenAI's fields); `json_response(error, path)` writes it in the
+dialect's shape, so the same checks (keys, Host, body size, a full queue) answer every dialect in
+its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -20,116 +21,37 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.api.error_shape import (
+    APIError,
+    Dialect,
+    dialect_of,
+    error_body,
+    stream_failure,
+    unavailable,
+)
 from server.engine.types import EngineBusy, EngineUnavailable
+
+# The error shape itself lives in error_shape.py (no web framework); these names stay importable
+# from here for the modules that answer over HTTP.
+__all__ = [
+    "APIError",
+    "ErrorResponse",
+    "dialect_of",
+    "error_body",
+    "install_error_handlers",
+    "json_response",
+    "stream_failure",
+    "unavailable",
+]
 
 log = logging.getLogger("gemma_serve.api")
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
-
-Dialect = Literal["openai", "ollama", "anthropic"]
-DIALECTS: tuple[Dialect, ...] = ("openai", "ollama", "anthropic")
-
-# Anthropic's error `type` for each status (its API reference, "Errors"); 503 is its 529.
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-}
-
-
-def dialect_of(path: str) -> Dialect:
-    """Which API a path belongs to: Ollama's under `/api/`, Anthropic's Messages API under
-    `/v1/messages`, OpenAI's everywhere else."""
-    if path == "/api" or path.startswith("/api/"):
-        return "ollama"
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        return "anthropic"
-    return "openai"
-
-
-class APIError(Exception):
-    """Raise anywhere in the API layer to answer with an OpenAI error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
-
-    def plain_message(self) -> str:
-        """The message with the field named, for dialects without a `param` field."""
-        if self.param and self.param not in self.message:
-            return f"{self.param}: {self.message}"
-        return self.message
-
-    def body_for(self, dialect: Dialect) -> dict[str, Any]:
-        if dialect == "ollama":
-            return {"error": self.plain_message()}
-        if dialect == "anthropic":
-            kind = _ANTHROPIC_TYPES.get(self.status, "invalid_request_error")
-            if self.status >= 500 and self.status != 503:
-                kind = "api_error"
-            return {"type": "error", "error": {"type": kind, "message": self.plain_message()}}
-        return self.body()
-
-    def response(self, path: str = "") -> JSONResponse:
-        """The error as the dialect of `path` writes it (OpenAI's when no path is given)."""
-        body = self.body_for(dialect_of(path))
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
-    """503: the server cannot serve now (loading, failed, shutting down); clients may retry."""
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return APIError(503, message, type="server_error", code=code, headers=headers)
-
-
-def stream_failure(exc: Exception) -> tuple[str, str]:
-    """(message, code) for an error after a stream has started, which can only be reported as a
-    final event. The server going down (drain over, engine closed) is expected and named as such;
-    anything else is a bug, logged with its traceback."""
-    if isinstance(exc, EngineUnavailable):
-        log.info("a stream was ended early: %s", exc)
-        return f"The generation was ended early: {exc}.", "server_shutting_down"
-    log.error("generation failed after the stream started", exc_info=exc)
-    return "The server had an error while generating the response.", "internal_error"
-
-
-def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+def json_response(error: APIError, path: str = "") -> JSONResponse:
+    """The HTTP response carrying `error` in the shape of `path`'s dialect (OpenAI's without a
+    path)."""
+    body = error.body_for(dialect_of(path))
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 class ErrorDetail(BaseModel):
@@ -262,13 +184,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response(request.url.path)
+        return json_response(exc, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
         error = APIError(400, message, param=param, code="invalid_value")
-        return error.response(request.url.path)
+        return json_response(error, request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -279,21 +201,21 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
         error = APIError(exc.status_code, message, code=code, headers=exc.headers)
-        return error.response(request.url.path)
+        return json_response(error, request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         error = APIError(500, "The server had an internal error.", code="internal_error")
-        return error.response(request.url.path)
+        return json_response(error, request.url.path)
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
-            return unavailable(
-                f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
-            ).response(request.url.path)
-        return unavailable(
-            f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
-        ).response(request.url.path)
+            busy = f"The server is busy: {exc}. Retry shortly."
+            error = unavailable(busy, "server_busy", exc.retry_after)
+        else:
+            cannot = f"The server cannot take requests now: {exc}."
+            error = unavailable(cannot, "server_unavailable", retry_after=5)
+        return json_response(error, request.url.path)
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)

@@ -21,8 +21,8 @@ from server.engine.types import (
     EngineStats,
     Event,
     Finished,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     TextDelta,
 )
 
@@ -43,9 +43,7 @@ current_record: ContextVar[RequestRecord | None] = ContextVar("current_record", 
 
 
 class MeteredGeneration:
-    def __init__(
-        self, inner: PreparedGeneration, metrics: Metrics, record: RequestRecord | None
-    ) -> None:
+    def __init__(self, inner: Generation, metrics: Metrics, record: RequestRecord | None) -> None:
         self._inner = inner
         self._metrics = metrics
         self._record = record
@@ -85,7 +83,7 @@ class MeteredEngine:
         self.info: EngineInfo = inner.info
         self._metrics = metrics
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+    async def prepare(self, request: GenerationRequest) -> Generation:
         prepared = await self._inner.prepare(request)
         return MeteredGeneration(prepared, self._metrics, current_record.get())
 

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from server.api.errors import DIALECTS
+from server.api.error_shape import DIALECTS
 from server.engine.types import EngineStats, PromptCacheStats
 from server.hardware import GpuMemory
 

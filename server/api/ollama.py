@@ -1,6 +1,6 @@
 """Ollama's `/api/chat` and `/api/generate`: pure converters onto the one serving path.
 
-Request side: `ollama_chat_sequences` and `ollama_generate_sequences` map a request onto the
+Request side: `to_ollama_chat_plan` and `to_ollama_generate_plan` map a request onto the
 engine's `GenerationRequest`, refuse by name what cannot be honoured, and ignore for a documented
 reason what changes nothing here (the field table is in docs/api.md). Tools go through the same
 `ToolPlan` as chat completions (the tools in the prompt, calls read back by `ChoiceBuilder`), so
@@ -41,7 +41,7 @@ from server.api.ollama_protocol import (
     Timings,
 )
 from server.api.refusals import RefusalFields
-from server.api.serving import Sequences, ServerEvent
+from server.api.serving_types import GenerationRequests, ServerEvent
 from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,
@@ -64,8 +64,8 @@ _NEUTRAL_OPTIONS = {"repeat_penalty": 1.0, "typical_p": 1.0, "tfs_z": 1.0, "miro
 
 
 @dataclass(frozen=True)
-class OllamaSequences:
-    sequences: Sequences
+class OllamaPlan:
+    generations: GenerationRequests
     options: OutputOptions
 
 
@@ -190,7 +190,7 @@ def _chat_messages(
     return with_tools_instruction(messages, plan)
 
 
-def ollama_chat_sequences(request: OllamaChatRequest) -> OllamaSequences:
+def to_ollama_chat_plan(request: OllamaChatRequest) -> OllamaPlan:
     """Map `/api/chat` onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
     plan = plan_tools(_ChatTools(tools=request.tools))
@@ -204,11 +204,11 @@ def ollama_chat_sequences(request: OllamaChatRequest) -> OllamaSequences:
         stop=stop,
         json_format=_json_format(request.format, plan),
     )
-    sequences = Sequences((generation,), "messages", (refusal_fields(generate=False),))
-    return OllamaSequences(sequences, OutputOptions(tools=plan))
+    generations = GenerationRequests((generation,), "messages", (refusal_fields(generate=False),))
+    return OllamaPlan(generations, OutputOptions(tools=plan))
 
 
-def ollama_generate_sequences(request: OllamaGenerateRequest) -> OllamaSequences:
+def to_ollama_generate_plan(request: OllamaGenerateRequest) -> OllamaPlan:
     """Map `/api/generate` onto the engine: the prompt as a user turn of the chat template (with
     `system` before it), or as it is with `raw: true`."""
     _refuse_unsupported(request)
@@ -254,8 +254,8 @@ def ollama_generate_sequences(request: OllamaGenerateRequest) -> OllamaSequences
             stop=stop,
             json_format=_json_format(request.format, None),
         )
-    sequences = Sequences((generation,), "prompt", (refusal_fields(generate=True),))
-    return OllamaSequences(sequences, OutputOptions())
+    generations = GenerationRequests((generation,), "prompt", (refusal_fields(generate=True),))
+    return OllamaPlan(generations, OutputOptions())
 
 
 @dataclass

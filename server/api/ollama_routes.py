@@ -25,8 +25,8 @@ from server.api.errors import APIError, OllamaErrorResponse
 from server.api.ollama import (
     OllamaAnswer,
     now_text,
-    ollama_chat_sequences,
-    ollama_generate_sequences,
+    to_ollama_chat_plan,
+    to_ollama_generate_plan,
 )
 from server.api.ollama_protocol import (
     ChatDone,
@@ -191,10 +191,10 @@ async def chat(
     if not body.messages:
         return _load_answer(body)
     # NOTE: in a worker thread: pictures are decoded with Pillow (see routes.py).
-    converted = await asyncio.to_thread(ollama_chat_sequences, body)
+    converted = await asyncio.to_thread(to_ollama_chat_plan, body)
     answer = OllamaAnswer(model=body.model, kind="chat", options=converted.options)
     return await serving.serve(
-        request, converted.sequences, answer, stream=body.stream, ndjson=True
+        request, converted.generations, answer, stream=body.stream, ndjson=True
     )
 
 
@@ -205,10 +205,10 @@ async def generate(
     served(serving.runtime, body.model)
     if not body.prompt and not body.images:
         return _load_answer(body)
-    converted = await asyncio.to_thread(ollama_generate_sequences, body)
+    converted = await asyncio.to_thread(to_ollama_generate_plan, body)
     answer = OllamaAnswer(model=body.model, kind="generate", options=converted.options)
     return await serving.serve(
-        request, converted.sequences, answer, stream=body.stream, ndjson=True
+        request, converted.generations, answer, stream=body.stream, ndjson=True
     )
 
 

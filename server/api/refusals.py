@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.engine.types import GenerationRequest, Refused, RequestRejected
 
 # OpenAI's error code for each cause (the codes OpenAI itself answers where it has one); a unit

@@ -1,6 +1,6 @@
 """OpenAI's Responses API, `POST /v1/responses`, stateless: pure converters (request and answer).
 
-`to_response_sequences` maps the request onto the engine's chat path (`instructions` becomes a
+`to_response_generations` maps the request onto the engine's chat path (`instructions` becomes a
 system message before the input) or refuses a field by name. Nothing is stored: `store` is
 accepted and answered with `store: false`, and `previous_response_id` is a 400. A response cut
 by `max_output_tokens` is `status: "incomplete"` with `incomplete_details.reason:
@@ -19,7 +19,7 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from server.api import validators
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
 from server.api.responses_protocol import (
@@ -33,7 +33,7 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.serving import Sequences, ServerEvent
+from server.api.serving_types import GenerationRequests, ServerEvent
 from server.api.validators import invalid, unsupported
 from server.engine.types import (
     ChatMessage,
@@ -184,9 +184,9 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     )
 
 
-def to_response_sequences(request: ResponseRequest) -> Sequences:
+def to_response_generations(request: ResponseRequest) -> GenerationRequests:
     """The one sequence a Responses request asks for."""
-    return Sequences((to_generation_request(request),), "input", (_REFUSAL_FIELDS,))
+    return GenerationRequests((to_generation_request(request),), "input", (_REFUSAL_FIELDS,))
 
 
 @dataclass

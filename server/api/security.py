@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import APIError
+from server.api.errors import APIError, json_response
 
 # Paths any client may read without a key: supervisors (Docker's HEALTHCHECK, systemd, a load
 # balancer) probe /health with no credentials, and it tells nothing about the model's use.
@@ -49,7 +49,7 @@ def load_api_keys(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...
 
 def _refuse(error: APIError) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await error.response(scope["path"])(scope, receive, send)
+        await json_response(error, scope["path"])(scope, receive, send)
 
     return app
 

@@ -1,7 +1,8 @@
 """The one serving path of chat, completions and responses.
 
-Each endpoint converts its request into `Sequences` (pure, in its own module) and describes its
-answer with an `Answer`; everything between is here, once:
+Each endpoint converts its request into `GenerationRequests` (pure, in its own module) and
+describes its answer with an `Answer` (both in serving_types.py, free of FastAPI); everything
+between is here, once:
 
 1. the model the request names is checked (404 otherwise);
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
@@ -16,12 +17,10 @@ answer with an `Answer`; everything between is here, once:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import StreamingResponse
@@ -29,77 +28,26 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError, error_body, stream_failure
-from server.api.protocol import PromptTokensDetails, Usage
-from server.api.refusals import RefusalFields, openai_refusal
+from server.api.errors import APIError, stream_failure
+from server.api.refusals import openai_refusal
+from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
 from server.api.streams import interleave
 from server.engine.types import (
     Engine,
     Event,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     RequestRejected,
 )
-from server.engine.types import Usage as EngineUsage
 from server.logtext import printable
 
 prompt_log = logging.getLogger("gemma_serve.prompts")
 
-# What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
-ServerEvent = str | dict[str, str]
 NDJSON = "application/x-ndjson"
-# The last `data:` of a chat or completions stream.
-SSE_DONE = "[DONE]"
 # An SSE comment every so often keeps proxies from closing a stream during a long prefill.
 PING_SECONDS = 15
 
 T = TypeVar("T", bound=BaseModel)
-T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
-
-
-@dataclass(frozen=True)
-class Sequences:
-    """Every sequence one request asks the engine for, in answer order, and where the request
-    holds what the engine may refuse of each."""
-
-    requests: tuple[GenerationRequest, ...]
-    count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
-    refusal_fields: tuple[RefusalFields, ...]  # one per request
-    prompts: int = 1  # how many prompts `n` multiplies: more than the server holds names `prompt`
-
-    def __post_init__(self) -> None:
-        assert len(self.refusal_fields) == len(self.requests), "one RefusalFields per request"
-
-
-class Answer(Protocol[T_co]):
-    """How one endpoint writes its answer from `(sequence index, event)` pairs."""
-
-    @property
-    def ends_with_done(self) -> bool:
-        """Whether the stream ends with `data: [DONE]` (chat, completions) or not (responses)."""
-        ...
-
-    def whole(self, events: AsyncIterator[tuple[int, Event]]) -> Awaitable[T_co]: ...
-
-    def stream(self, events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[ServerEvent]: ...
-
-    def failed(self, message: str, code: str) -> list[ServerEvent]:
-        """The events that end a stream after an error (the HTTP status is already sent)."""
-        ...
-
-
-def wire_usage(usage: EngineUsage) -> Usage:
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-def error_event(message: str, code: str) -> str:
-    """The `data:` payload of an error in a chat or completions stream."""
-    return json.dumps(error_body(message, type="server_error", code=code))
 
 
 class ClientGone(Exception):
@@ -141,13 +89,13 @@ class Serving:
     def check_model(self, model: str) -> None:
         self.runtime.check_model(model)
 
-    async def prepare(self, sequences: Sequences) -> list[PreparedGeneration]:
-        """Prepare every sequence, or none: a refusal or a full server releases the places the
+    async def prepare(self, generations: GenerationRequests) -> list[Generation]:
+        """Prepare every generation, or none: a refusal or a full server releases the places the
         earlier ones took."""
-        requests = sequences.requests
+        requests = generations.requests
         capacity = self.engine.info.capacity
         if len(requests) > capacity:
-            too_many = "prompt" if sequences.prompts > capacity else sequences.count_param
+            too_many = "prompt" if generations.prompts > capacity else generations.count_param
             fix = "send fewer prompts" if too_many == "prompt" else f"lower {too_many}"
             raise APIError(
                 400,
@@ -157,15 +105,15 @@ class Serving:
                 param=too_many,
                 code="invalid_value",
             )
-        prepared: list[PreparedGeneration] = []
+        prepared: list[Generation] = []
         try:
-            for index, generation in enumerate(requests):
-                self._log_prompt(generation)
+            for index, asked in enumerate(requests):
+                self._log_prompt(asked)
                 try:
-                    prepared.append(await self.engine.prepare(generation))
+                    prepared.append(await self.engine.prepare(asked))
                 except RequestRejected as exc:
-                    fields = sequences.refusal_fields[index]
-                    raise openai_refusal(exc, generation, fields) from exc
+                    fields = generations.refusal_fields[index]
+                    raise openai_refusal(exc, asked, fields) from exc
         except BaseException:
             prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
             raise
@@ -174,7 +122,7 @@ class Serving:
     async def respond(
         self,
         request: Request,
-        prepared: Sequence[PreparedGeneration],
+        prepared: Sequence[Generation],
         answer: Answer[T],
         *,
         stream: bool,
@@ -202,14 +150,14 @@ class Serving:
     async def serve(
         self,
         request: Request,
-        sequences: Sequences,
+        generations: GenerationRequests,
         answer: Answer[T],
         *,
         stream: bool,
         ndjson: bool = False,
     ) -> Response | T:
         """Prepare, then respond."""
-        prepared = await self.prepare(sequences)
+        prepared = await self.prepare(generations)
         return await self.respond(request, prepared, answer, stream=stream, ndjson=ndjson)
 
     def _log_prompt(self, generation: GenerationRequest) -> None:

@@ -3,8 +3,8 @@
 `prepare()` runs on the asyncio side: it renders and tokenises the prompt (tokenising reads only
 the vocabulary), checks it fits one sequence's context, compiles a grammar, and takes a place in
 the engine's bounded capacity (`parallel` running + `queue_size` waiting), answering `EngineBusy`
-when there is none, before any stream starts. Iterating the job's `events()` submits it to the
-engine thread (`scheduler.Scheduler`), the only code that touches the llama.cpp context.
+when there is none, before any stream starts. Iterating the generation's `events()` submits it
+to the engine thread (`scheduler.Scheduler`), the only code that touches the llama.cpp context.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import llama_cpp
 
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
 from server.engine.grammar import compile_json_format
-from server.engine.job import Job, Reservation
+from server.engine.job import LlamaGeneration, Reservation
 from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
 from server.engine.scheduler import Scheduler
 from server.engine.types import (
@@ -52,8 +52,8 @@ class LlamaEngine:
     With `parallel_trials` (a CPU plan's), `parallel` is the floor and the count is measured as
     the model loads (server/engine/calibration.py). A set `cancel` stops the load
     (LoadCancelled): the server is shutting down.
-    `cache_ram`: MiB of host memory for sequence states saved when their slot is taken for
-    another prompt (`prompt_cache.PromptCache`); 0 keeps only what the slots hold."""
+    `cache_ram`: MiB of host memory for sequence states saved when their sequence is taken for
+    another prompt (`prompt_cache.PromptCache`); 0 keeps only what the sequences hold."""
 
     def __init__(
         self,
@@ -130,9 +130,9 @@ class LlamaEngine:
 
     # --- the asyncio side -------------------------------------------------------------------
 
-    async def prepare(self, request: GenerationRequest) -> Job:
+    async def prepare(self, request: GenerationRequest) -> LlamaGeneration:
         """Tokenise, check the prompt fits, compile the grammar and take a place; nothing is
-        generated until the job's `events()` is iterated."""
+        generated until the generation's `events()` is iterated."""
         images: tuple[PromptImage, ...] = ()
         if request.images and self._projector is None:
             raise RequestRejected(
@@ -175,7 +175,7 @@ class LlamaEngine:
                 f"in the completion). Please reduce the length of the {what} or completion.",
                 Refused.CONTEXT_LENGTH,
             )
-        return Job(
+        return LlamaGeneration(
             request,
             tokens,
             grammar=grammar,
@@ -199,8 +199,8 @@ class LlamaEngine:
         return self._scheduler.prompt_cache.stats().reused_tokens
 
     def close(self) -> None:
-        """End every running and queued job, then free the model once the engine thread is out
-        of llama.cpp."""
+        """End every running and queued generation, then free the model once the engine thread is
+        out of llama.cpp."""
         with self._lock:
             # NOTE: two threads may close at once (the drain, then the lifespan): one frees.
             if self._closed:

@@ -224,7 +224,7 @@ class PromptCacheStats:
     restore_seconds: float = 0.0  # spent copying back
 
 
-class PreparedGeneration(Protocol):
+class Generation(Protocol):
     """A request the engine has accepted: the prompt is rendered, tokenised and fits, and it
     holds one place of the engine's capacity until it ends (or is dropped unstarted).
 
@@ -243,7 +243,7 @@ class Engine(Protocol):
 
     info: EngineInfo
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+    async def prepare(self, request: GenerationRequest) -> Generation:
         """Validate, tokenise and take a place; raises `RequestRejected` (the request's fault),
         `EngineBusy` (no place free now) or `EngineUnavailable` (closing), before anything is
         generated."""

@@ -1,4 +1,4 @@
-"""Images through libmtmd: the projector, a picture's place in the prompt, and the image step.
+"""Images through libmtmd: the projector and a picture's place in the prompt.
 
 A projector (mmproj GGUF) turns a picture into embeddings the text model reads in place of
 tokens: for Gemma 3, 256 positions between `<start_of_image>` and `<end_of_image>` (mtmd adds
@@ -9,22 +9,18 @@ In the prompt's token list an image's positions hold a negative stand-in id deri
 image's content hash, so the prefix cache (plain token comparison) reuses an image's KV only when
 the same picture sits at the same place; `safe_reuse` never lets a reused prefix end inside one.
 
-The image step: llama.cpp refuses a batch mixing token rows and embedding rows, and Gemma 3 reads
-an image with causal attention off, so an image is decoded in a step of its own holding only its
-sequence. `ImageSteps.due` allows at most one image step between two text steps while other
-sequences have work, so their streams keep flowing beside a picture.
+The scheduler decodes an image in a step of its own (engine/image_step.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp
 from llama_cpp import _logger
@@ -33,9 +29,6 @@ from llama_cpp import mtmd_cpp as mtmd
 from server.engine.prefix import MIN_REUSE
 from server.engine.types import ImageInput, Refused, RequestRejected
 from server.gguf import GGUFError, read_header
-
-if TYPE_CHECKING:
-    from server.engine.sequence import Slot
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -199,65 +192,3 @@ class Projector:
         if self._ctx:
             mtmd.mtmd_free(self._ctx)
             self._ctx = None
-
-
-class ImageSteps:
-    """The scheduler's image steps: which sequence's picture goes next, and running it."""
-
-    def __init__(self, projector: Projector, lctx: Any, memory: Any, n_batch: int) -> None:
-        self._projector = projector
-        self._lctx = lctx
-        self._memory = memory
-        self._n_batch = n_batch
-        self._last_was_image = False
-
-    def due(self, slots: list[Slot]) -> Slot | None:
-        """The slot whose image to decode now, or None for a text step."""
-        waiting = [slot for slot in slots if slot.pending_image() is not None]
-        if not waiting:
-            self._last_was_image = False
-            return None
-        others = any(
-            slot.next_token is not None or (slot.prefilling and slot.pending_image() is None)
-            for slot in slots
-        )
-        if self._last_was_image and others:
-            self._last_was_image = False
-            return None
-        self._last_was_image = True
-        return min(waiting, key=lambda slot: slot.job.submitted_at if slot.job else 0.0)
-
-    def run(self, slot: Slot) -> None:
-        """Encode and decode the slot's next image. The consumer leaving or the time limit
-        passing while the picture is encoded ends the job before its decode."""
-        image = slot.pending_image()
-        assert image is not None and slot.job is not None
-        started = time.perf_counter()
-        status = self._projector.encode(image.chunk)
-        if status != 0:
-            self._fail(slot, f"the projector could not encode the image (status {status})")
-            return
-        if slot.job.cancelled.is_set():
-            slot.cancel()
-            return
-        if slot.expired():
-            slot.expire()
-            return
-        pos = len(slot.cached)
-        status = self._projector.decode(self._lctx, image.chunk, pos, slot.seq_id, self._n_batch)
-        if status != 0:
-            self._fail(slot, f"llama.cpp could not decode the image (status {status})")
-            return
-        slot.image_decoded(image)
-        log.debug(
-            "sequence %d: image of %d positions in %.0f ms",
-            slot.seq_id,
-            image.chunk.n_pos,
-            (time.perf_counter() - started) * 1000,
-        )
-
-    def _fail(self, slot: Slot, message: str) -> None:
-        log.error("sequence %d: %s", slot.seq_id, message)
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        slot.cached = []
-        slot.fail(RuntimeError(message))

@@ -8,15 +8,15 @@ import base64
 
 import pytest
 
-from server.api.anthropic import anthropic_sequences
+from server.api.anthropic import to_anthropic_plan
 from server.api.anthropic_answer import stop_reason, usage_of
 from server.api.anthropic_protocol import MessagesRequest
 from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.errors import APIError, dialect_of
-from server.api.ollama import ollama_chat_sequences, ollama_generate_sequences
+from server.api.ollama import to_ollama_chat_plan, to_ollama_generate_plan
 from server.api.ollama_protocol import OllamaChatRequest, OllamaGenerateRequest
 from server.api.refusals import refused_field
-from server.api.serving import Sequences
+from server.api.serving_types import GenerationRequests
 from server.engine.types import Finished, Refused, RequestRejected, Usage
 from tests.images import encode, picture
 
@@ -57,8 +57,8 @@ def test_one_error_in_each_dialects_shape() -> None:
     assert crash.body_for("anthropic")["error"]["type"] == "api_error"
 
 
-def names(sequences: Sequences, cause: Refused, index: int | None = None) -> str:
-    [request], [fields] = sequences.requests, sequences.refusal_fields
+def names(generations: GenerationRequests, cause: Refused, index: int | None = None) -> str:
+    [request], [fields] = generations.requests, generations.refusal_fields
     return refused_field(RequestRejected("no", cause, index=index), request, fields)
 
 
@@ -95,9 +95,9 @@ def test_every_engine_refusal_names_the_dialects_field(
             "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
         }
     )
-    assert names(ollama_chat_sequences(ollama_chat).sequences, cause, index) == chat
-    assert names(ollama_generate_sequences(ollama_generate).sequences, cause, index) == generate
-    assert names(anthropic_sequences(anthropic).sequences, cause, index) == messages
+    assert names(to_ollama_chat_plan(ollama_chat).generations, cause, index) == chat
+    assert names(to_ollama_generate_plan(ollama_generate).generations, cause, index) == generate
+    assert names(to_anthropic_plan(anthropic).generations, cause, index) == messages
 
 
 def test_a_forced_tool_calls_grammar_is_named_tools() -> None:
@@ -110,7 +110,7 @@ def test_a_forced_tool_calls_grammar_is_named_tools() -> None:
             "tool_choice": {"type": "any"},
         }
     )
-    assert names(anthropic_sequences(request).sequences, Refused.OUTPUT_FORMAT) == "tools"
+    assert names(to_anthropic_plan(request).generations, Refused.OUTPUT_FORMAT) == "tools"
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_num_predict(num_predict: int | None, max_tokens: int | None) -> None:
     request = OllamaGenerateRequest.model_validate(
         {"model": "m", "prompt": "Hi", "options": options}
     )
-    [generation] = ollama_generate_sequences(request).sequences.requests
+    [generation] = to_ollama_generate_plan(request).generations.requests
     assert generation.max_tokens == max_tokens
 
 

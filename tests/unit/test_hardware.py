@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from server.hardware import (
+    Device,
     GpuMemory,
     GpuProbe,
     as_cuda_sees_them,
@@ -19,7 +20,6 @@ from server.hardware import (
     hide_from_cuda,
     simulated,
 )
-from server.planner import Device
 from server.settings import parse_size
 from tests.nvml import GTX_1080, RTX_3090, RTX_4060_LAPTOP, FakeNvml
 
