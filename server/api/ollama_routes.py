@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -187,12 +188,13 @@ def _load_answer(request: OllamaChatRequest | OllamaGenerateRequest) -> ChatDone
 async def chat(
     body: OllamaChatRequest, request: Request, serving: ServingDep
 ) -> Response | ChatDone | GenerateDone:
+    started = time.monotonic_ns()  # Ollama's durations count from the request's arrival
     served(serving.runtime, body.model)
     if not body.messages:
         return _load_answer(body)
     # NOTE: in a worker thread: pictures are decoded with Pillow (see routes.py).
     converted = await asyncio.to_thread(to_ollama_chat_plan, body)
-    answer = OllamaAnswer(model=body.model, kind="chat", options=converted.options)
+    answer = OllamaAnswer(body.model, "chat", converted.options, started)
     return await serving.serve(
         request, converted.generations, answer, stream=body.stream, ndjson=True
     )
@@ -202,11 +204,12 @@ async def chat(
 async def generate(
     body: OllamaGenerateRequest, request: Request, serving: ServingDep
 ) -> Response | ChatDone | GenerateDone:
+    started = time.monotonic_ns()
     served(serving.runtime, body.model)
     if not body.prompt and not body.images:
         return _load_answer(body)
     converted = await asyncio.to_thread(to_ollama_generate_plan, body)
-    answer = OllamaAnswer(model=body.model, kind="generate", options=converted.options)
+    answer = OllamaAnswer(body.model, "generate", converted.options, started)
     return await serving.serve(
         request, converted.generations, answer, stream=body.stream, ndjson=True
     )
