@@ -197,6 +197,16 @@ def test_the_sdk_accumulates_a_streamed_tool_call(fast_server: FastServer) -> No
     assert call.type == "tool_use" and call.input == {"city": "Paris"}
 
 
+def test_a_forced_call_cut_by_max_tokens_is_shown_as_text(fast_server: FastServer) -> None:
+    cut = '{"tool_calls": [{"name": "weather", "arguments": {"city": "Par'
+    fast_server.engine.enqueue(Script([TextDelta(cut), Finished("length", Usage(3, 16))]))
+    body = {**MESSAGE, "tools": [WEATHER], "tool_choice": {"type": "any"}}
+    message = sdk(fast_server).messages.create(**body)  # type: ignore[arg-type]
+    assert message.stop_reason == "max_tokens"
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == '{"city": "Par'  # type: ignore[union-attr]
+
+
 def test_tool_use_and_tool_result_reach_the_prompt(fast_server: FastServer) -> None:
     image = {
         "type": "image",
