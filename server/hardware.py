@@ -48,6 +48,9 @@ class Hardware:
     driver: str | None = None
     cuda: str | None = None  # the newest CUDA version the driver supports, e.g. "12.4"
     note: str | None = None  # why there is no GPU, when there is none
+    # A GPU is there but NVML fails (driver upgraded without a reboot, driver not loaded): what
+    # to do. Said as a warning, never a quiet start on the CPU.
+    failing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,16 @@ class GpuProbe:
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
-            return Hardware([], note=f"no NVIDIA driver found ({exc})")
+            if "Library Not Found" in str(exc):  # no NVIDIA driver installed: a machine without
+                return Hardware([], note=f"no NVIDIA driver found ({exc})")
+            return Hardware([], note=f"NVML failed ({exc})", failing=failing_gpu(str(exc)))
         try:
             driver = _text(nvml.nvmlSystemGetDriverVersion())
             cuda_raw = int(nvml.nvmlSystemGetCudaDriverVersion())
             devices = [self._device(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
         except nvml.NVMLError as exc:
-            return Hardware([], note=f"NVML failed while reading the GPUs ({exc})")
+            failed = f"NVML failed while reading the GPUs ({exc})"
+            return Hardware([], note=failed, failing=failing_gpu(str(exc)))
         finally:
             with contextlib.suppress(nvml.NVMLError):
                 nvml.nvmlShutdown()
@@ -142,6 +148,21 @@ class GpuProbe:
                 with contextlib.suppress(Exception):
                     self._nvml.nvmlShutdown()
             self._open = False
+
+
+def failing_gpu(error: str) -> str:
+    """What to do about an NVIDIA driver that is installed but fails (NVML's message)."""
+    if "mismatch" in error.lower():
+        return (
+            f"the NVIDIA driver fails ({error}): it was upgraded and the old one is still "
+            "loaded; reboot"
+        )
+    if "Not Loaded" in error:
+        return (
+            f"the NVIDIA driver is installed but not loaded ({error}): reboot, or sudo modprobe "
+            "nvidia (see sudo dmesg | grep -i nvidia)"
+        )
+    return f"NVIDIA's driver library fails ({error}): check that nvidia-smi works, then restart"
 
 
 def simulated(sizes: list[str]) -> Hardware:

@@ -94,6 +94,8 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
 
 def no_gpu_line(hardware: Hardware, plan: Plan) -> str:
     """One line: why this plan does not run on a GPU, and what to do (for --require-gpu)."""
+    if hardware.failing:
+        return f"{hardware.failing} (or set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU)"
     if not hardware.devices:
         return (
             f"no NVIDIA GPU found ({hardware.note or 'none found'}); check that nvidia-smi "

@@ -6,8 +6,10 @@ would want to know, including the unit.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -193,6 +195,16 @@ class Settings(BaseSettings):
         4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
     )
     log_level: LogLevel = Field("info", description="Log verbosity.")
+    progress_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between two progress lines in the log while the model downloads, is "
+            "verified or loads (a container's or a service's log; on a terminal the download "
+            "draws a progress bar instead)."
+        ),
+    )
     api_keys: CommaList = Field(
         (),
         description=(
@@ -315,3 +327,37 @@ class Settings(BaseSettings):
             "--no-ui turns it off: / then answers 404."
         ),
     )
+
+
+ENV_PREFIX = "GEMMA_SERVE_"
+# GEMMA_SERVE_* names that are not settings: read by scripts/install-llama.sh and
+# scripts/detect-build.sh (`make serve`; CPUINFO also by server/build_record.py), and by the test
+# suite.
+NOT_SETTINGS = frozenset(
+    {"BUILD", "WHEEL_CACHE", "CPUINFO", "BUILD_PROGRESS", "ARTIFACTS", "CHROMIUM"}
+    | {"UPDATE_SCREENSHOT"}
+)
+
+
+def unknown_variable(environ: Mapping[str, str]) -> str | None:
+    """One line about the first GEMMA_SERVE_* variable that names no setting, with the nearest
+    that does: a misspelled GEMMA_SERVE_API_KEY would otherwise leave the server without keys."""
+    names = {name.upper() for name in Settings.model_fields}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :]
+        if name in names or name in NOT_SETTINGS:
+            continue
+        hint: str | None
+        if name.startswith("NO_") and name[3:] in names:
+            hint = f"{ENV_PREFIX}{name[3:]}=false"
+        else:
+            near = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.5)
+            hint = f"{ENV_PREFIX}{near[0]}" if near else None
+        meant = f"did you mean {hint}? " if hint else ""
+        return (
+            f"{variable} is not a setting of gemma-serve: {meant}Every setting is listed by "
+            "`gemma-serve serve --help`; unset the variable to start"
+        )
+    return None

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from server.api.chat import to_chat_plan
 from server.api.chat_answer import ChatAnswer
@@ -25,9 +26,13 @@ router = APIRouter()
 
 
 @router.get("/health", response_model=Health)
-async def health(runtime: RuntimeDep) -> Health:
+async def health(runtime: RuntimeDep) -> Health | JSONResponse:
     if runtime.engine is None:
-        raise runtime.not_ready_error()
+        # 503 until ready, with what it is doing and how far it got (a supervisor's health
+        # check reads `status`: server/healthcheck.py).
+        error = runtime.not_ready_error()
+        body = {**error.body(), **runtime.starting()}
+        return JSONResponse(body, status_code=503, headers=error.headers)
     stats = runtime.engine.stats()
     return Health(active=stats.active, queued=stats.queued, parallel=stats.parallel)
 

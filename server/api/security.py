@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -172,6 +173,24 @@ class HostPolicy:
         return name in self.names or (self.any_ip and _is_ip(name))
 
 
+def refused_host_message(header: str) -> str:
+    """The 421's message: the name refused and the setting that admits it. The name is shown
+    only when it is a plain host name (letters, digits, dots, dashes, an IPv6 address), so the
+    answer never repeats arbitrary text from the request."""
+    name = host_name(header)
+    shown = name if re.fullmatch(r"[a-z0-9.:_-]{1,253}", name) else None
+    if shown is None:
+        return (
+            "This server does not answer to that Host name (against DNS rebinding); add the "
+            "name clients use with --allowed-hosts (GEMMA_SERVE_ALLOWED_HOSTS)."
+        )
+    return (
+        f"This server does not answer to the Host name '{shown}' (against DNS rebinding). To "
+        f"admit it, start the server with --allowed-hosts {shown} (or "
+        f"GEMMA_SERVE_ALLOWED_HOSTS={shown}; comma-separated with other names)."
+    )
+
+
 class HostCheckMiddleware:
     """Answer 421 (Misdirected Request) when the Host header is not allowed by `policy`."""
 
@@ -187,8 +206,7 @@ class HostCheckMiddleware:
             return
         error = APIError(
             421,
-            "This server does not answer to that Host name. If you reach it through a name "
-            "(a LAN name, a proxy), add the name with --allowed-hosts (GEMMA_SERVE_ALLOWED_HOSTS).",
+            refused_host_message(Headers(scope=scope).get("host") or ""),
             type="invalid_request_error",
             code="invalid_host",
         )
