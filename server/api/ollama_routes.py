@@ -10,12 +10,8 @@ of registry models (create, push, copy, blobs) answers 400 in that shape, never 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -46,8 +42,9 @@ from server.api.ollama_protocol import (
     Timings,
     Version,
 )
+from server.api.ollama_pull import pull_lines, pull_whole
 from server.api.serving import NDJSON, ServingDep
-from server.fetch import FetchError, ensure_model_file, ensure_projector_file
+from server.fetch import FetchError
 from server.registry import ModelSpec, RegistryError, load_registry
 from server.settings import Settings
 
@@ -222,61 +219,16 @@ def _registry_spec(settings: Settings, name: str) -> ModelSpec:
         raise APIError(404, f"pull model manifest: {exc}", param="model") from exc
 
 
-def _fetch(spec: ModelSpec, settings: Settings, cancel: threading.Event) -> list[Path]:
-    paths = [ensure_model_file(spec, settings.cache_dir, cancel)]
-    if spec.has_vision and not settings.no_vision:
-        paths.append(ensure_projector_file(spec, settings.cache_dir, cancel))
-    return paths
-
-
-async def _pull_lines(spec: ModelSpec, settings: Settings) -> AsyncIterator[str]:
-    """Progress as Ollama streams it: the manifest, the download, the check, success. The files
-    go into the cache (resumable, verified), where `--model` finds them at the next start."""
-    cancel = threading.Event()
-    yield Status(status="pulling manifest").model_dump_json(exclude_none=True) + "\n"
-    digest = f"sha256:{spec.sha256}" if spec.sha256 else None
-    downloading = Status(
-        status=f"pulling {spec.id}", digest=digest, total=spec.file_size
-    ).model_dump_json(exclude_none=True)
-    task = asyncio.ensure_future(asyncio.to_thread(_fetch, spec, settings, cancel))
-    try:
-        while not task.done():
-            yield downloading + "\n"
-            await asyncio.wait({task}, timeout=_PULL_TICK)
-        task.result()
-    except FetchError as exc:
-        yield json.dumps({"error": str(exc)}) + "\n"
-        return
-    finally:
-        # NOTE: also when the client goes away (this generator is cancelled): the download
-        # stops, to be resumed later, and its ending is collected.
-        cancel.set()
-        task.add_done_callback(_collect)
-    done = Status(
-        status=f"pulling {spec.id}", digest=digest, total=spec.file_size, completed=spec.file_size
-    )
-    for line in (done, Status(status="verifying sha256 digest"), Status(status="success")):
-        yield line.model_dump_json(exclude_none=True) + "\n"
-
-
-def _collect(task: asyncio.Future[list[Path]]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.info("a pull ended early: %s", task.exception())
-
-
 @router.post("/pull", response_model=Status)
 async def pull(body: ModelRequest, settings: SettingsDep) -> Response | Status:
     """Download a registry model into the cache (the served model does not change)."""
     spec = _registry_spec(settings, _model_name(body))
     if body.stream:
-        return StreamingResponse(_pull_lines(spec, settings), media_type=NDJSON)
-    cancel = threading.Event()
+        return StreamingResponse(pull_lines(spec, settings), media_type=NDJSON)
     try:
-        await asyncio.to_thread(_fetch, spec, settings, cancel)
+        await pull_whole(spec, settings)
     except FetchError as exc:
         raise APIError(502, str(exc), code="download_failed") from exc
-    finally:
-        cancel.set()
     return Status(status="success")
 
 

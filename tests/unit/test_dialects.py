@@ -14,10 +14,13 @@ from server.api.anthropic_protocol import MessagesRequest
 from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.errors import APIError, dialect_of
 from server.api.ollama import to_ollama_chat_plan, to_ollama_generate_plan
-from server.api.ollama_protocol import OllamaChatRequest, OllamaGenerateRequest
+from server.api.ollama_protocol import OllamaChatRequest, OllamaGenerateRequest, Status
+from server.api.ollama_pull import progress_line
 from server.api.refusals import refused_field
 from server.api.serving_types import GenerationRequests
 from server.engine.types import Finished, Refused, RequestRejected, Usage
+from server.progress import Progress
+from server.registry import load_registry
 from tests.images import encode, picture
 
 PNG = base64.b64encode(encode(picture(1))).decode()
@@ -137,6 +140,25 @@ def test_stop_reasons(finished: Finished, reason: str) -> None:
     builder = ChoiceBuilder(OutputOptions())
     builder.finish(finished)
     assert stop_reason(builder, finished) == reason
+
+
+def test_pull_progress_in_ollamas_lines() -> None:
+    """What the download reports (server.progress), as Ollama's pull objects."""
+    spec = load_registry().models[0]
+    now = [100.0]
+    progress = Progress(clock=lambda: now[0])
+    try:
+        assert progress_line(spec, progress.snapshot()) == Status(status=f"pulling {spec.id}")
+        progress.begin("downloading", "model.gguf", total=1000, start_at=200)
+        progress.advance(300)
+        line = progress_line(spec, progress.snapshot())
+        assert line == Status(status="pulling model.gguf", total=1000, completed=500)
+        progress.begin("verifying", "model.gguf", total=1000)
+        progress.advance(1000)
+        line = progress_line(spec, progress.snapshot())
+        assert line == Status(status="verifying sha256 digest", total=1000, completed=1000)
+    finally:
+        progress.close()
 
 
 def test_cache_reads_are_counted_apart_from_input() -> None:
