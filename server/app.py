@@ -42,7 +42,7 @@ from server.api.shutdown import Drain, DrainMiddleware
 from server.cancellation import Cancelled
 from server.download import DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.fetch import FetchError, ensure_model_file, ensure_projector_file
 from server.gguf import read_header
 from server.hardware import GpuProbe

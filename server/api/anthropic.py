@@ -23,6 +23,7 @@ from server.api.anthropic_protocol import (
     MessagesRequest,
     ToolChoice,
 )
+from server.api.chat_choices import OutputOptions
 from server.api.chat_protocol import (
     FUNCTION_NAME,
     FunctionCallIn,
@@ -32,7 +33,6 @@ from server.api.chat_protocol import (
     ToolCallIn,
     ToolDefinition,
 )
-from server.api.choices import OutputOptions
 from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
@@ -46,7 +46,7 @@ from server.api.tool_prompt import (
     with_tools_instruction,
 )
 from server.api.validators import invalid, unsupported
-from server.engine.types import ChatMessage, GenerationRequest, JsonFormat, Role, SamplingParams
+from server.engine.contract import ChatMessage, GenerationRequest, JsonFormat, Role, SamplingParams
 
 _REFUSED_BLOCKS = {
     "document": "Documents are not supported; send their text in a text block.",

@@ -23,9 +23,9 @@ from server.api.anthropic_protocol import (
     TextOut,
     ToolUseOut,
 )
-from server.api.choices import ChoiceBuilder, OutputOptions, StreamDelta
+from server.api.chat_choices import ChoiceBuilder, OutputOptions, StreamDelta
 from server.api.serving_types import ServerEvent
-from server.engine.types import Event, Finished, TextDelta
+from server.engine.contract import Event, Finished, TextDelta
 
 
 def _event(name: str, **payload: Any) -> dict[str, str]:

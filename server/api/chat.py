@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from server.api import validators
+from server.api.chat_choices import OutputOptions
 from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, ImagePart, TextPart
-from server.api.choices import OutputOptions
 from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
 from server.api.refusals import RefusalFields
@@ -27,7 +27,7 @@ from server.api.tool_prompt import (
     tools_instruction,
 )
 from server.api.validators import invalid, unsupported
-from server.engine.types import ChatMessage, GenerationRequest, JsonFormat
+from server.engine.contract import ChatMessage, GenerationRequest, JsonFormat
 
 _REFUSED_PARTS = {"input_audio": "audio", "file": "files"}
 

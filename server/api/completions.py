@@ -22,8 +22,8 @@ from server.api.protocol import Usage
 from server.api.refusals import RefusalFields
 from server.api.serving_types import GenerationRequests, ServerEvent, error_event, wire_usage
 from server.api.validators import invalid
-from server.engine.types import Event, GenerationRequest, TextDelta, TokenLogprob
-from server.engine.types import Usage as EngineUsage
+from server.engine.contract import Event, GenerationRequest, TextDelta, TokenLogprob
+from server.engine.contract import Usage as EngineUsage
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 # Prompts in one request at most (OpenAI takes up to 2048; each is a sequence of the batch here).

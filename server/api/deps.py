@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from server.api.errors import APIError, unavailable
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.progress import Progress
 from server.registry import ModelSpec
 from server.settings import Settings

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from server.engine.types import EngineUnavailable
+from server.engine.contract import EngineUnavailable
 
 log = logging.getLogger("gemma_serve.api")
 

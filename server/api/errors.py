@@ -29,7 +29,7 @@ from server.api.error_shape import (
     stream_failure,
     unavailable,
 )
-from server.engine.types import EngineBusy, EngineUnavailable
+from server.engine.contract import EngineBusy, EngineUnavailable
 
 # The error shape itself lives in error_shape.py (no web framework); these names stay importable
 # from here for the modules that answer over HTTP.

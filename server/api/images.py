@@ -25,7 +25,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.api.errors import APIError
-from server.engine.types import ImageInput, image_marker
+from server.engine.contract import ImageInput, image_marker
 
 # Formats OpenAI's vision API accepts.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")

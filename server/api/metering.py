@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from server.api.metrics import Metrics
-from server.engine.types import (
+from server.engine.contract import (
     Engine,
     EngineInfo,
     EngineStats,

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from server.api.error_shape import DIALECTS
-from server.engine.types import EngineStats, PromptCacheStats
+from server.engine.contract import EngineStats, PromptCacheStats
 from server.hardware import GpuMemory
 
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})

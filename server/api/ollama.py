@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from server.api import validators
+from server.api.chat_choices import ChoiceBuilder, OutputOptions
 from server.api.chat_protocol import FunctionCallIn, ToolCallIn, ToolDefinition
-from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.images import ImageCollector, clean_text
 from server.api.ollama_protocol import (
     ChatChunk,
@@ -49,7 +49,7 @@ from server.api.tool_prompt import (
     with_tools_instruction,
 )
 from server.api.validators import invalid, unsupported
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Event,
     Finished,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.api.error_shape import APIError
-from server.engine.types import GenerationRequest, Refused, RequestRejected
+from server.engine.contract import GenerationRequest, Refused, RequestRejected
 
 # OpenAI's error code for each cause (the codes OpenAI itself answers where it has one); a unit
 # test holds it to cover every cause.

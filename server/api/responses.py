@@ -35,7 +35,7 @@ from server.api.responses_protocol import (
 )
 from server.api.serving_types import GenerationRequests, ServerEvent
 from server.api.validators import invalid, unsupported
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Event,
     Finished,

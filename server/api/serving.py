@@ -32,7 +32,7 @@ from server.api.errors import APIError, stream_failure
 from server.api.refusals import openai_refusal
 from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
 from server.api.streams import interleave
-from server.engine.types import (
+from server.engine.contract import (
     Engine,
     Event,
     Generation,

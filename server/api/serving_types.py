@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from server.api.error_shape import error_body
 from server.api.protocol import PromptTokensDetails, Usage
 from server.api.refusals import RefusalFields
-from server.engine.types import Event, GenerationRequest
-from server.engine.types import Usage as EngineUsage
+from server.engine.contract import Event, GenerationRequest
+from server.engine.contract import Usage as EngineUsage
 
 # What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
 ServerEvent = str | dict[str, str]

@@ -37,6 +37,7 @@ from server.api.chat_protocol import (
     ToolDefinition,
 )
 from server.api.validators import invalid
+from server.engine.contract import ChatMessage
 from server.engine.json_schema import (
     SCHEMA_LISTS,
     SCHEMA_MAPS,
@@ -44,7 +45,6 @@ from server.engine.json_schema import (
     UNENFORCED,
     unenforced_keyword,
 )
-from server.engine.types import ChatMessage
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 # Calls in one answer at most when parallel calls are allowed and a call is required.

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from server.api.error_shape import APIError
 from server.api.protocol import StreamOptions
-from server.engine.types import SamplingParams
+from server.engine.contract import SamplingParams
 
 
 def invalid(param: str, message: str, code: str = "invalid_value") -> APIError:

@@ -1,6 +1,6 @@
 """Admission: which free sequence a new prompt runs in, and the KV it starts from.
 
-The choice is the placement policy's (`prefix.place`, pure: the longest reusable prefix among the
+The choice is the placement policy's (`placement.place`, pure: the longest reusable prefix among the
 free sequences and the saved states); this module applies it with the sequence's own operations
 (save, restore, truncate) and the prompt cache's store, so that the cache keeps states and
 never chooses, and the sequence alone changes its KV.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from server.engine.job import LlamaGeneration
-from server.engine.prefix import Candidate, place, reusable_prefix
+from server.engine.generation import LlamaGeneration
+from server.engine.placement import Candidate, place, reusable_prefix
 from server.engine.prompt_cache import PromptCache
 from server.engine.sequence import Sequence
 from server.engine.vision import safe_reuse

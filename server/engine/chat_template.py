@@ -21,7 +21,7 @@ from typing import NoReturn
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from server.engine.types import ChatMessage, Refused, RequestRejected
+from server.engine.contract import ChatMessage, Refused, RequestRejected
 
 BOS_TOKEN = "<bos>"
 END_OF_TURN = "<end_of_turn>"

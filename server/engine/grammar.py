@@ -13,8 +13,8 @@ import json
 import llama_cpp
 from llama_cpp.llama_grammar import DOT, DOTALL, JSON_GBNF, PRIMITIVE_RULES, json_schema_to_gbnf
 
+from server.engine.contract import JsonFormat, Refused, RequestRejected
 from server.engine.json_schema import unenforced_keyword, without_any_items
-from server.engine.types import JsonFormat, Refused, RequestRejected
 
 
 def _rejected(message: str) -> RequestRejected:

@@ -19,11 +19,7 @@ from pathlib import Path
 import llama_cpp
 
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
-from server.engine.grammar import compile_json_format
-from server.engine.job import LlamaGeneration, Reservation
-from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
-from server.engine.scheduler import Scheduler
-from server.engine.types import (
+from server.engine.contract import (
     EngineBusy,
     EngineInfo,
     EngineStats,
@@ -33,6 +29,10 @@ from server.engine.types import (
     Refused,
     RequestRejected,
 )
+from server.engine.generation import LlamaGeneration, Reservation
+from server.engine.grammar import compile_json_format
+from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
+from server.engine.scheduler import Scheduler
 from server.engine.vision import Projector, ProjectorError, PromptImage, image_token_id
 
 __all__ = ["EngineLoadError", "LlamaEngine"]
@@ -42,7 +42,7 @@ log = logging.getLogger("gemma_serve.engine")
 BOS = "<bos>"
 # How long close() waits for the step in flight (a long prefill chunk cannot be interrupted).
 CLOSE_TIMEOUT = 30.0
-# Where types.image_marker(i) put the request's i-th image in a message's text.
+# Where contract.image_marker(i) put the request's i-th image in a message's text.
 _IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 
 

@@ -10,15 +10,14 @@ whichever sequence it takes (`llama_state_seq_set_data`), and prefills only what
 Exactness: the copy holds the very KV the sequence computed, so a restored state is what the
 sequence would have held had nobody else used it. Sliding-window layers are saved with only the
 window the last position attends to, so a restored state may serve only a prompt that extends it
-whole
-(`prefix.restored_pos_min` and the usual `reusable_prefix` test); anything else is prefilled cold.
-The restored cells lie elsewhere in the sequence, and at a few lengths that changes the last bits of
-llama.cpp's attention sums, as batching with other requests does: over 31 lengths of real text
-(540 to 3,450 tokens) one or two restored states' next logits differed from the kept ones' (by
-up to 0.92, same top token), the others were bit-identical (bench/exactness.py, two runs).
+whole (`placement.restored_pos_min` and the usual `reusable_prefix` test); anything else is
+prefilled cold. The restored cells lie elsewhere in the sequence, and at a few lengths that changes
+the last bits of llama.cpp's attention sums, as batching with other requests does: over 31 lengths
+of real text (540 to 3,450 tokens) one or two restored states' next logits differed from the kept
+ones' (by up to 0.92, same top token), the others were bit-identical (bench/exactness.py, two runs).
 
 Bounded by `budget` bytes (least recently used out first); 0 turns saving off. The store only
-keeps states: which sequence a prompt takes is the placement policy's choice (`prefix.place`,
+keeps states: which sequence a prompt takes is the placement policy's choice (`placement.place`,
 applied by the scheduler's admission), and the copies are the sequence's own (`Sequence.save`,
 `Sequence.restore`). Only the engine thread changes it; `stats()` may be read from any thread
 (plain counters).
@@ -31,9 +30,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from server.engine.prefix import Candidate, evictions, restored_pos_min, worth_saving
+from server.engine.contract import PromptCacheStats
+from server.engine.placement import Candidate, evictions, restored_pos_min, worth_saving
 from server.engine.sequence import Sequence, Snapshot
-from server.engine.types import PromptCacheStats
 
 log = logging.getLogger("gemma_serve.engine")
 

@@ -14,7 +14,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from server.engine.types import SamplingParams
+from server.engine.contract import SamplingParams
 
 # OpenAI penalises every token generated so far; llama.cpp keeps a ring of the last N.
 PENALTY_WINDOW = 4096

@@ -19,13 +19,13 @@ from typing import Any
 import llama_cpp
 
 from server.engine.admission import admit
+from server.engine.contract import EngineUnavailable, TokenLogprob, TopLogprob
+from server.engine.generation import DONE, LlamaGeneration
 from server.engine.image_step import ImageSteps
-from server.engine.job import DONE, LlamaGeneration
 from server.engine.loading import N_BATCH, LoadedModel
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
 from server.engine.sequence import Cells, Sequence, State
-from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
 from server.engine.vision import Projector
 
 log = logging.getLogger("gemma_serve.engine")

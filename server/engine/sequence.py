@@ -22,10 +22,10 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.job import DONE, LlamaGeneration
+from server.engine.contract import Finished, FinishReason, TextDelta, TokenLogprob, Usage
+from server.engine.generation import DONE, LlamaGeneration
 from server.engine.sampling import SamplerChain
-from server.engine.text import TextAssembler
-from server.engine.types import Finished, FinishReason, TextDelta, TokenLogprob, Usage
+from server.engine.text_assembly import TextAssembler
 from server.engine.vision import PromptImage
 
 

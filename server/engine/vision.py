@@ -26,8 +26,8 @@ import llama_cpp
 from llama_cpp import _logger
 from llama_cpp import mtmd_cpp as mtmd
 
-from server.engine.prefix import MIN_REUSE
-from server.engine.types import ImageInput, Refused, RequestRejected
+from server.engine.contract import ImageInput, Refused, RequestRejected
+from server.engine.placement import MIN_REUSE
 from server.gguf import GGUFError, read_header
 
 log = logging.getLogger("gemma_serve.engine")

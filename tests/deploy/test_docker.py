@@ -244,6 +244,7 @@ def test_dockerignore_sends_the_inputs_and_nothing_secret() -> None:
     assert dockerignore_includes("server/api/routes.py")
 
 
+@pytest.mark.model
 def test_image_command_runs_outside_docker(tmp_path: Path) -> None:
     """The CPU image's ENTRYPOINT + CMD with its ENV, the venv for /opt/gemma-serve and an empty
     directory for the model volume: the same process the container runs, minus the container."""

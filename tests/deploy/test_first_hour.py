@@ -24,7 +24,7 @@ from starlette.routing import Route
 from server import build_record, cli
 from server.api.security import HostCheckMiddleware, HostPolicy
 from server.app import create_app, model_to_serve
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.fetch import FetchError, unwritable_cache
 from server.hardware import GpuProbe
 from server.planner import Plan

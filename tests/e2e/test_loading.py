@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app, default_engine_loader
 from server.capability import LlamaBuild
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings

@@ -18,14 +18,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     GenerationRequest,
     PromptCacheStats,
     SamplingParams,
     TextDelta,
 )
+from server.engine.llama_engine import LlamaEngine
 from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
 
 SLOTS = 2

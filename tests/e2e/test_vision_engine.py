@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from server.api.images import decode_image
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Finished,
     GenerationRequest,
@@ -30,6 +29,7 @@ from server.engine.types import (
     TextDelta,
     image_marker,
 )
+from server.engine.llama_engine import LlamaEngine
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 

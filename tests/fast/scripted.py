@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from server.engine.types import (
+from server.engine.contract import (
     EngineInfo,
     EngineStats,
     EngineUnavailable,

@@ -16,7 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from server.engine.types import (
+from server.engine.contract import (
     Finished,
     GenerationRequest,
     Refused,

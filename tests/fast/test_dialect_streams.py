@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.engine.types import Finished, TextDelta, Usage
+from server.engine.contract import Finished, TextDelta, Usage
 from tests.fast.conftest import HI, FastServer, wait_for
 from tests.fast.scripted import MODEL_ID, Hold, Script
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.engine.types import (
+from server.engine.contract import (
     EngineBusy,
     Finished,
     GenerationRequest,

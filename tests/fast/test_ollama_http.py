@@ -14,7 +14,7 @@ from typing import Any
 import ollama
 import pytest
 
-from server.engine.types import (
+from server.engine.contract import (
     Finished,
     GenerationRequest,
     JsonFormat,

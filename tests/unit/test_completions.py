@@ -17,7 +17,7 @@ from server.api.completions import (
 )
 from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.errors import APIError
-from server.engine.types import (
+from server.engine.contract import (
     Event,
     Finished,
     GenerationRequest,

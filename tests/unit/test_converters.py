@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from server.api.chat import to_chat_plan
 from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.engine.types import ChatMessage, GenerationRequest, JsonFormat, SamplingParams
+from server.engine.contract import ChatMessage, GenerationRequest, JsonFormat, SamplingParams
 
 
 def request(**fields: Any) -> ChatCompletionRequest:

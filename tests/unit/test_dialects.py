@@ -11,14 +11,14 @@ import pytest
 from server.api.anthropic import to_anthropic_plan
 from server.api.anthropic_answer import stop_reason, usage_of
 from server.api.anthropic_protocol import MessagesRequest
-from server.api.choices import ChoiceBuilder, OutputOptions
+from server.api.chat_choices import ChoiceBuilder, OutputOptions
 from server.api.errors import APIError, dialect_of
 from server.api.ollama import to_ollama_chat_plan, to_ollama_generate_plan
 from server.api.ollama_protocol import OllamaChatRequest, OllamaGenerateRequest, Status
 from server.api.ollama_pull import progress_line
 from server.api.refusals import refused_field
 from server.api.serving_types import GenerationRequests
-from server.engine.types import Finished, Refused, RequestRejected, Usage
+from server.engine.contract import Finished, Refused, RequestRejected, Usage
 from server.progress import Progress
 from server.registry import load_registry
 from tests.images import encode, picture

@@ -48,6 +48,7 @@ def cpu_model_name() -> str:
     raise AssertionError("no model name in /proc/cpuinfo")
 
 
+@pytest.mark.process
 @pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
 def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
     import llama_cpp
@@ -99,6 +100,7 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
     assert rest[1:] == ["  " + line for line in run("plan", cache=cache)]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
 def test_a_verified_model_shows_its_sha256(tmp_path: Path) -> None:
     cache = tmp_path / "cache"

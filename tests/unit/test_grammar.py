@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from server.engine.contract import JsonFormat
 from server.engine.grammar import compile_json_format
 from server.engine.json_schema import without_any_items
-from server.engine.types import JsonFormat
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from server.api.chat import to_chat_plan
 from server.api.chat_answer import ChatAnswer
 from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.engine.types import (
+from server.engine.contract import (
     Event,
     Finished,
     GenerationRequest,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.api.refusals import CODES, RefusalFields, openai_refusal
-from server.engine.types import GenerationRequest, ImageInput, Refused, RequestRejected
+from server.engine.contract import GenerationRequest, ImageInput, Refused, RequestRejected
 
 
 def image(param: str) -> ImageInput:

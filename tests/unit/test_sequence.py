@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from server.engine.job import LlamaGeneration, Reservation
+from server.engine.contract import ChatMessage, GenerationRequest, SamplingParams
+from server.engine.generation import LlamaGeneration, Reservation
 from server.engine.sequence import TRANSITIONS, Sequence, Snapshot, State
-from server.engine.types import ChatMessage, GenerationRequest, SamplingParams
 
 PROMPT = list(range(100, 140))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.text import StopMatcher, TextAssembler
+from server.engine.text_assembly import StopMatcher, TextAssembler
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

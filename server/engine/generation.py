@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
 
-from server.engine.types import Event, Finished, GenerationRequest, TextDelta
+from server.engine.contract import Event, Finished, GenerationRequest, TextDelta
 from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a generation's asyncio queue
