@@ -23,10 +23,12 @@ from fastapi import FastAPI
 
 from server import __version__
 from server.api.access_log import AccessLogMiddleware
+from server.api.anthropic_routes import router as anthropic_router
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
 from server.api.metering import MeteredEngine
 from server.api.metrics import Metrics
+from server.api.ollama_routes import router as ollama_router
 from server.api.routes import router
 from server.api.security import (
     APIKeyMiddleware,
@@ -259,6 +261,8 @@ def create_app(
     app.state.drain = Drain(settings.shutdown_grace, interrupt)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ollama_router)  # Ollama's API, /api/*
+    app.include_router(anthropic_router)  # Anthropic's Messages API, /v1/messages
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
     if settings.ui:
         add_chat_page(app)  # after the API: its paths are `/` and `/ui/*` only

@@ -1,14 +1,15 @@
 """OpenAI's error object and the exception that carries it, free of any web framework.
 
 `APIError` is raised anywhere in the API layer, the pure converters included, and answered in
-OpenAI's shape, `{"error": {message, type, param, code}}`, by the handlers in errors.py.
+OpenAI's shape, `{"error": {message, type, param, code}}`, by the handlers in errors.py, or in
+Ollama's or Anthropic's on their paths (`dialect_of`, `APIError.body_for`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from server.engine.contract import EngineUnavailable
 
@@ -25,6 +26,32 @@ _TYPE_BY_STATUS = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+Dialect = Literal["openai", "ollama", "anthropic"]
+DIALECTS: tuple[Dialect, ...] = ("openai", "ollama", "anthropic")
+
+# Anthropic's error `type` for each status (its API reference, "Errors"); 503 is its 529.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+
+
+def dialect_of(path: str) -> Dialect:
+    """Which API a path belongs to: Ollama's under `/api/`, Anthropic's Messages API under
+    `/v1/messages`, OpenAI's everywhere else."""
+    if path == "/api" or path.startswith("/api/"):
+        return "ollama"
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    return "openai"
 
 
 class APIError(Exception):
@@ -50,6 +77,23 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def plain_message(self) -> str:
+        """The message with the field named, for dialects without a `param` field."""
+        if self.param and self.param not in self.message:
+            return f"{self.param}: {self.message}"
+        return self.message
+
+    def body_for(self, dialect: Dialect) -> dict[str, Any]:
+        """The body in `dialect`'s shape (the status and headers are the same for all)."""
+        if dialect == "ollama":
+            return {"error": self.plain_message()}
+        if dialect == "anthropic":
+            kind = _ANTHROPIC_TYPES.get(self.status, "invalid_request_error")
+            if self.status >= 500 and self.status != 503:
+                kind = "api_error"
+            return {"type": "error", "error": {"type": kind, "message": self.plain_message()}}
+        return self.body()
 
 
 def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:

@@ -1,14 +1,19 @@
-"""Every error leaves the server in OpenAI's shape: {"error": {message, type, param, code}}.
+"""Every error leaves the server in the shape of the dialect its path speaks: OpenAI's
+`{"error": {message, type, param, code}}`, Ollama's `{"error": "..."}` under `/api/`, Anthropic's
+`{"type": "error", "error": {type, message}}` under `/v1/messages` (`error_shape.dialect_of`).
 
-Clients (the official SDK above all) read `error.message` and retry 408/409/429/5xx, so a
+Clients (the official SDKs above all) read the message and retry 408/409/429/5xx, so a
 deterministic failure must be a 4xx, and FastAPI's own 422 `{"detail": ...}` must never escape.
+Code raises one `APIError` (OpenAI's fields); `json_response(error, path)` writes it in the
+dialect's shape, so the same checks (keys, Host, body size, a full queue) answer every dialect in
+its own.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +22,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.error_shape import APIError, error_body, stream_failure, unavailable
+from server.api.error_shape import (
+    APIError,
+    Dialect,
+    dialect_of,
+    error_body,
+    stream_failure,
+    unavailable,
+)
 from server.engine.contract import EngineBusy, EngineUnavailable
 
 # The error shape itself lives in error_shape.py (no web framework); these names stay importable
@@ -25,6 +37,7 @@ from server.engine.contract import EngineBusy, EngineUnavailable
 __all__ = [
     "APIError",
     "ErrorResponse",
+    "dialect_of",
     "error_body",
     "install_error_handlers",
     "json_response",
@@ -35,9 +48,11 @@ __all__ = [
 log = logging.getLogger("gemma_serve.api")
 
 
-def json_response(error: APIError) -> JSONResponse:
-    """The HTTP response carrying `error` in OpenAI's shape."""
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def json_response(error: APIError, path: str = "") -> JSONResponse:
+    """The HTTP response carrying `error` in the shape of `path`'s dialect (OpenAI's without a
+    path)."""
+    body = error.body_for(dialect_of(path))
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 class ErrorDetail(BaseModel):
@@ -51,6 +66,31 @@ class ErrorResponse(BaseModel):
     """The body of every error response, as documented in /openapi.json."""
 
     error: ErrorDetail
+
+
+class OllamaErrorResponse(BaseModel):
+    """The body of an error under `/api/` (Ollama's shape)."""
+
+    error: str
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """The body of an error under `/v1/messages` (Anthropic's shape)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+_ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
+    "openai": ErrorResponse,
+    "ollama": OllamaErrorResponse,
+    "anthropic": AnthropicErrorResponse,
+}
 
 
 # What each documented error status means. 400 and 404 answer operations that take input (a body,
@@ -69,7 +109,8 @@ _UNAVAILABLE = {
 def _document_errors(app: FastAPI) -> None:
     """Make /openapi.json tell the truth about errors: FastAPI documents a 422 with
     `{"detail": ...}` for every operation that takes input, which this server never sends; the
-    real answers are 400/404/503 with `ErrorResponse`. Clients and schema-driven tests
+    real answers are 400/404/503 with `ErrorResponse` (or its Ollama or Anthropic shape on their
+    paths). Clients and schema-driven tests
     (schemathesis in tests/property) rely on the documented statuses and shapes."""
     build = app.openapi
 
@@ -78,11 +119,15 @@ def _document_errors(app: FastAPI) -> None:
             return app.openapi_schema
         document = build()
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(error_schema.pop("$defs", {}))
-        schemas["ErrorResponse"] = error_schema
-        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for path_item in document.get("paths", {}).values():
+        contents = {}
+        for dialect, model in _ERROR_MODELS.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+            contents[dialect] = {"application/json": {"schema": reference}}
+        for path, path_item in document.get("paths", {}).items():
+            content = contents[dialect_of(path)]
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
                 takes_input = "requestBody" in operation or operation.get("parameters")
@@ -140,12 +185,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return json_response(exc)
+        return json_response(exc, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
-        return json_response(APIError(400, message, param=param, code="invalid_value"))
+        error = APIError(400, message, param=param, code="invalid_value")
+        return json_response(error, request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -155,20 +201,17 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
-        return json_response(APIError(exc.status_code, message, code=code, headers=exc.headers))
+        error = APIError(exc.status_code, message, code=code, headers=exc.headers)
+        return json_response(error, request.url.path)
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
-            return json_response(
-                unavailable(
-                    f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
-                )
-            )
-        return json_response(
-            unavailable(
-                f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
-            )
-        )
+            busy = f"The server is busy: {exc}. Retry shortly."
+            error = unavailable(busy, "server_busy", exc.retry_after)
+        else:
+            cannot = f"The server cannot take requests now: {exc}."
+            error = unavailable(cannot, "server_unavailable", retry_after=5)
+        return json_response(error, request.url.path)
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)
@@ -209,4 +252,4 @@ class InternalErrorMiddleware:
                 raise
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             response = APIError(500, "The server had an internal error.", code="internal_error")
-            await json_response(response)(scope, receive, send)
+            await json_response(response, scope.get("path", ""))(scope, receive, send)

@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.engine import image_marker
 from server.engine.contract import ImageInput
 from server.settings import Settings

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import httpx
 
 from server.api.chat_protocol import ChatCompletionRequest, ImagePart
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageLimits, check_place, image_url_of, is_remote
 from server.api.responses_protocol import ResponseRequest
 from server.settings import Settings

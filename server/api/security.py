@@ -49,16 +49,15 @@ def load_api_keys(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...
 
 
 def _refuse(error: APIError) -> ASGIApp:
-    response = json_response(error)
-
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await response(scope, receive, send)
+        await json_response(error, scope["path"])(scope, receive, send)
 
     return app
 
 
 class APIKeyMiddleware:
-    """Require `Authorization: Bearer <key>` matching one of `keys` on every path but /health
+    """Require `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) matching one of
+    `keys` on every path but /health
     and, for GET and HEAD only, the paths `public_page` accepts (the chat page's static files:
     a browser cannot send a key before the page that asks for it has loaded).
 
@@ -99,12 +98,15 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or self._open(scope):
             await self.app(scope, receive, send)
             return
-        header = Headers(scope=scope).get("authorization", "")
+        headers = Headers(scope=scope)
+        header = headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and headers.get("x-api-key"):  # Anthropic's SDKs send the key so
+            scheme, token = "bearer", headers["x-api-key"]
         if scheme.lower() != "bearer" or not token.strip():
             message = (
                 "You didn't provide an API key. Send it in an Authorization header using Bearer "
-                "auth (Authorization: Bearer YOUR_KEY)."
+                "auth (Authorization: Bearer YOUR_KEY), or in an x-api-key header."
             )
         elif not self._valid(token.strip().encode("latin-1")):
             message = "Incorrect API key provided."

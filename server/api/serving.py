@@ -23,6 +23,7 @@ from contextlib import aclosing, suppress
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
@@ -42,6 +43,7 @@ from server.logtext import printable
 
 prompt_log = logging.getLogger("gemma_serve.prompts")
 
+NDJSON = "application/x-ndjson"
 # An SSE comment every so often keeps proxies from closing a stream during a long prefill.
 PING_SECONDS = 15
 
@@ -124,11 +126,15 @@ class Serving:
         answer: Answer[T],
         *,
         stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
-        """Run the prepared sequences together and answer: a stream, or the whole answer (499
-        when the client hangs up first)."""
+        """Run the prepared sequences together and answer: a stream (SSE, or with `ndjson` one
+        JSON object a line, as Ollama streams), or the whole answer (499 when the client hangs up
+        first)."""
         if stream:
             events = sse_events(answer, [generation.events() for generation in prepared])
+            if ndjson:
+                return StreamingResponse(ndjson_lines(events), media_type=NDJSON)
             return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
 
         async def collect() -> T:
@@ -148,10 +154,11 @@ class Serving:
         answer: Answer[T],
         *,
         stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
         """Prepare, then respond."""
         prepared = await self.prepare(generations)
-        return await self.respond(request, prepared, answer, stream=stream)
+        return await self.respond(request, prepared, answer, stream=stream, ndjson=ndjson)
 
     def _log_prompt(self, generation: GenerationRequest) -> None:
         if not self._log_prompts:
@@ -180,6 +187,13 @@ async def sse_events(
             yield payload
     if answer.ends_with_done:
         yield SSE_DONE
+
+
+async def ndjson_lines(events: AsyncIterator[ServerEvent]) -> AsyncIterator[str]:
+    """A stream's payloads (JSON strings) as newline-delimited JSON."""
+    async for payload in events:
+        assert isinstance(payload, str), "an NDJSON stream has no named events"
+        yield payload + "\n"
 
 
 def get_serving(runtime: RuntimeDep, engine: EngineDep, settings: SettingsDep) -> Serving:

@@ -75,7 +75,7 @@ class DrainMiddleware:
                 retry_after=5,
             )
             error.headers["Connection"] = "close"
-            await json_response(error)(scope, receive, send)
+            await json_response(error, scope["path"])(scope, receive, send)
             return
         self.drain.active += 1
         try:

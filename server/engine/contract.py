@@ -128,6 +128,7 @@ class TextDelta:
 class Finished:
     reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # the request's stop string that ended it, if one did
 
 
 Event = TextDelta | Finished

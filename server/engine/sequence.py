@@ -325,9 +325,8 @@ class Sequence:
             if self._text.stopped:
                 reason = "stop"
             self._emit(tail, dropping_held=True)
-        self.generation.push(
-            Finished(reason, Usage(self.generation.prompt_tokens, self.generated, self.reused))
-        )
+        usage = Usage(self.generation.prompt_tokens, self.generated, self.reused)
+        self.generation.push(Finished(reason, usage, stop_sequence=self._text.matched))
         self._release()
         return True
 
