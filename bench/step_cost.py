@@ -129,6 +129,7 @@ def figures(counters: dict[str, Any]) -> dict[str, float]:
         "outside_decode_ms": sum(v for k, v in per_step.items() if k != "decode"),
         "engine_cpu_outside_decode_ms": 1000 * (cpu["step"] - cpu["decode"]) / steps,
         "loop_cpu_per_token_ms": 1000 * counters["loop_cpu_s"] / tokens,
+        "loop": counters.get("loop", "?"),
     }
 
 
@@ -147,6 +148,7 @@ COLUMNS = [
     ("outside_decode_ms", "outside decode (wall)"),
     ("engine_cpu_outside_decode_ms", "engine CPU outside decode"),
     ("loop_cpu_per_token_ms", "loop CPU / token"),
+    ("loop", "loop, parser"),
 ]
 
 

@@ -10,13 +10,15 @@ Stages of one engine step (`Scheduler._step`), wall time (perf_counter) unless n
 | sample | `SamplerChain.sample` (the greedy argmax, or llama.cpp's chain) |
 | detokenise | `Scheduler._piece` (`llama_token_to_piece`) |
 | text | `Sequence.accept` less the pushes inside it (UTF-8 assembly, stop strings, state) |
-| deliver | `LlamaGeneration.push` (`call_soon_threadsafe` to the event loop) |
+| deliver | `LlamaGeneration.push` and the step's one hand-off to the event loop after it |
 | build | the rest of `_step`: building the batch, the per-row loop, bookkeeping |
 | between | `Scheduler._drop_cancelled` (run before every step) |
 
 The engine thread's CPU outside `llama_decode` is its thread CPU time over `_step` less that over
 `llama_decode` (llama.cpp runs worker 0 of its pool on the calling thread). The event loop's CPU
 is the main thread's (uvicorn runs the loop there) `time.thread_time()`.
+
+STEP_PROBE_PROFILE=1 also profiles the event loop thread (see `_profile`).
 
 SIGUSR1 writes the counters since the last SIGUSR1 to OUT.json (then renamed into place) and
 resets them; the signal handler runs on the main thread, so it reads the event loop's CPU time.
@@ -109,6 +111,21 @@ def install() -> None:
 
     generation.LlamaGeneration.push = push  # type: ignore[method-assign]
 
+    real_deliver = getattr(generation, "_deliver", None)
+    if real_deliver is not None:  # the step's held events, handed over once after `_step`
+
+        def deliver(*args: Any) -> None:
+            cpu, started = time.thread_time(), time.perf_counter()
+            try:
+                real_deliver(*args)
+            finally:
+                spent = time.perf_counter() - started
+                wall["deliver"] += spent
+                wall["step"] += spent
+                engine_cpu["step"] += time.thread_time() - cpu
+
+        generation._deliver = deliver
+
     real_accept = sequence.Sequence.accept
 
     def accept(self: Any, *args: Any) -> Any:
@@ -123,9 +140,46 @@ def install() -> None:
     sequence.Sequence.accept = accept  # type: ignore[method-assign]
 
 
+def _loop_kind() -> str:
+    """The event loop class and HTTP parser in use (uvloop and httptools, or asyncio and h11)."""
+    import asyncio
+
+    try:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:
+        loop = "?"
+    return f"{loop}, {'httptools' if 'httptools' in sys.modules else 'h11'}"
+
+
+_profiler: list[Any] = []
+
+
+def _profile(out: Path) -> None:
+    """With STEP_PROBE_PROFILE set, the event loop thread runs under cProfile between dumps and
+    each dump writes the top functions by own time beside OUT.json (slower: for finding where the
+    loop's time goes, not for the figures)."""
+    if not os.environ.get("STEP_PROBE_PROFILE"):
+        return
+    import cProfile
+    import io
+    import pstats
+
+    if _profiler:
+        _profiler[0].disable()
+        text = io.StringIO()
+        pstats.Stats(_profiler[0], stream=text).sort_stats("tottime").print_stats(30)
+        stamp = time.strftime("%H%M%S")
+        out.with_name(f"{out.stem}-profile-{stamp}.txt").write_text(text.getvalue())
+        _profiler.clear()
+    _profiler.append(cProfile.Profile())
+    _profiler[0].enable()
+
+
 def dump(out: Path) -> None:
+    _profile(out)
     now = time.thread_time()
     record = {
+        "loop": _loop_kind(),
         "wall_s": dict(wall),
         "counts": dict(counts),
         "engine_cpu_s": dict(engine_cpu),
