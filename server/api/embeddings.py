@@ -12,16 +12,17 @@ one the text is embedded as sent. Token-id inputs are embedded as sent and take 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Awaitable, Sequence
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from server.api.deps import RuntimeDep
 from server.api.errors import APIError, unavailable
 from server.api.protocol import WireModel
+from server.api.serving import ClientGone, unless_disconnected
 from server.engine.embedding_contract import (
     TASK_PROMPTS,
     EmbeddingEngine,
@@ -43,6 +44,7 @@ Task = Literal[
 ]
 
 router = APIRouter()
+T = TypeVar("T", bound=BaseModel)
 
 
 class EmbeddingRequest(WireModel):
@@ -195,21 +197,34 @@ def get_embedder(runtime: RuntimeDep) -> EmbeddingEngine:
 EmbedderDep = Annotated[EmbeddingEngine, Depends(get_embedder)]
 
 
+async def answer_unless_gone(request: Request, work: Awaitable[T]) -> T | Response:
+    """`work`'s answer; a client that hangs up first cancels it (its remaining batches are
+    never decoded) and gets 499, which nobody reads."""
+    try:
+        return await unless_disconnected(request, work)
+    except ClientGone:
+        return Response(status_code=499)
+
+
 @router.post("/v1/embeddings", response_model=EmbeddingList)
 async def create_embeddings(
-    body: EmbeddingRequest, runtime: RuntimeDep, embedder: EmbedderDep
-) -> EmbeddingList:
+    body: EmbeddingRequest, request: Request, runtime: RuntimeDep, embedder: EmbedderDep
+) -> EmbeddingList | Response:
     model, task = split_model(body.model, body.task)
     runtime.check_embedding_model(model)
     dimensions = check_dimensions(embedder, body.dimensions)
     lists = to_token_lists(embedder, body.input, task)
-    vectors = await embed_lists(embedder, lists, dimensions)
-    used = sum(len(tokens) for tokens in lists)
-    return EmbeddingList(
-        data=[
-            Embedding(index=i, embedding=encode(vector, body.encoding_format))
-            for i, vector in enumerate(vectors)
-        ],
-        model=body.model,
-        usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
-    )
+
+    async def answer() -> EmbeddingList:
+        vectors = await embed_lists(embedder, lists, dimensions)
+        used = sum(len(tokens) for tokens in lists)
+        return EmbeddingList(
+            data=[
+                Embedding(index=i, embedding=encode(vector, body.encoding_format))
+                for i, vector in enumerate(vectors)
+            ],
+            model=body.model,
+            usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
+        )
+
+    return await answer_unless_gone(request, answer())

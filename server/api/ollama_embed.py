@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from server.api.deps import RuntimeDep
 from server.api.embeddings import (
     EmbedderDep,
     Task,
+    answer_unless_gone,
     check_dimensions,
     embed_lists,
     split_model,
@@ -67,8 +68,8 @@ class OllamaEmbeddingsAnswer(BaseModel):
 
 @router.post("/embed", response_model=OllamaEmbedAnswer, responses=ERRORS)
 async def embed(
-    body: OllamaEmbedRequest, runtime: RuntimeDep, embedder: EmbedderDep
-) -> OllamaEmbedAnswer:
+    body: OllamaEmbedRequest, request: Request, runtime: RuntimeDep, embedder: EmbedderDep
+) -> OllamaEmbedAnswer | Response:
     started = time.perf_counter_ns()
     model, task = split_model(body.model.removesuffix(":latest"), body.task)
     runtime.check_embedding_model(model)
@@ -76,13 +77,17 @@ async def embed(
     lists = to_token_lists(embedder, body.input, task)
     if body.truncate:
         lists = [tokens[: embedder.info.n_ctx] for tokens in lists]
-    vectors = await embed_lists(embedder, lists, dimensions)
-    return OllamaEmbedAnswer(
-        model=body.model,
-        embeddings=vectors,
-        total_duration=time.perf_counter_ns() - started,
-        prompt_eval_count=sum(len(tokens) for tokens in lists),
-    )
+
+    async def answer() -> OllamaEmbedAnswer:
+        vectors = await embed_lists(embedder, lists, dimensions)
+        return OllamaEmbedAnswer(
+            model=body.model,
+            embeddings=vectors,
+            total_duration=time.perf_counter_ns() - started,
+            prompt_eval_count=sum(len(tokens) for tokens in lists),
+        )
+
+    return await answer_unless_gone(request, answer())
 
 
 @router.post("/embeddings", response_model=OllamaEmbeddingsAnswer, responses=ERRORS)

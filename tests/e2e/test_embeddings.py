@@ -5,6 +5,7 @@ the official OpenAI SDK, LangChain's OpenAIEmbeddings, the `ollama` client and r
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,8 +64,6 @@ def post(url: str, path: str, body: dict[str, object]) -> httpx.Response:
         answer = httpx.post(f"{url}{path}", json=body, timeout=120)
         if answer.status_code != 503:
             return answer
-        import time
-
         time.sleep(0.2)
     return answer
 
@@ -192,3 +191,19 @@ def test_ollama_truncates_unless_told_not_to(url: str) -> None:
     assert refused.status_code == 400 and "at most 2048" in refused.json()["error"]
     chat_model = post(url, "/api/embed", {"model": MODEL_ID, "input": "a"})
     assert chat_model.status_code == 400 and EMBEDDER in chat_model.json()["error"]
+
+
+def test_a_client_that_hangs_up_frees_its_batches(url: str) -> None:
+    """2048 inputs are 128 batches; the client leaves after a moment, and the server stops
+    after the batch in flight (/metrics counts a 499 for it, not a 200) and serves the next."""
+    many = [f"sentence number {i} about nothing in particular" for i in range(2048)]
+    post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "warm"})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/embeddings", json={"model": EMBEDDER, "input": many}, timeout=0.5)
+    gone = 'gemma_serve_requests_total{method="POST",path="/v1/embeddings",status="499"} 1.0'
+    deadline = time.monotonic() + 60  # a guard against a hang, not a bound on speed
+    while time.monotonic() < deadline and gone not in httpx.get(f"{url}/metrics").text:
+        time.sleep(0.2)
+    assert gone in httpx.get(f"{url}/metrics").text
+    after = post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "next"})
+    assert after.status_code == 200
