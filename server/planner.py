@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from server.capability import LlamaBuild, capability_text, cuda_rebuild
 from server.hardware import Device, below_architectures
 from server.memory import GiB, KvType, estimate, gib, kv_cache, pad
-from server.registry import ModelSpec, PypiSource, Registry
+from server.registry import ModelSpec, PypiSource, Registry, RegistryError
 
 CTX_STEP = 1024
 # On a GPU the plan always makes room for this many sequences decoded together, then adds as many
@@ -150,6 +150,11 @@ def plan(
     trained context) or `gpu_layers` is used as given.
     """
     forced = registry.get(options.model) if options.model else None
+    if forced is not None and forced.capabilities.embeddings:
+        raise RegistryError(
+            f"'{forced.id}' is an embedding model, not a chat model: serve it beside the chat "
+            f"model with --embedding-model {forced.id}"
+        )
     usable, refusals = usable_devices(devices, build, options)
     if not usable:
         found = "no usable GPU" if devices else "no NVIDIA GPU found"
