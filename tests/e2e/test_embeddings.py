@@ -207,3 +207,32 @@ def test_a_client_that_hangs_up_frees_its_batches(url: str) -> None:
     assert gone in httpx.get(f"{url}/metrics").text
     after = post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "next"})
     assert after.status_code == 200
+
+
+def test_chat_streams_while_a_large_embedding_request_runs(url: str, sdk) -> None:  # type: ignore[no-untyped-def]
+    """The embedding model has its own llama.cpp context: a chat stream started during a
+    2048-input request flows and ends while that request is still being embedded."""
+    import threading
+
+    many = [f"sentence number {i} about nothing in particular" for i in range(2048)]
+    answers: list[httpx.Response] = []
+    embedding = threading.Thread(
+        target=lambda: answers.append(
+            post(url, "/v1/embeddings", {"model": EMBEDDER, "input": many})
+        )
+    )
+    embedding.start()
+    time.sleep(0.5)  # let it start its batches
+    stream = sdk.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+    )
+    finish = [chunk.choices[0].finish_reason for chunk in stream if chunk.choices]
+    chat_ended_during_embedding = embedding.is_alive()
+    embedding.join()
+    assert finish[-1] == "length"
+    assert answers[0].status_code == 200 and len(answers[0].json()["data"]) == 2048
+    assert chat_ended_during_embedding
