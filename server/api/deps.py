@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from server.api.errors import APIError, unavailable
 from server.engine.contract import Engine
+from server.engine.embedding_contract import EmbeddingEngine
 from server.progress import Progress
 from server.registry import ModelSpec
 from server.settings import Settings
@@ -25,6 +26,11 @@ class Runtime:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     progress: Progress | None = None  # the download, verification or load under way
+    # The embedding model served beside the chat model (--embedding-model): its id, and its
+    # engine once loaded.
+    embedding_id: str | None = None
+    embedder: EmbeddingEngine | None = None
+    embedding_error: str | None = None
 
     def starting(self) -> dict[str, Any]:
         """What /health adds to its 503 before the model is ready: `status` ("downloading",
@@ -42,6 +48,14 @@ class Runtime:
     def check_model(self, asked: str) -> None:
         """404 `model_not_found` unless `asked` names the served model (its id or an alias):
         never a silent fallback to another model."""
+        if asked == self.embedding_id:
+            raise APIError(
+                400,
+                f"'{asked}' is an embedding model: it answers /v1/embeddings (and Ollama's "
+                f"/api/embed), not chat; the chat model is '{self.model_id}'.",
+                param="model",
+                code="model_not_chat",
+            )
         if asked != self.model_id and asked not in self.aliases:
             raise APIError(
                 404,
@@ -50,6 +64,27 @@ class Runtime:
                 param="model",
                 code="model_not_found",
             )
+
+    def check_embedding_model(self, asked: str) -> None:
+        """400 unless `asked` names the embedding model: a chat model is named as such."""
+        if asked == self.embedding_id:
+            return
+        if asked == self.model_id or asked in self.aliases:
+            raise APIError(
+                400,
+                f"'{asked}' is a chat model and makes no embeddings; the embedding model is "
+                f"'{self.embedding_id}'.",
+                param="model",
+                code="model_not_embedding",
+            )
+        raise APIError(
+            404,
+            f"The model '{asked}' does not exist. This server's embedding model is "
+            f"'{self.embedding_id}'.",
+            type="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
 
     def not_ready_error(self) -> APIError:
         if self.load_error:
