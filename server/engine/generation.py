@@ -1,7 +1,8 @@
 """An accepted generation as the asyncio side sees it: its events arrive on an asyncio queue.
 
-The engine thread pushes events with `call_soon_threadsafe`; the consumer iterates `events()`,
-which submits the generation on first use. Every generation holds one place of the engine's
+The engine thread pushes events with `call_soon_threadsafe`, once per step for all the events of
+that step (`one_delivery_per_step`); the consumer iterates `events()`, which submits the
+generation on first use. Every generation holds one place of the engine's
 bounded capacity from `prepare()` on (so a full server answers 503 before a stream starts) until
 the engine is done with it, or until it is dropped without ever being iterated.
 """
@@ -12,12 +13,59 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import contextmanager
 
 from server.engine.contract import Event, Finished, GenerationRequest, TextDelta
 from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a generation's asyncio queue
+_NOTHING = object()  # no item taken ahead of its turn
+
+
+class _Outbox(threading.local):
+    """The events an engine thread holds during one step (None: push at once)."""
+
+    held: list[tuple[LlamaGeneration, object]] | None = None
+
+
+_outbox = _Outbox()
+
+
+@contextmanager
+def one_delivery_per_step() -> Iterator[None]:
+    """Hold every event this thread pushes until the block ends, then hand them to each event
+    loop in one `call_soon_threadsafe`, in order.
+
+    NOTE: each `call_soon_threadsafe` takes the loop's lock and writes its wake-up pipe, and the
+    loop then runs a callback; one per token per sequence was the engine thread's largest cost
+    outside `llama_decode` (bench/step_cost.py), paid again for every sequence of a step.
+    """
+    held: list[tuple[LlamaGeneration, object]] = []
+    _outbox.held = held
+    try:
+        yield
+    finally:
+        _outbox.held = None
+        _deliver(held)
+
+
+def _deliver(held: list[tuple[LlamaGeneration, object]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LlamaGeneration, object]]] = {}
+    for generation, item in held:
+        assert generation._loop is not None
+        by_loop.setdefault(generation._loop, []).append((generation, item))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            for generation, _ in items:
+                generation.cancelled.set()
+
+
+def _put_all(items: list[tuple[LlamaGeneration, object]]) -> None:
+    for generation, item in items:
+        generation._queue.put_nowait(item)
 
 
 class Reservation:
@@ -68,8 +116,13 @@ class LlamaGeneration:
         weakref.finalize(self, reservation.release)
 
     def push(self, item: object) -> None:
-        """Called from the engine thread."""
+        """Called from the engine thread; held until the step ends inside
+        `one_delivery_per_step`."""
         assert self._loop is not None
+        held = _outbox.held
+        if held is not None:
+            held.append((self, item))
+            return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
@@ -89,14 +142,46 @@ class LlamaGeneration:
         except BaseException:
             self.reservation.release()
             raise
+        following: object = _NOTHING
         try:
             while True:
-                item = await self._queue.get()
+                item, following = following, _NOTHING
+                if item is _NOTHING:
+                    item = await self._queue.get()
                 if item is DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, TextDelta):
+                    item, following = self._joined_with_waiting(item)
                 assert isinstance(item, TextDelta | Finished)
                 yield item
         finally:
             self.cancelled.set()
+
+    def _joined_with_waiting(self, delta: TextDelta) -> tuple[TextDelta, object]:
+        """`delta` joined with the text deltas already waiting behind it, and the next other item
+        taken from the queue (or `_NOTHING`).
+
+        NOTE: deltas wait only when the consumer is behind the engine (a client reading slower
+        than the model writes, or a busy event loop); one delta for all of them then costs the
+        loop one chunk instead of one a token, which is what lets it catch up. Text and logprobs
+        join in order; nothing else changes.
+        """
+        waiting: list[TextDelta] = []
+        following: object = _NOTHING
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not isinstance(item, TextDelta):
+                following = item
+                break
+            waiting.append(item)
+        if not waiting:
+            return delta, following
+        parts = [delta, *waiting]
+        joined = TextDelta(
+            "".join(part.text for part in parts),
+            tuple(logprob for part in parts for logprob in part.logprobs),
+            sum(part.tokens for part in parts),
+        )
+        return joined, following
