@@ -129,8 +129,6 @@ def figures(counters: dict[str, Any]) -> dict[str, float]:
         "outside_decode_ms": sum(v for k, v in per_step.items() if k != "decode"),
         "engine_cpu_outside_decode_ms": 1000 * (cpu["step"] - cpu["decode"]) / steps,
         "loop_cpu_per_token_ms": 1000 * counters["loop_cpu_s"] / tokens,
-        "deltas": counts.get("deltas_out", 0),  # text events the consumers took
-        "joined": counts.get("deltas_joined", 0),  # of which several tokens' deltas joined
         "loop": counters.get("loop", "?"),
     }
 
@@ -150,8 +148,6 @@ COLUMNS = [
     ("outside_decode_ms", "outside decode (wall)"),
     ("engine_cpu_outside_decode_ms", "engine CPU outside decode"),
     ("loop_cpu_per_token_ms", "loop CPU / token"),
-    ("deltas", "text events"),
-    ("joined", "joined"),
     ("loop", "loop, parser"),
 ]
 

@@ -111,17 +111,6 @@ def install() -> None:
 
     generation.LlamaGeneration.push = push  # type: ignore[method-assign]
 
-    real_join = getattr(generation.LlamaGeneration, "_joined_with_waiting", None)
-    if real_join is not None:  # text deltas joined because the consumer was behind
-
-        def join(self: Any, delta: Any) -> Any:
-            joined, following = real_join(self, delta)
-            counts["deltas_out"] += 1
-            counts["deltas_joined"] += joined is not delta
-            return joined, following
-
-        generation.LlamaGeneration._joined_with_waiting = join
-
     real_deliver = getattr(generation, "_deliver", None)
     if real_deliver is not None:  # the step's held events, handed over once after `_step`
 

@@ -20,7 +20,6 @@ from server.engine.contract import Event, Finished, GenerationRequest, TextDelta
 from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a generation's asyncio queue
-_NOTHING = object()  # no item taken ahead of its turn
 
 
 class _Outbox(threading.local):
@@ -142,46 +141,14 @@ class LlamaGeneration:
         except BaseException:
             self.reservation.release()
             raise
-        following: object = _NOTHING
         try:
             while True:
-                item, following = following, _NOTHING
-                if item is _NOTHING:
-                    item = await self._queue.get()
+                item = await self._queue.get()
                 if item is DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if isinstance(item, TextDelta):
-                    item, following = self._joined_with_waiting(item)
                 assert isinstance(item, TextDelta | Finished)
                 yield item
         finally:
             self.cancelled.set()
-
-    def _joined_with_waiting(self, delta: TextDelta) -> tuple[TextDelta, object]:
-        """`delta` joined with the text deltas already waiting behind it, and the next other item
-        taken from the queue (or `_NOTHING`).
-
-        NOTE: deltas wait only when the consumer is behind the engine (a client reading slower
-        than the model writes, or a busy event loop); one delta for all of them then costs the
-        loop one chunk instead of one a token, which is what lets it catch up. Text and logprobs
-        join in order; nothing else changes.
-        """
-        waiting: list[TextDelta] = []
-        following: object = _NOTHING
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not isinstance(item, TextDelta):
-                following = item
-                break
-            waiting.append(item)
-        if not waiting:
-            return delta, following
-        parts = [delta, *waiting]
-        joined = TextDelta(
-            "".join(part.text for part in parts),
-            tuple(logprob for part in parts for logprob in part.logprobs),
-            sum(part.tokens for part in parts),
-        )
-        return joined, following
