@@ -1,6 +1,7 @@
 """Graceful shutdown of a real server: on SIGTERM a new request gets 503, a short stream already
 running finishes normally, a long one is ended after the grace period with an error event and
-`[DONE]`, and the process exits 0 well before Docker's or systemd's 30-second kill."""
+`[DONE]`, and the process exits 0 (with the default 10-second grace period, before Docker's or
+systemd's 30-second kill; the tests bound no elapsed time but the grace period's lower bound)."""
 
 from __future__ import annotations
 
