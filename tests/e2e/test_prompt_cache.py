@@ -129,9 +129,9 @@ class Restore:
     """One state the prompt cache restored: what was saved, and what the slot held after."""
 
     saved_tokens: list[int]
-    saved_state: list[tuple[list[int], bytes]]
+    saved_state: bytes
     restored_tokens: list[int]
-    restored_state: list[tuple[list[int], bytes]]
+    restored_state: bytes
 
 
 def sequence_state(ctx: Any, seq_id: int) -> bytes:
@@ -168,15 +168,18 @@ def cells_and_kv(state: bytes) -> list[tuple[list[int], bytes]]:
             positions = []
             for _ in range(cells):
                 positions.append(take("<i"))
-                offset += 4 * take("<I")  # the cell's sequence ids: the slot's
+                seq_ids = take("<I")
+                offset += 4 * seq_ids  # the cell's sequence ids: the slot's
             start = offset
             v_trans, layers = take("<I"), take("<I")
             for _ in range(layers):  # K: type, row size, the rows
                 take("<i")
-                offset += take("<Q") * cells
+                row = take("<Q")
+                offset += row * cells
             for _ in range(layers):  # V: type, then row size, or element size and width
                 take("<i")
-                offset += take("<I") * take("<I") * cells if v_trans else take("<Q") * cells
+                row = take("<I") * take("<I") if v_trans else take("<Q")
+                offset += row * cells
             caches.append((positions, state[start:offset]))
     assert offset == len(state), "llama.cpp's sequence state layout changed"
     return caches
@@ -188,10 +191,10 @@ def recording_restores(monkeypatch: pytest.MonkeyPatch, restores: list[Restore])
     restore = PromptCache._restore
 
     def recorded(cache: PromptCache, slot: Slot, entry: SavedState) -> bool:
-        saved = (list(entry.tokens), cells_and_kv(bytes(entry.data)[: entry.size]))
+        saved = (list(entry.tokens), bytes(entry.data)[: entry.size])
         restored = restore(cache, slot, entry)
-        if restored:
-            state = cells_and_kv(sequence_state(cache._ctx, slot.seq_id))
+        if restored:  # only copies here, on the engine thread; the test compares them
+            state = sequence_state(cache._ctx, slot.seq_id)
             restores.append(Restore(*saved, list(slot.cached), state))
         return restored
 
@@ -279,9 +282,10 @@ def test_a_later_turn_restores_its_history_exactly(warm: Warm, roomy: list[Answe
     assert len(warm.restores) == stats.restores
     for restore in warm.restores:
         assert restore.restored_tokens == restore.saved_tokens
-        assert restore.restored_state == restore.saved_state
+        saved = cells_and_kv(restore.saved_state)
+        assert cells_and_kv(restore.restored_state) == saved
         # the global layers hold every position; the sliding-window layers, the window
-        (global_cells, _), (window_cells, _) = restore.saved_state
+        (global_cells, _), (window_cells, _) = saved
         assert sorted(global_cells) == list(range(len(restore.saved_tokens)))
         assert sorted(window_cells) == sorted(global_cells)[-N_SWA:]
     # It serves as much of the prompt as the kept slot would (the reuse counts are the same),
