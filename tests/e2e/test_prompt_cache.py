@@ -40,15 +40,17 @@ SLOTS = 2
 CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
 MAX_TOKENS = 12
 # How far a logprob may move when the same history's KV lies in other cells (restored, or
-# prefilled cold in other batches), in nats. bench/exactness.py measured the next token's logits
-# over 31 lengths of real text, twice: bit-identical at all but one or two, and where not, the
-# kept top token's logprob moved by at most 0.05 and the margin between the top two by at most
-# 0.3 (bench/RESULTS.md); another CPU (no AVX-512, issue 19) moved this test's logprobs by 0.02.
-# Twice the largest move measured, for the CPUs not measured.
-TOLERANCE = 0.1
-# nats: a margin between the two best tokens closer than this may flip (twice the largest margin
-# move measured), so texts are compared only up to the first such near tie
-TIE = 0.6
+# prefilled cold in other batches), in nats. bench/exactness.py, with llama.cpp built without
+# AVX-512, over 25 lengths of real text (540 to 2,868 tokens): restored next-token logits were
+# bit-identical at 22 and differed at 3 by up to 0.81, which moved the top token's logprob by at
+# most 0.085 and the margin between the top two by at most 0.19 (bench/RESULTS.md; the AVX-512
+# build's logits differ about as much, up to 0.92). Issue 19's CPU moved this test's logprobs by
+# up to 0.018. The tolerance is a little over twice the largest move measured.
+TOLERANCE = 0.2
+# nats: a margin between the two best tokens closer than this may flip (over twice the largest
+# margin move measured; as tests/e2e/test_engine_batching.py), so texts are compared only up to
+# the first such near tie
+TIE = 0.5
 N_SWA = 512  # Gemma 3 270M's sliding window
 KV_BYTES_PER_LAYER_TOKEN = 1024  # f16 K+V: 2 x 1 KV head x 256 dims x 2 bytes
 GLOBAL_LAYERS, SWA_LAYERS = 3, 15
