@@ -25,7 +25,11 @@
 # Output on stdout, one KEY=value per line, for install-llama.sh:
 #   build=cpu|cuda|custom   cmake_args=...   nvcc=PATH (CUDA only)   cuda_version=12.8 (CUDA only)
 # and on stderr the reason, one line starting "llama.cpp build: ". Exit 0, or 1 when
-# GEMMA_SERVE_BUILD=cuda cannot be honoured, 2 for a GEMMA_SERVE_BUILD that is not cpu/cuda/auto.
+# GEMMA_SERVE_BUILD=cuda cannot be honoured, 2 for a GEMMA_SERVE_BUILD that is not cpu/cuda/auto,
+# 3 when nvidia-smi is installed but fails (a driver upgraded without a reboot: "Driver/library
+# version mismatch"; a driver not loaded): a GPU is there and broken for now, so nothing is built
+# and install-llama.sh keeps the installed build, instead of replacing a working CUDA build with
+# a CPU one. GEMMA_SERVE_BUILD=cpu (make: GPU=cpu) builds for the CPU regardless.
 set -euo pipefail
 
 say() { echo "llama.cpp build: $*" >&2; }
@@ -119,6 +123,22 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     fi
 fi
 
+# nvidia-smi present but failing: stop, saying why and what fixes it ("not a valid field" is a
+# working driver too old for the query: that one is said below).
+case "$smi_error" in
+    "" | *"not a valid field"*) ;;
+    *)
+        case "$smi_error" in
+            *[Mm]ismatch*) fix="the NVIDIA driver was upgraded but the old one is still loaded: reboot" ;;
+            *"couldn't communicate"* | *"Driver Not Loaded"* | *"driver not loaded"*)
+                fix="the NVIDIA driver is not loaded (a kernel update without its module, Secure Boot refusing it; see sudo dmesg | grep -i nvidia): reboot, or sudo modprobe nvidia" ;;
+            *) fix="fix the driver until nvidia-smi works" ;;
+        esac
+        say "stopped, nothing built: nvidia-smi fails ($smi_error): $fix; the installed build is kept. To build for the CPU instead: GEMMA_SERVE_BUILD=cpu (make serve GPU=cpu)"
+        exit 3
+        ;;
+esac
+
 if [ -n "${GEMMA_SERVE_CUDA_ARCHITECTURES:-}" ]; then
     # An explicit list (a build for other machines): no GPU needed here, only the toolkit.
     archs=$GEMMA_SERVE_CUDA_ARCHITECTURES
@@ -130,7 +150,6 @@ else
     if [ -z "$gpus" ]; then
         case "$smi_error" in
             *"not a valid field"*) no_cuda "the NVIDIA driver is too old to report the GPUs' compute capability (nvidia-smi: $smi_error): upgrade the NVIDIA driver" ;;
-            ?*) no_cuda "nvidia-smi found no usable GPU ($smi_error)" ;;
         esac
         if [ "$choice" = cuda ]; then
             no_cuda "no NVIDIA GPU found to build for (no nvidia-smi on PATH): set GEMMA_SERVE_CUDA_ARCHITECTURES, e.g. 86-real for an RTX 30 card"
@@ -159,14 +178,29 @@ done
 if [ -n "$lowest" ] && [ "$lowest" -lt 50 ] && [ "${archs//;/}" = "$archs" ]; then
     no_cuda "found $found, older than any CUDA 12 toolkit compiles for (sm_50 and newer)"
 fi
-if ! nvcc=$(find_nvcc); then
-    package="cuda-toolkit"
-    if [ -n "$driver_cuda" ] && [ "${driver_cuda%%.*}" -ge 13 ] && [ "${lowest:-75}" -lt 75 ]; then
-        package="cuda-toolkit-12-9: CUDA 13 cannot compile for sm_$lowest"
-    elif [ -n "$driver_cuda" ]; then
-        package="cuda-toolkit-${driver_cuda/./-}, matching the driver's CUDA $driver_cuda"
+# The toolkit to install: one NVIDIA's apt repositories carry (Ubuntu 24.04's starts at 12.5, and
+# there never was a CUDA 12.7, though 565 drivers report "CUDA Version: 12.7"). This build is
+# machine code only, and CUDA's minor-version compatibility runs a CUDA 12.x build on any CUDA 12
+# driver (525 or newer), so 12.8 (which also compiles for RTX 50 cards) suits every 12.x driver;
+# 12.9 is the last release that compiles for Pascal and Volta (CUDA 13 dropped sm_50 to sm_72).
+toolkit_for() { # driver_cuda lowest_arch -> "package[: why]"
+    local major=${1%%.*}
+    if [ -z "$1" ]; then
+        echo "cuda-toolkit-12-8"
+    elif [ "$major" -ge 13 ] && [ "${2:-75}" -lt 75 ]; then
+        echo "cuda-toolkit-12-9: CUDA 13 cannot compile for sm_$2"
+    elif [ "$major" -ge 13 ]; then
+        echo "cuda-toolkit-13-0, for the driver's CUDA $1"
+    elif [ "$major" -eq 12 ]; then
+        echo "cuda-toolkit-12-8: a CUDA 12 build runs on this driver's CUDA $1"
+    else
+        echo "cuda-toolkit-12-8, after upgrading the NVIDIA driver to 525 or newer (it runs CUDA $1)"
     fi
-    no_cuda "found $found but no CUDA toolkit (no nvcc on PATH nor in ${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}/bin); for the GPU install the CUDA toolkit (NVIDIA's apt package $package: https://developer.nvidia.com/cuda-downloads) and run this again"
+}
+
+if ! nvcc=$(find_nvcc); then
+    package=$(toolkit_for "$driver_cuda" "$lowest")
+    no_cuda "found $found but no CUDA toolkit (no nvcc on PATH nor in ${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}/bin); for the GPU install the CUDA toolkit (NVIDIA's apt package $package; add NVIDIA's apt repository first: https://developer.nvidia.com/cuda-downloads) and run this again"
 fi
 cuda_version=$(nvcc_release "$nvcc")
 if [ -z "$cuda_version" ]; then
@@ -175,7 +209,7 @@ fi
 
 # A toolkit of a newer major version than the driver builds code the driver cannot run.
 if [ -n "$driver_cuda" ] && [ "${cuda_version%%.*}" -gt "${driver_cuda%%.*}" ]; then
-    no_cuda "CUDA toolkit $cuda_version ($nvcc) is newer than this driver runs (CUDA $driver_cuda): upgrade the NVIDIA driver, or install cuda-toolkit-${driver_cuda/./-}"
+    no_cuda "CUDA toolkit $cuda_version ($nvcc) is newer than this driver runs (CUDA $driver_cuda): upgrade the NVIDIA driver, or install $(toolkit_for "$driver_cuda" "$lowest" | cut -d: -f1 | cut -d, -f1)"
 fi
 
 # Architectures this nvcc cannot compile for (CUDA 13 dropped Pascal and Volta, 12.8 added

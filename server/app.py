@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,10 +23,12 @@ from fastapi import FastAPI
 
 from server import __version__
 from server.api.access_log import AccessLogMiddleware
+from server.api.anthropic_routes import router as anthropic_router
 from server.api.deps import Runtime
 from server.api.errors import install_error_handlers
 from server.api.metering import MeteredEngine
 from server.api.metrics import Metrics
+from server.api.ollama_routes import router as ollama_router
 from server.api.routes import router
 from server.api.security import (
     APIKeyMiddleware,
@@ -36,13 +39,15 @@ from server.api.security import (
     load_api_keys,
 )
 from server.api.shutdown import Drain, DrainMiddleware
-from server.download import Cancelled, DownloadCancelled
+from server.cancellation import Cancelled
+from server.download import DownloadCancelled
 from server.engine.chat_template import ChatTemplate, TemplateRejected
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.fetch import FetchError, ensure_model_file, ensure_projector_file
 from server.gguf import read_header
 from server.hardware import GpuProbe
 from server.planner import Plan
+from server.progress import Progress
 from server.registry import ModelSpec
 from server.settings import Settings
 from server.ui import add_chat_page, is_page_path
@@ -64,63 +69,102 @@ def check_model_template(path: Path) -> None:
 
 
 def projector_of(
-    spec: ModelSpec, settings: Settings, cancel: threading.Event | None = None
+    spec: ModelSpec,
+    settings: Settings,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Path | None:
     """The model's own vision projector, fetched and checked; None for a text-only model. One
     that cannot be had leaves the model serving text (logged, and the model card says so)."""
     if not spec.has_vision:
         return None
     try:
-        return ensure_projector_file(spec, settings.cache_dir, cancel)
+        return ensure_projector_file(spec, settings.cache_dir, cancel, progress)
     except FetchError as exc:
         log.warning("%s; serving %s without images (text only)", exc, spec.id)
         return None
 
 
+def model_to_serve(
+    settings: Settings,
+    plan: Plan,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
+) -> tuple[ModelSpec, int, Path]:
+    """(model, context, verified file): the plan's model, or when it cannot be had the plan's
+    fallback (the bundled model), said loudly: which model was meant, why it is not served, what
+    to do. With --require-gpu there is no fallback: the FetchError ends the start (exit 1), so
+    the supervisor retries and the download resumes, instead of a healthy-looking 270M."""
+    spec, n_ctx = plan.model, plan.n_ctx
+    try:
+        return spec, n_ctx, ensure_model_file(spec, settings.cache_dir, cancel, progress)
+    except FetchError as exc:
+        if plan.fallback is None or settings.require_gpu:
+            raise
+        fallback = plan.fallback
+        log.error(
+            "NOT SERVING %s, the model planned for this machine: %s; serving the bundled %s "
+            "instead (a small base model, poor answers). Fix the cause and restart to serve %s "
+            "(an interrupted download resumes); --require-gpu makes this an error instead",
+            spec.id,
+            exc,
+            fallback.id,
+            spec.id,
+        )
+        n_ctx = min(n_ctx, fallback.architecture.context_length)
+        return fallback, n_ctx, ensure_model_file(fallback, settings.cache_dir, cancel, progress)
+
+
 def default_engine_loader(
-    settings: Settings, plan: Plan, cancel: threading.Event | None = None
+    settings: Settings,
+    plan: Plan,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> EngineLoader:
     """Fetch and verify the model file, then load it as planned (runs in a worker thread). A set
-    `cancel` stops a download in progress (DownloadCancelled), to be resumed at the next start."""
+    `cancel` stops a download in progress (DownloadCancelled), to be resumed at the next start.
+    `progress` follows each step, for the log and /health."""
 
     def load() -> Engine:
         # Imported here so that only a server that really loads a model imports llama_cpp.
         from server.engine.llama_engine import LlamaEngine
 
-        spec, n_ctx = plan.model, plan.n_ctx
-        try:
-            path = ensure_model_file(spec, settings.cache_dir, cancel)
-        except FetchError as exc:
-            if plan.fallback is None:
-                raise
-            spec = plan.fallback
-            n_ctx = min(n_ctx, spec.architecture.context_length)
-            log.warning("%s; serving the bundled %s instead", exc, spec.id)
-            path = ensure_model_file(spec, settings.cache_dir, cancel)
+        spec, n_ctx, path = model_to_serve(settings, plan, cancel, progress)
         if cancel is not None and cancel.is_set():
             raise DownloadCancelled(spec.id)  # stopping: do not start loading it now
         if settings.chat_template == "gguf":
             check_model_template(path)
         mmproj = (
-            None if settings.no_vision else settings.mmproj or projector_of(spec, settings, cancel)
+            None
+            if settings.no_vision
+            else settings.mmproj or projector_of(spec, settings, cancel, progress)
         )
-        return LlamaEngine(
-            model_path=path,
-            model_id=spec.id,
-            n_ctx=n_ctx,
-            n_threads=settings.threads,
-            n_gpu_layers=plan.n_gpu_layers,
-            tensor_split=plan.tensor_split,
-            kv_cache_type=settings.kv_cache_type,
-            template_choice=settings.chat_template,
-            parallel=plan.parallel,
-            parallel_trials=plan.parallel_trials,
-            queue_size=settings.queue_size,
-            request_timeout=settings.request_timeout,
-            mmproj_path=mmproj,
-            cache_ram=settings.cache_ram,
-            cancel=cancel,
-        )
+        if progress is not None:
+            progress.begin(
+                "loading", spec.id, None, detail=f"from {path} ({n_ctx} tokens of context)"
+            )
+        try:
+            return LlamaEngine(
+                model_path=path,
+                model_id=spec.id,
+                n_ctx=n_ctx,
+                n_threads=settings.threads,
+                n_gpu_layers=plan.n_gpu_layers,
+                tensor_split=plan.tensor_split,
+                kv_cache_type=settings.kv_cache_type,
+                template_choice=settings.chat_template,
+                parallel=plan.parallel,
+                parallel_trials=plan.parallel_trials,
+                queue_size=settings.queue_size,
+                request_timeout=settings.request_timeout,
+                mmproj_path=mmproj,
+                cache_ram=settings.cache_ram,
+                cancel=cancel,
+            )  # _load logs the end of the step: "... is loaded ...; ready"
+        except BaseException:
+            if progress is not None:
+                progress.drop()
+            raise
 
     return load
 
@@ -147,7 +191,12 @@ async def _load(
     if fallback is not None and engine.info.model_id == fallback.id:
         runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
     runtime.engine = install(engine)
-    log.info("%s is loaded (context %d tokens); ready", engine.info.model_id, engine.info.n_ctx)
+    loaded = f"{engine.info.model_id} is loaded{{took}} (context {engine.info.n_ctx} tokens); ready"
+    if runtime.progress is not None:
+        runtime.progress.end(loaded)
+        runtime.progress.close()
+    else:
+        log.info("%s", loaded.replace("{took}", ""))
 
 
 def create_app(
@@ -161,9 +210,11 @@ def create_app(
     (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
     `gpu_probe` reads GPU memory for /metrics (default: NVML). `app.state.drain` runs the
     graceful shutdown. Raises SecurityConfigError for an unreadable API key file."""
-    runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases))
+    # Progress lines in the log off a terminal (containers, services); a bar on a terminal.
+    progress = Progress(settings.progress_interval, terminal=sys.stderr.isatty())
+    runtime = Runtime(spec=plan.model, aliases=tuple(settings.model_aliases), progress=progress)
     stopping = threading.Event()  # set at shutdown: a download in progress stops
-    load = load_engine or default_engine_loader(settings, plan, stopping)
+    load = load_engine or default_engine_loader(settings, plan, stopping, progress)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     probe = gpu_probe or GpuProbe()
@@ -190,17 +241,28 @@ def create_app(
             # llama.cpp at its next tensor; then wait for the loader to return.
             stopping.set()
             await loading
+            progress.close()
             if runtime.engine is not None:
                 await asyncio.to_thread(runtime.engine.close)
             probe.close()
 
-    app = FastAPI(title="gemma-serve", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN (blank offline,
+    # and outside the chat page's Content-Security-Policy). /openapi.json describes the API.
+    app = FastAPI(
+        title="gemma-serve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.drain = Drain(settings.shutdown_grace, interrupt)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ollama_router)  # Ollama's API, /api/*
+    app.include_router(anthropic_router)  # Anthropic's Messages API, /v1/messages
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
     if settings.ui:
         add_chat_page(app)  # after the API: its paths are `/` and `/ui/*` only

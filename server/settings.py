@@ -6,12 +6,15 @@ would want to know, including the unit.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.capability import parse_architectures
@@ -56,6 +59,16 @@ def split_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 # NoDecode: pydantic-settings would otherwise expect JSON in the environment variable.
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(split_list)]
+
+
+def check_networks(networks: tuple[str, ...]) -> tuple[str, ...]:
+    """Each item an IP address or network ('192.168.1.0/24'); a typo fails at start."""
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+NetworkList = Annotated[CommaList, AfterValidator(check_networks)]
 
 
 def _architectures(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -193,6 +206,16 @@ class Settings(BaseSettings):
         4, ge=1, le=16, description="Largest `n` (choices per chat completion) a request may ask."
     )
     log_level: LogLevel = Field("info", description="Log verbosity.")
+    progress_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between two progress lines in the log while the model downloads, is "
+            "verified or loads (a container's or a service's log; on a terminal the download "
+            "draws a progress bar instead)."
+        ),
+    )
     api_keys: CommaList = Field(
         (),
         description=(
@@ -284,8 +307,40 @@ class Settings(BaseSettings):
         le=1 << 30,
         description="Largest image fetched from a URL, e.g. 20MiB (with --image-urls).",
     )
+    # --- untrusted input's cost (issue 26) ---
     image_url_timeout: float = Field(
-        10.0, gt=0, le=300, description="Seconds to fetch one image URL (with --image-urls)."
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds to fetch one image URL, in all (with --image-urls).",
+    )
+    image_url_request_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds to fetch all of one request's image URLs (with --image-urls).",
+    )
+    image_url_allowed_networks: NetworkList = Field(
+        (),
+        description=(
+            "Addresses or networks (CIDR), comma-separated, that image URLs may reach although "
+            "they are loopback, private or otherwise not public, e.g. 192.168.1.20 or "
+            "10.0.0.0/8 (with --image-urls). Default: only public addresses are fetched from."
+        ),
+    )
+    image_max_pixels: int = Field(
+        4096 * 4096,
+        ge=896 * 896,
+        le=100_000_000,
+        description=(
+            "Most pixels (width x height) an image may decode to; a JPEG is decoded at a reduced "
+            "scale first (down to 1/8 a side) when that still leaves at least 2048 pixels a "
+            "side. A larger image is refused from its header, before it is decoded (the model "
+            "sees 896 x 896)."
+        ),
+    )
+    image_max_side: int = Field(
+        8192, ge=896, le=65535, description="Longest side, in pixels, of an image accepted."
     )
 
     # --- GPU requirements (plan) ---
@@ -315,3 +370,37 @@ class Settings(BaseSettings):
             "--no-ui turns it off: / then answers 404."
         ),
     )
+
+
+ENV_PREFIX = "GEMMA_SERVE_"
+# GEMMA_SERVE_* names that are not settings: read by scripts/install-llama.sh and
+# scripts/detect-build.sh (`make serve`; CPUINFO also by server/build_record.py), and by the test
+# suite.
+NOT_SETTINGS = frozenset(
+    {"BUILD", "WHEEL_CACHE", "CPUINFO", "BUILD_PROGRESS", "ARTIFACTS", "CHROMIUM"}
+    | {"UPDATE_SCREENSHOT"}
+)
+
+
+def unknown_variable(environ: Mapping[str, str]) -> str | None:
+    """One line about the first GEMMA_SERVE_* variable that names no setting, with the nearest
+    that does: a misspelled GEMMA_SERVE_API_KEY would otherwise leave the server without keys."""
+    names = {name.upper() for name in Settings.model_fields}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :]
+        if name in names or name in NOT_SETTINGS:
+            continue
+        hint: str | None
+        if name.startswith("NO_") and name[3:] in names:
+            hint = f"{ENV_PREFIX}{name[3:]}=false"
+        else:
+            near = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.5)
+            hint = f"{ENV_PREFIX}{near[0]}" if near else None
+        meant = f"did you mean {hint}? " if hint else ""
+        return (
+            f"{variable} is not a setting of gemma-serve: {meant}Every setting is listed by "
+            "`gemma-serve serve --help`; unset the variable to start"
+        )
+    return None

@@ -1,8 +1,14 @@
-"""Shared fixtures: the bundled model file and a real gemma-serve process serving it.
+"""Shared fixtures: the bundled model file and a real gemma-serve process serving it; and the
+markers saying what each test needs.
 
 The `server` fixture starts `python -m server serve` (the same code path as the README's command)
 on a free loopback port, with the real llama.cpp engine and the bundled Gemma 3 270M model, and
 waits for `/health`. Every end-to-end test talks to it over HTTP.
+
+Every test gets one of the markers `pure`, `process`, `model`, `browser` (registered in
+pyproject.toml): the one it carries itself, else `browser` in tests/browser/ (most also use the
+model), else `model` if it uses a fixture that loads the model, else its folder's
+(`NEEDS_BY_FOLDER`), else `pure`. Tests in tests/fast/ are also `fast`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,26 @@ import pytest
 
 MODEL_ID = "gemma-3-270m"
 SERVER_CTX = 4096
+
+TESTS = Path(__file__).resolve().parent
+NEEDS = ("pure", "process", "model", "browser")
+NEEDS_BY_FOLDER = {"e2e": "model", "property": "model", "deploy": "process", "browser": "browser"}
+# Fixtures that load the bundled model (or its vocabulary) or start a server that does.
+MODEL_FIXTURES = frozenset({"model_path", "server", "vocab"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if folder == "fast":
+            item.add_marker(pytest.mark.fast)
+        if any(item.get_closest_marker(need) for need in NEEDS):
+            continue
+        if folder != "browser" and MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            need = "model"
+        else:
+            need = NEEDS_BY_FOLDER.get(folder, "pure")
+        item.add_marker(getattr(pytest.mark, need))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.error_shape import dialect_of
 from server.api.metering import RequestRecord, current_record
 from server.api.metrics import Metrics, method_label, route_label
 from server.logtext import printable
@@ -61,6 +62,7 @@ class AccessLogMiddleware:
         duration = time.monotonic() - record.started
         path = route_label(self.routes, scope)
         self.metrics.requests.labels(method_label(scope["method"]), path, str(status)).inc()
+        self.metrics.dialect_requests.labels(dialect_of(scope["path"])).inc()
         self.metrics.request_duration.labels(path).observe(duration)
         client = scope.get("client")
         first = (

@@ -1,6 +1,6 @@
 """Chat completions, request side: a `ChatCompletionRequest` -> the engine's sequences.
 
-`to_chat_sequences` is where every request field is mapped onto the engine, refused by name, or
+`to_chat_plan` is where every request field is mapped onto the engine, refused by name, or
 ignored for a documented reason (docs/api.md); nothing is dropped silently. The body passes
 through once: the tools module reads the tool fields into one `ToolPlan`, and everything
 tool-related (the offer in the prompt, the answer's schema, how to read the answer) comes from
@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from server.api import validators
+from server.api.chat_choices import OutputOptions
 from server.api.chat_protocol import ChatCompletionRequest, ChatMessageIn, ImagePart, TextPart
-from server.api.choices import OutputOptions
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
-from server.api.serving import Sequences
+from server.api.refusals import RefusalFields
+from server.api.serving_types import GenerationRequests
 from server.api.tool_prompt import (
     ToolPlan,
     assistant_text,
@@ -26,16 +27,16 @@ from server.api.tool_prompt import (
     tools_instruction,
 )
 from server.api.validators import invalid, unsupported
-from server.engine.types import ChatMessage, GenerationRequest, JsonFormat
+from server.engine.contract import ChatMessage, GenerationRequest, JsonFormat
 
 _REFUSED_PARTS = {"input_audio": "audio", "file": "files"}
 
 
 @dataclass(frozen=True)
-class ChatSequences:
+class ChatPlan:
     """What a chat request asks of the engine (one sequence per choice), and of its answer."""
 
-    sequences: Sequences
+    generations: GenerationRequests
     options: OutputOptions
     include_usage: bool
 
@@ -198,16 +199,19 @@ def _json_format(request: ChatCompletionRequest, plan: ToolPlan | None) -> JsonF
     return JsonFormat(schema=spec.schema_)
 
 
-def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatSequences:
+def to_chat_plan(
+    request: ChatCompletionRequest, max_choices: int, images: ImageCollector | None = None
+) -> ChatPlan:
     """Map a chat request onto the engine, or raise `APIError` naming the field it cannot honour.
     One sequence per choice (`n`); with a seed, choice i samples with seed + i, so the choices
-    differ from each other and the whole answer is reproducible."""
+    differ from each other and the whole answer is reproducible. `images` decodes the request's
+    pictures (default: limits of a model that takes images, nothing fetched)."""
     _refuse_unsupported(request)
     n = validators.choices(request.n, max_choices)
     include_usage = validators.include_usage(request.stream, request.stream_options)
     plan = plan_tools(request)
     sampling = validators.sampling(request)
-    images = ImageCollector()
+    images = ImageCollector() if images is None else images
     first = GenerationRequest(
         messages=_messages(request, plan, images),
         images=tuple(images.images),
@@ -223,13 +227,14 @@ def to_chat_sequences(request: ChatCompletionRequest, max_choices: int) -> ChatS
         for i in range(1, n)
     ]
     required = plan is not None and plan.required
-
-    def refusal_param(index: int, param: str | None) -> str | None:
-        # The grammar the engine could not build was the tool-call schema's.
-        return "tools" if required and param == "response_format" else param
-
-    return ChatSequences(
-        sequences=Sequences(tuple(requests), count_param="n", refusal_param=refusal_param),
+    # With a required tool call, the grammar the engine could not build was the tools' schema.
+    fields = RefusalFields(
+        prompt="messages", output_format="tools" if required else "response_format"
+    )
+    return ChatPlan(
+        generations=GenerationRequests(
+            tuple(requests), count_param="n", refusal_fields=(fields,) * n
+        ),
         options=OutputOptions(tools=plan, logprobs=bool(request.logprobs)),
         include_usage=include_usage,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from server.api.chat_choices import ChoiceBuilder, OutputOptions
 from server.api.chat_protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -16,11 +17,10 @@ from server.api.chat_protocol import (
     ChunkChoice,
     Delta,
 )
-from server.api.choices import ChoiceBuilder, OutputOptions
 from server.api.protocol import Usage
-from server.api.serving import ServerEvent, error_event, wire_usage
-from server.engine.types import Event, Finished, TextDelta
-from server.engine.types import Usage as EngineUsage
+from server.api.serving_types import ServerEvent, error_event, wire_usage
+from server.engine.contract import Event, Finished, TextDelta
+from server.engine.contract import Usage as EngineUsage
 
 
 def total_usage(usages: Sequence[EngineUsage]) -> Usage:
@@ -87,7 +87,7 @@ class ChatAnswer:
         Choices interleave, each chunk naming its `index`: every choice's role chunk comes
         first, its last chunk carries the `finish_reason`; the usage chunk (empty `choices`)
         follows them all when asked for. Tool calls stream as `delta.tool_calls` fragments (see
-        `server.api.choices`).
+        `server.api.chat_choices`).
         """
         builders = [ChoiceBuilder(self.options) for _ in range(self.n)]
         usages: list[EngineUsage] = []

@@ -1,6 +1,6 @@
 """Legacy text completions, `POST /v1/completions`: pure converters (request and answer).
 
-`to_completion_sequences` maps every field onto the engine (a raw `prompt`, no chat template) or
+`to_completion_plan` maps every field onto the engine (a raw `prompt`, no chat template) or
 refuses it by name. Choices are numbered as OpenAI numbers them: prompt i's j-th sample (of `n`)
 is choice `i * n + j`; all of them are generated together in the batch, and a stream interleaves
 their chunks, each naming its `index`.
@@ -19,10 +19,11 @@ from server.api.completions_protocol import (
     CompletionRequest,
 )
 from server.api.protocol import Usage
-from server.api.serving import Sequences, ServerEvent, error_event, wire_usage
+from server.api.refusals import RefusalFields
+from server.api.serving_types import GenerationRequests, ServerEvent, error_event, wire_usage
 from server.api.validators import invalid
-from server.engine.types import Event, GenerationRequest, TextDelta, TokenLogprob
-from server.engine.types import Usage as EngineUsage
+from server.engine.contract import Event, GenerationRequest, TextDelta, TokenLogprob
+from server.engine.contract import Usage as EngineUsage
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 # Prompts in one request at most (OpenAI takes up to 2048; each is a sequence of the batch here).
@@ -30,10 +31,10 @@ MAX_PROMPTS = 32
 
 
 @dataclass(frozen=True)
-class CompletionSequences:
+class CompletionPlan:
     """What a completions request asks of the engine (prompt-major), and of its answer."""
 
-    sequences: Sequences
+    generations: GenerationRequests
     n: int  # samples per prompt
     prefixes: tuple[str, ...]  # per choice: its prompt with `echo`, else ""
     include_usage: bool
@@ -79,7 +80,7 @@ def _refuse_unsupported(request: CompletionRequest, n: int) -> None:
         )
 
 
-def to_completion_sequences(request: CompletionRequest, max_choices: int) -> CompletionSequences:
+def to_completion_plan(request: CompletionRequest, max_choices: int) -> CompletionPlan:
     """One engine request per choice, in choice order (prompt-major). With a seed, sample j of
     every prompt uses seed + j, so a prompt gives the same text alone or within a list."""
     n = validators.choices(request.n, max_choices)
@@ -104,16 +105,17 @@ def to_completion_sequences(request: CompletionRequest, max_choices: int) -> Com
         for sample in range(n)
     )
     listed = not isinstance(request.prompt, str)
-
-    def refusal_param(index: int, param: str | None) -> str | None:
-        return f"prompt[{index // n}]" if param == "prompt" and listed else param
-
-    return CompletionSequences(
-        sequences=Sequences(
+    refusal_fields = tuple(
+        RefusalFields(prompt=f"prompt[{index}]" if listed else "prompt")
+        for index in range(len(prompts))
+        for _ in range(n)
+    )
+    return CompletionPlan(
+        generations=GenerationRequests(
             requests,
             count_param="n" if n > 1 else "prompt",
+            refusal_fields=refusal_fields,
             prompts=len(prompts),
-            refusal_param=refusal_param,
         ),
         n=n,
         prefixes=tuple(prompt for prompt in prompts for _ in range(n))

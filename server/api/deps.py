@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from server.api.errors import APIError, unavailable
-from server.engine.types import Engine
+from server.engine.contract import Engine
+from server.progress import Progress
 from server.registry import ModelSpec
 from server.settings import Settings
 
@@ -23,6 +24,15 @@ class Runtime:
     engine: Engine | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    progress: Progress | None = None  # the download, verification or load under way
+
+    def starting(self) -> dict[str, Any]:
+        """What /health adds to its 503 before the model is ready: `status` ("downloading",
+        "verifying", "loading", "starting" between two steps, "failed") and `progress`."""
+        if self.load_error:
+            return {"status": "failed", "progress": None}
+        step = self.progress.snapshot() if self.progress else None
+        return {"status": step["phase"] if step else "starting", "progress": step}
 
     @property
     def model_id(self) -> str:
@@ -44,8 +54,9 @@ class Runtime:
     def not_ready_error(self) -> APIError:
         if self.load_error:
             return unavailable(f"The model failed to load: {self.load_error}", "model_load_failed")
+        step = self.progress.summary() if self.progress else None
         return unavailable(
-            f"The model {self.spec.id} is loading; try again in a few seconds.",
+            f"The model {self.spec.id} is not ready yet ({step or 'loading'}); try again later.",
             "model_loading",
             retry_after=2,
         )

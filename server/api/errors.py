@@ -1,87 +1,58 @@
-"""Every error leaves the server in OpenAI's shape: {"error": {message, type, param, code}}.
+"""Every error leaves the server in the shape of the dialect its path speaks: OpenAI's
+`{"error": {message, type, param, code}}`, Ollama's `{"error": "..."}` under `/api/`, Anthropic's
+`{"type": "error", "error": {type, message}}` under `/v1/messages` (`error_shape.dialect_of`).
 
-Clients (the official SDK above all) read `error.message` and retry 408/409/429/5xx, so a
+Clients (the official SDKs above all) read the message and retry 408/409/429/5xx, so a
 deterministic failure must be a 4xx, and FastAPI's own 422 `{"detail": ...}` must never escape.
+Code raises one `APIError` (OpenAI's fields); `json_response(error, path)` writes it in the
+dialect's shape, so the same checks (keys, Host, body size, a full queue) answer every dialect in
+its own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.engine.types import EngineBusy, EngineUnavailable
+from server.api.error_shape import (
+    APIError,
+    Dialect,
+    dialect_of,
+    error_body,
+    stream_failure,
+    unavailable,
+)
+from server.engine.contract import EngineBusy, EngineUnavailable
+
+# The error shape itself lives in error_shape.py (no web framework); these names stay importable
+# from here for the modules that answer over HTTP.
+__all__ = [
+    "APIError",
+    "ErrorResponse",
+    "dialect_of",
+    "error_body",
+    "install_error_handlers",
+    "json_response",
+    "stream_failure",
+    "unavailable",
+]
 
 log = logging.getLogger("gemma_serve.api")
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
-
-class APIError(Exception):
-    """Raise anywhere in the API layer to answer with an OpenAI error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _TYPE_BY_STATUS.get(status, "server_error")
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def unavailable(message: str, code: str, retry_after: int | None = None) -> APIError:
-    """503: the server cannot serve now (loading, failed, shutting down); clients may retry."""
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return APIError(503, message, type="server_error", code=code, headers=headers)
-
-
-def stream_failure(exc: Exception) -> tuple[str, str]:
-    """(message, code) for an error after a stream has started, which can only be reported as a
-    final event. The server going down (drain over, engine closed) is expected and named as such;
-    anything else is a bug, logged with its traceback."""
-    if isinstance(exc, EngineUnavailable):
-        log.info("a stream was ended early: %s", exc)
-        return f"The generation was ended early: {exc}.", "server_shutting_down"
-    log.error("generation failed after the stream started", exc_info=exc)
-    return "The server had an error while generating the response.", "internal_error"
-
-
-def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+def json_response(error: APIError, path: str = "") -> JSONResponse:
+    """The HTTP response carrying `error` in the shape of `path`'s dialect (OpenAI's without a
+    path)."""
+    body = error.body_for(dialect_of(path))
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 class ErrorDetail(BaseModel):
@@ -95,6 +66,31 @@ class ErrorResponse(BaseModel):
     """The body of every error response, as documented in /openapi.json."""
 
     error: ErrorDetail
+
+
+class OllamaErrorResponse(BaseModel):
+    """The body of an error under `/api/` (Ollama's shape)."""
+
+    error: str
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """The body of an error under `/v1/messages` (Anthropic's shape)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+_ERROR_MODELS: dict[Dialect, type[BaseModel]] = {
+    "openai": ErrorResponse,
+    "ollama": OllamaErrorResponse,
+    "anthropic": AnthropicErrorResponse,
+}
 
 
 # What each documented error status means. 400 and 404 answer operations that take input (a body,
@@ -113,7 +109,8 @@ _UNAVAILABLE = {
 def _document_errors(app: FastAPI) -> None:
     """Make /openapi.json tell the truth about errors: FastAPI documents a 422 with
     `{"detail": ...}` for every operation that takes input, which this server never sends; the
-    real answers are 400/404/503 with `ErrorResponse`. Clients and schema-driven tests
+    real answers are 400/404/503 with `ErrorResponse` (or its Ollama or Anthropic shape on their
+    paths). Clients and schema-driven tests
     (schemathesis in tests/property) rely on the documented statuses and shapes."""
     build = app.openapi
 
@@ -122,11 +119,15 @@ def _document_errors(app: FastAPI) -> None:
             return app.openapi_schema
         document = build()
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(error_schema.pop("$defs", {}))
-        schemas["ErrorResponse"] = error_schema
-        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for path_item in document.get("paths", {}).values():
+        contents = {}
+        for dialect, model in _ERROR_MODELS.items():
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            reference = {"$ref": f"#/components/schemas/{model.__name__}"}
+            contents[dialect] = {"application/json": {"schema": reference}}
+        for path, path_item in document.get("paths", {}).items():
+            content = contents[dialect_of(path)]
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
                 takes_input = "requestBody" in operation or operation.get("parameters")
@@ -184,12 +185,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return json_response(exc, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         message, param = _validation_message(exc)
-        return APIError(400, message, param=param, code="invalid_value").response()
+        error = APIError(400, message, param=param, code="invalid_value")
+        return json_response(error, request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -199,24 +201,55 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}."
         code = "request_too_large" if exc.status_code == 413 else None  # the body limit
-        return APIError(exc.status_code, message, code=code, headers=exc.headers).response()
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(500, "The server had an internal error.", code="internal_error").response()
+        error = APIError(exc.status_code, message, code=code, headers=exc.headers)
+        return json_response(error, request.url.path)
 
     async def on_engine_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, EngineBusy):
-            return unavailable(
-                f"The server is busy: {exc}. Retry shortly.", "server_busy", exc.retry_after
-            ).response()
-        return unavailable(
-            f"The server cannot take requests now: {exc}.", "server_unavailable", retry_after=5
-        ).response()
+            busy = f"The server is busy: {exc}. Retry shortly."
+            error = unavailable(busy, "server_busy", exc.retry_after)
+        else:
+            cannot = f"The server cannot take requests now: {exc}."
+            error = unavailable(cannot, "server_unavailable", retry_after=5)
+        return json_response(error, request.url.path)
 
     app.add_exception_handler(EngineUnavailable, on_engine_unavailable)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    # Innermost middleware (added first), so that the access log sees the 500 it sends.
+    app.add_middleware(InternalErrorMiddleware)
     _document_errors(app)
+
+
+class InternalErrorMiddleware:
+    """A bug's answer, a 500 in OpenAI's shape, without the exception escaping the app.
+
+    Starlette's own catch-all (`add_exception_handler(Exception, ...)`) sends its response and
+    then re-raises, and uvicorn answers an exception from the app by closing the connection:
+    the next request a client sent on that keep-alive connection failed. Here the exception
+    ends with the response; only an error after the response started (nothing else can be
+    sent then) is left to the server, which must close that connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            response = APIError(500, "The server had an internal error.", code="internal_error")
+            await json_response(response, scope.get("path", ""))(scope, receive, send)

@@ -1,8 +1,10 @@
 """An `Engine` proxy that meters every generation, without the converters knowing.
 
 `MeteredEngine` wraps the loaded engine (installed in `app.py`): its prepared generations time
-the first piece of text and the gaps between pieces, count tokens from `Finished.usage`, and
-note them on the HTTP request's `RequestRecord` for the access log. Metrics only: everything else
+the first piece of text and the gaps between pieces, count tokens from `Finished.usage` (or, for
+a generation cut short by a shutdown or a client leaving, from the tokens its text deltas
+carried: what was really sent), and note them on the HTTP request's `RequestRecord` for the
+access log. Metrics only: everything else
 is the wrapped engine's contract, passed through unchanged.
 """
 
@@ -15,15 +17,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from server.api.metrics import Metrics
-from server.engine.types import (
+from server.engine.contract import (
     Engine,
     EngineInfo,
     EngineStats,
     Event,
     Finished,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     TextDelta,
+    Usage,
 )
 
 
@@ -43,38 +46,50 @@ current_record: ContextVar[RequestRecord | None] = ContextVar("current_record", 
 
 
 class MeteredGeneration:
-    def __init__(
-        self, inner: PreparedGeneration, metrics: Metrics, record: RequestRecord | None
-    ) -> None:
+    def __init__(self, inner: Generation, metrics: Metrics, record: RequestRecord | None) -> None:
         self._inner = inner
         self._metrics = metrics
         self._record = record
         self.prompt_tokens = inner.prompt_tokens
 
     async def events(self) -> AsyncGenerator[Event, None]:
-        metrics, record = self._metrics, self._record
         started = time.monotonic()
         last: float | None = None
+        sent = 0  # tokens whose text was passed on
+        finished = False
         # NOTE: aclosing: when our consumer stops early, the engine's generator is closed too,
         # which is what cancels the generation.
         async with aclosing(self._inner.events()) as events:
-            async for event in events:
-                now = time.monotonic()
-                if isinstance(event, TextDelta):
-                    if last is None:
-                        metrics.time_to_first_token.observe(now - started)
-                        if record is not None and record.first_text is None:
-                            record.first_text = now
-                    else:
-                        metrics.inter_token_latency.observe(now - last)
-                    last = now
-                elif isinstance(event, Finished):
-                    metrics.prompt_tokens.inc(event.usage.prompt_tokens)
-                    metrics.completion_tokens.inc(event.usage.completion_tokens)
-                    if record is not None:
-                        record.prompt_tokens += event.usage.prompt_tokens
-                        record.completion_tokens += event.usage.completion_tokens
-                yield event
+            try:
+                async for event in events:
+                    now = time.monotonic()
+                    self._observe(event, started, last, now)
+                    if isinstance(event, TextDelta):
+                        sent, last = sent + event.tokens, now
+                    finished = finished or isinstance(event, Finished)
+                    yield event
+            finally:
+                if not finished and sent:  # cut short (shutdown, client gone): what was sent
+                    self._count(Usage(self.prompt_tokens, sent))
+
+    def _observe(self, event: Event, started: float, last: float | None, now: float) -> None:
+        metrics, record = self._metrics, self._record
+        if isinstance(event, TextDelta):
+            if last is None:
+                metrics.time_to_first_token.observe(now - started)
+                if record is not None and record.first_text is None:
+                    record.first_text = now
+            else:
+                metrics.inter_token_latency.observe(now - last)
+        elif isinstance(event, Finished):
+            self._count(event.usage)
+
+    def _count(self, usage: Usage) -> None:
+        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
+        self._metrics.completion_tokens.inc(usage.completion_tokens)
+        if self._record is not None:
+            self._record.prompt_tokens += usage.prompt_tokens
+            self._record.completion_tokens += usage.completion_tokens
 
 
 class MeteredEngine:
@@ -85,7 +100,7 @@ class MeteredEngine:
         self.info: EngineInfo = inner.info
         self._metrics = metrics
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+    async def prepare(self, request: GenerationRequest) -> Generation:
         prepared = await self._inner.prepare(request)
         return MeteredGeneration(prepared, self._metrics, current_record.get())
 

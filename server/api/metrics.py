@@ -23,7 +23,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from server.engine.types import EngineStats, PromptCacheStats
+from server.api.error_shape import DIALECTS
+from server.engine.contract import EngineStats, PromptCacheStats
 from server.hardware import GpuMemory
 
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
@@ -126,6 +127,15 @@ class Metrics:
             ["method", "path", "status"],
             registry=registry,
         )
+        self.dialect_requests = Counter(
+            "gemma_serve_dialect_requests",
+            "HTTP requests answered, by the API they spoke: openai, ollama (/api/*) or "
+            "anthropic (/v1/messages).",
+            ["dialect"],
+            registry=registry,
+        )
+        for dialect in DIALECTS:
+            self.dialect_requests.labels(dialect)  # every dialect shows, at 0 until used
         self.request_duration = Histogram(
             "gemma_serve_request_duration_seconds",
             "Time from a request's arrival to the end of its response (streams included).",

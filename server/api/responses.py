@@ -1,6 +1,6 @@
 """OpenAI's Responses API, `POST /v1/responses`, stateless: pure converters (request and answer).
 
-`to_response_sequences` maps the request onto the engine's chat path (`instructions` becomes a
+`to_response_generations` maps the request onto the engine's chat path (`instructions` becomes a
 system message before the input) or refuses a field by name. Nothing is stored: `store` is
 accepted and answered with `store: false`, and `previous_response_id` is a 400. A response cut
 by `max_output_tokens` is `status: "incomplete"` with `incomplete_details.reason:
@@ -19,8 +19,9 @@ from typing import Any, get_args
 from pydantic import BaseModel
 
 from server.api import validators
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.images import ImageCollector, clean_text
+from server.api.refusals import RefusalFields
 from server.api.responses_protocol import (
     IncompleteDetails,
     InputItem,
@@ -32,9 +33,9 @@ from server.api.responses_protocol import (
     ResponseRequest,
     ResponseUsage,
 )
-from server.api.serving import Sequences, ServerEvent
+from server.api.serving_types import GenerationRequests, ServerEvent
 from server.api.validators import invalid, unsupported
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Event,
     Finished,
@@ -165,14 +166,18 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
     )
 
 
-def _refusal_param(index: int, param: str | None) -> str | None:
-    return "input" if param == "messages" else param
+# The engine's refusals of a Responses request: its conversation is `input`; the output format
+# keeps the name it has always had here (`text.format` is the field that asks for it).
+_REFUSAL_FIELDS = RefusalFields(prompt="input")
 
 
-def to_generation_request(request: ResponseRequest) -> GenerationRequest:
-    """Map a Responses request onto the engine, or raise `APIError` naming the field."""
+def to_generation_request(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> GenerationRequest:
+    """Map a Responses request onto the engine, or raise `APIError` naming the field. `images`
+    decodes its pictures (see `chat.to_chat_plan`)."""
     _refuse_unsupported(request)
-    images = ImageCollector()
+    images = ImageCollector() if images is None else images
     return GenerationRequest(
         messages=_messages(request, images),
         images=tuple(images.images),
@@ -182,9 +187,13 @@ def to_generation_request(request: ResponseRequest) -> GenerationRequest:
     )
 
 
-def to_response_sequences(request: ResponseRequest) -> Sequences:
+def to_response_generations(
+    request: ResponseRequest, images: ImageCollector | None = None
+) -> GenerationRequests:
     """The one sequence a Responses request asks for."""
-    return Sequences((to_generation_request(request),), "input", _refusal_param)
+    return GenerationRequests(
+        (to_generation_request(request, images),), "input", (_REFUSAL_FIELDS,)
+    )
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Thin routers: each endpoint converts its body (pure, in its own module) and hands the
-sequences and its answer to the one serving path (`serving.Serving`)."""
+generation requests and its answer to the one serving path (`serving.Serving`)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,33 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
-from server.api.chat import to_chat_sequences
+from server.api.chat import to_chat_plan
 from server.api.chat_answer import ChatAnswer
 from server.api.chat_protocol import ChatCompletion, ChatCompletionRequest
-from server.api.completions import CompletionAnswer, to_completion_sequences
+from server.api.completions import CompletionAnswer, to_completion_plan
 from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.deps import Runtime, RuntimeDep, SettingsDep
+from server.api.images import ImageCollector, image_limits
 from server.api.protocol import Capabilities, Health, ModelCard, ModelList
-from server.api.remote_images import inline_remote_images, policy_of
-from server.api.responses import ResponseAnswer, to_response_sequences
+from server.api.remote_images import fetch_remote_images, policy_of
+from server.api.responses import ResponseAnswer, to_response_generations
 from server.api.responses_protocol import ResponseObject, ResponseRequest
-from server.api.serving import ServingDep
+from server.api.serving import Serving, ServingDep
+from server.settings import Settings
 
 router = APIRouter()
 
 
 @router.get("/health", response_model=Health)
-async def health(runtime: RuntimeDep) -> Health:
+async def health(runtime: RuntimeDep) -> Health | JSONResponse:
     if runtime.engine is None:
-        raise runtime.not_ready_error()
+        # 503 until ready, with what it is doing and how far it got (a supervisor's health
+        # check reads `status`: server/healthcheck.py).
+        error = runtime.not_ready_error()
+        body = {**error.body(), **runtime.starting()}
+        return JSONResponse(body, status_code=503, headers=error.headers)
     stats = runtime.engine.stats()
     return Health(active=stats.active, queued=stats.queued, parallel=stats.parallel)
 
@@ -59,24 +66,34 @@ def _card(runtime: Runtime) -> ModelCard:
     )
 
 
+async def _image_collector(
+    body: ChatCompletionRequest | ResponseRequest, serving: Serving, settings: Settings
+) -> ImageCollector:
+    """The request's images are checked against the model and the limits, and its remote ones
+    fetched (with --image-urls), before anything is decoded."""
+    limits = image_limits(settings, accepted=serving.engine.info.vision)
+    fetched = await fetch_remote_images(body, policy_of(settings), limits)
+    return ImageCollector(limits, fetched)
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ChatCompletion:
     serving.check_model(body.model)
-    await inline_remote_images(body, policy_of(settings))
+    images = await _image_collector(body, serving, settings)
     # NOTE: in a worker thread: decoding a request's pictures with Pillow takes tens of
     # milliseconds each, which would stall every other stream on the event loop.
-    chat = await asyncio.to_thread(to_chat_sequences, body, settings.max_choices)
+    chat = await asyncio.to_thread(to_chat_plan, body, settings.max_choices, images)
     answer = ChatAnswer(
         completion_id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=body.model,
-        n=len(chat.sequences.requests),
+        n=len(chat.generations.requests),
         options=chat.options,
         include_usage=chat.include_usage,
     )
-    return await serving.serve(request, chat.sequences, answer, stream=bool(body.stream))
+    return await serving.serve(request, chat.generations, answer, stream=bool(body.stream))
 
 
 @router.post("/v1/completions", response_model=Completion)
@@ -84,7 +101,7 @@ async def create_completion(
     body: CompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | Completion:
     serving.check_model(body.model)
-    completion = to_completion_sequences(body, settings.max_choices)
+    completion = to_completion_plan(body, settings.max_choices)
     answer = CompletionAnswer(
         completion_id=f"cmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
@@ -94,7 +111,7 @@ async def create_completion(
         with_logprobs=body.logprobs is not None,
         include_usage=completion.include_usage,
     )
-    return await serving.serve(request, completion.sequences, answer, stream=bool(body.stream))
+    return await serving.serve(request, completion.generations, answer, stream=bool(body.stream))
 
 
 @router.post("/v1/responses", response_model=ResponseObject)
@@ -102,12 +119,12 @@ async def create_response(
     body: ResponseRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ResponseObject:
     serving.check_model(body.model)
-    await inline_remote_images(body, policy_of(settings))
-    sequences = await asyncio.to_thread(to_response_sequences, body)  # pictures: see chat
+    images = await _image_collector(body, serving, settings)
+    generations = await asyncio.to_thread(to_response_generations, body, images)  # see chat
     answer = ResponseAnswer(
         response_id=f"resp_{uuid.uuid4().hex}",
         message_id=f"msg_{uuid.uuid4().hex}",
         created_at=int(time.time()),
         request=body,
     )
-    return await serving.serve(request, sequences, answer, stream=bool(body.stream))
+    return await serving.serve(request, generations, answer, stream=bool(body.stream))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import APIError
+from server.api.errors import APIError, json_response
 
 # Paths any client may read without a key: supervisors (Docker's HEALTHCHECK, systemd, a load
 # balancer) probe /health with no credentials, and it tells nothing about the model's use.
@@ -48,16 +49,15 @@ def load_api_keys(keys: Iterable[str], keys_file: Path | None) -> tuple[str, ...
 
 
 def _refuse(error: APIError) -> ASGIApp:
-    response = error.response()
-
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await response(scope, receive, send)
+        await json_response(error, scope["path"])(scope, receive, send)
 
     return app
 
 
 class APIKeyMiddleware:
-    """Require `Authorization: Bearer <key>` matching one of `keys` on every path but /health
+    """Require `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) matching one of
+    `keys` on every path but /health
     and, for GET and HEAD only, the paths `public_page` accepts (the chat page's static files:
     a browser cannot send a key before the page that asks for it has loaded).
 
@@ -98,12 +98,15 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or self._open(scope):
             await self.app(scope, receive, send)
             return
-        header = Headers(scope=scope).get("authorization", "")
+        headers = Headers(scope=scope)
+        header = headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and headers.get("x-api-key"):  # Anthropic's SDKs send the key so
+            scheme, token = "bearer", headers["x-api-key"]
         if scheme.lower() != "bearer" or not token.strip():
             message = (
                 "You didn't provide an API key. Send it in an Authorization header using Bearer "
-                "auth (Authorization: Bearer YOUR_KEY)."
+                "auth (Authorization: Bearer YOUR_KEY), or in an x-api-key header."
             )
         elif not self._valid(token.strip().encode("latin-1")):
             message = "Incorrect API key provided."
@@ -170,6 +173,24 @@ class HostPolicy:
         return name in self.names or (self.any_ip and _is_ip(name))
 
 
+def refused_host_message(header: str) -> str:
+    """The 421's message: the name refused and the setting that admits it. The name is shown
+    only when it is a plain host name (letters, digits, dots, dashes, an IPv6 address), so the
+    answer never repeats arbitrary text from the request."""
+    name = host_name(header)
+    shown = name if re.fullmatch(r"[a-z0-9.:_-]{1,253}", name) else None
+    if shown is None:
+        return (
+            "This server does not answer to that Host name (against DNS rebinding); add the "
+            "name clients use with --allowed-hosts (GEMMA_SERVE_ALLOWED_HOSTS)."
+        )
+    return (
+        f"This server does not answer to the Host name '{shown}' (against DNS rebinding). To "
+        f"admit it, start the server with --allowed-hosts {shown} (or "
+        f"GEMMA_SERVE_ALLOWED_HOSTS={shown}; comma-separated with other names)."
+    )
+
+
 class HostCheckMiddleware:
     """Answer 421 (Misdirected Request) when the Host header is not allowed by `policy`."""
 
@@ -185,8 +206,7 @@ class HostCheckMiddleware:
             return
         error = APIError(
             421,
-            "This server does not answer to that Host name. If you reach it through a name "
-            "(a LAN name, a proxy), add the name with --allowed-hosts (GEMMA_SERVE_ALLOWED_HOSTS).",
+            refused_host_message(Headers(scope=scope).get("host") or ""),
             type="invalid_request_error",
             code="invalid_host",
         )

@@ -1,12 +1,14 @@
 """The one serving path of chat, completions and responses.
 
-Each endpoint converts its request into `Sequences` (pure, in its own module) and describes its
-answer with an `Answer`; everything between is here, once:
+Each endpoint converts its request into `GenerationRequests` (pure, in its own module) and
+describes its answer with an `Answer` (both in serving_types.py, free of FastAPI); everything
+between is here, once:
 
 1. the model the request names is checked (404 otherwise);
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
    request needing more sequences than the server can ever hold is a 400 naming the field that
-   asked for them; an engine refusal becomes a 400 naming the endpoint's own field;
+   asked for them; an engine refusal becomes a 400 naming the endpoint's own field
+   (api/refusals.py);
 3. the sequences then run together in the batch (`streams.interleave`) and the answer is either
    streamed (an error after the start is the endpoint's error event) or collected while the
    client is watched: a client that hangs up cancels the generation and gets 499.
@@ -15,89 +17,37 @@ answer with an `Answer`; everything between is here, once:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError, error_body, stream_failure
-from server.api.protocol import PromptTokensDetails, Usage
+from server.api.errors import APIError, stream_failure
+from server.api.refusals import openai_refusal
+from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
 from server.api.streams import interleave
-from server.engine.types import (
+from server.engine.contract import (
     Engine,
     Event,
+    Generation,
     GenerationRequest,
-    PreparedGeneration,
     RequestRejected,
 )
-from server.engine.types import Usage as EngineUsage
 from server.logtext import printable
 
 prompt_log = logging.getLogger("gemma_serve.prompts")
 
-# What an SSE response sends: a `data:` payload, or a dict with the `event` name and `data`.
-ServerEvent = str | dict[str, str]
-# The last `data:` of a chat or completions stream.
-SSE_DONE = "[DONE]"
+NDJSON = "application/x-ndjson"
 # An SSE comment every so often keeps proxies from closing a stream during a long prefill.
 PING_SECONDS = 15
 
 T = TypeVar("T", bound=BaseModel)
-T_co = TypeVar("T_co", bound=BaseModel, covariant=True)
-
-
-def _same_param(index: int, param: str | None) -> str | None:
-    return param
-
-
-@dataclass(frozen=True)
-class Sequences:
-    """Every sequence one request asks the engine for, in answer order, and how to name the
-    request's own fields in the errors about them."""
-
-    requests: tuple[GenerationRequest, ...]
-    count_param: str  # the field that decides how many sequences there are (`n`, `prompt`)
-    # (sequence index, the engine's `param`) -> the field of this request that caused it
-    refusal_param: Callable[[int, str | None], str | None] = field(default=_same_param)
-    prompts: int = 1  # how many prompts `n` multiplies: more than the server holds names `prompt`
-
-
-class Answer(Protocol[T_co]):
-    """How one endpoint writes its answer from `(sequence index, event)` pairs."""
-
-    @property
-    def ends_with_done(self) -> bool:
-        """Whether the stream ends with `data: [DONE]` (chat, completions) or not (responses)."""
-        ...
-
-    def whole(self, events: AsyncIterator[tuple[int, Event]]) -> Awaitable[T_co]: ...
-
-    def stream(self, events: AsyncIterator[tuple[int, Event]]) -> AsyncIterator[ServerEvent]: ...
-
-    def failed(self, message: str, code: str) -> list[ServerEvent]:
-        """The events that end a stream after an error (the HTTP status is already sent)."""
-        ...
-
-
-def wire_usage(usage: EngineUsage) -> Usage:
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-    )
-
-
-def error_event(message: str, code: str) -> str:
-    """The `data:` payload of an error in a chat or completions stream."""
-    return json.dumps(error_body(message, type="server_error", code=code))
 
 
 class ClientGone(Exception):
@@ -139,13 +89,13 @@ class Serving:
     def check_model(self, model: str) -> None:
         self.runtime.check_model(model)
 
-    async def prepare(self, sequences: Sequences) -> list[PreparedGeneration]:
-        """Prepare every sequence, or none: a refusal or a full server releases the places the
+    async def prepare(self, generations: GenerationRequests) -> list[Generation]:
+        """Prepare every generation, or none: a refusal or a full server releases the places the
         earlier ones took."""
-        requests = sequences.requests
+        requests = generations.requests
         capacity = self.engine.info.capacity
         if len(requests) > capacity:
-            too_many = "prompt" if sequences.prompts > capacity else sequences.count_param
+            too_many = "prompt" if generations.prompts > capacity else generations.count_param
             fix = "send fewer prompts" if too_many == "prompt" else f"lower {too_many}"
             raise APIError(
                 400,
@@ -155,15 +105,15 @@ class Serving:
                 param=too_many,
                 code="invalid_value",
             )
-        prepared: list[PreparedGeneration] = []
+        prepared: list[Generation] = []
         try:
-            for index, generation in enumerate(requests):
-                self._log_prompt(generation)
+            for index, asked in enumerate(requests):
+                self._log_prompt(asked)
                 try:
-                    prepared.append(await self.engine.prepare(generation))
+                    prepared.append(await self.engine.prepare(asked))
                 except RequestRejected as exc:
-                    param = sequences.refusal_param(index, exc.param)
-                    raise APIError(400, exc.message, param=param, code=exc.code) from exc
+                    fields = generations.refusal_fields[index]
+                    raise openai_refusal(exc, asked, fields) from exc
         except BaseException:
             prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
             raise
@@ -172,15 +122,19 @@ class Serving:
     async def respond(
         self,
         request: Request,
-        prepared: Sequence[PreparedGeneration],
+        prepared: Sequence[Generation],
         answer: Answer[T],
         *,
         stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
-        """Run the prepared sequences together and answer: a stream, or the whole answer (499
-        when the client hangs up first)."""
+        """Run the prepared sequences together and answer: a stream (SSE, or with `ndjson` one
+        JSON object a line, as Ollama streams), or the whole answer (499 when the client hangs up
+        first)."""
         if stream:
             events = sse_events(answer, [generation.events() for generation in prepared])
+            if ndjson:
+                return StreamingResponse(ndjson_lines(events), media_type=NDJSON)
             return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
 
         async def collect() -> T:
@@ -194,10 +148,17 @@ class Serving:
             return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
 
     async def serve(
-        self, request: Request, sequences: Sequences, answer: Answer[T], *, stream: bool
+        self,
+        request: Request,
+        generations: GenerationRequests,
+        answer: Answer[T],
+        *,
+        stream: bool,
+        ndjson: bool = False,
     ) -> Response | T:
         """Prepare, then respond."""
-        return await self.respond(request, await self.prepare(sequences), answer, stream=stream)
+        prepared = await self.prepare(generations)
+        return await self.respond(request, prepared, answer, stream=stream, ndjson=ndjson)
 
     def _log_prompt(self, generation: GenerationRequest) -> None:
         if not self._log_prompts:
@@ -226,6 +187,13 @@ async def sse_events(
             yield payload
     if answer.ends_with_done:
         yield SSE_DONE
+
+
+async def ndjson_lines(events: AsyncIterator[ServerEvent]) -> AsyncIterator[str]:
+    """A stream's payloads (JSON strings) as newline-delimited JSON."""
+    async for payload in events:
+        assert isinstance(payload, str), "an NDJSON stream has no named events"
+        yield payload + "\n"
 
 
 def get_serving(runtime: RuntimeDep, engine: EngineDep, settings: SettingsDep) -> Serving:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api.errors import unavailable
+from server.api.errors import json_response, unavailable
 
 log = logging.getLogger("gemma_serve")
 
@@ -75,7 +75,7 @@ class DrainMiddleware:
                 retry_after=5,
             )
             error.headers["Connection"] = "close"
-            await error.response()(scope, receive, send)
+            await json_response(error, scope["path"])(scope, receive, send)
             return
         self.drain.active += 1
         try:

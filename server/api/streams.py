@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 
-from server.engine.types import EngineUnavailable, Event, Finished, TextDelta
+from server.engine.contract import EngineUnavailable, Event, Finished, TextDelta
 
 # A pump's last word: its generation ended normally.
 _ENDED = object()

@@ -28,15 +28,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from server.api.chat_protocol import (
-    ChatCompletionRequest,
     FunctionDefinition,
     NamedToolChoice,
     ToolCallIn,
+    ToolDefinition,
 )
 from server.api.validators import invalid
+from server.engine.contract import ChatMessage
 from server.engine.json_schema import (
     SCHEMA_LISTS,
     SCHEMA_MAPS,
@@ -69,7 +70,18 @@ class ToolPlan:
         return MAX_PARALLEL_CALLS if self.parallel and self.forced_name is None else 1
 
 
-def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
+class ToolFields(Protocol):
+    """The tool fields of a request: a chat request's, or another dialect's converted to them."""
+
+    @property
+    def tools(self) -> Sequence[ToolDefinition] | None: ...
+    @property
+    def tool_choice(self) -> Literal["none", "auto", "required"] | NamedToolChoice | None: ...
+    @property
+    def parallel_tool_calls(self) -> bool | None: ...
+
+
+def plan_tools(request: ToolFields) -> ToolPlan | None:
     """Check `tools`, `tool_choice` and `parallel_tool_calls`; None when no tools are offered to
     the model (none given, or `tool_choice: "none"`)."""
     functions = tuple(tool.function for tool in request.tools or ())
@@ -212,6 +224,19 @@ def tools_instruction(plan: ToolPlan) -> str:
         lines.append("If no tool is needed, reply in plain text instead.")
     lines.append('Tool results come back in a message that starts with "Tool result".')
     return "\n".join(lines)
+
+
+def with_tools_instruction(
+    messages: list[ChatMessage], plan: ToolPlan | None
+) -> tuple[ChatMessage, ...]:
+    """The offered tools as a system message after the client's own leading system messages
+    (Ollama's and Anthropic's converters; chat's also counts `developer` messages)."""
+    if plan is not None:
+        leading = 0
+        while leading < len(messages) and messages[leading].role == "system":
+            leading += 1
+        messages.insert(leading, ChatMessage("system", tools_instruction(plan)))
+    return tuple(messages)
 
 
 def _arguments_value(arguments: str) -> Any:

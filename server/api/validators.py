@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from server.api.errors import APIError
+from server.api.error_shape import APIError
 from server.api.protocol import StreamOptions
-from server.engine.types import SamplingParams
+from server.engine.contract import SamplingParams
 
 
 def invalid(param: str, message: str, code: str = "invalid_value") -> APIError:

@@ -21,7 +21,7 @@ from typing import NoReturn
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from server.engine.types import ChatMessage, RequestRejected
+from server.engine.contract import ChatMessage, Refused, RequestRejected
 
 BOS_TOKEN = "<bos>"
 END_OF_TURN = "<end_of_turn>"
@@ -83,7 +83,7 @@ def normalize(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
 
 
 def _raise_exception(message: str) -> NoReturn:
-    raise RequestRejected(message, code="invalid_conversation", param="messages")
+    raise RequestRejected(message, Refused.CONVERSATION)
 
 
 class ChatTemplate:
@@ -157,6 +157,5 @@ class ChatTemplate:
         except TemplateError as exc:
             raise RequestRejected(
                 f"the chat template could not render these messages: {exc}",
-                code="invalid_conversation",
-                param="messages",
+                Refused.CONVERSATION,
             ) from exc

@@ -4,6 +4,7 @@ rewrites the converter needs. Pure: no llama_cpp here, so the API layer may impo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # Keywords llama-cpp-python's schema converter ignores: output could break them, so a schema that
@@ -89,3 +90,35 @@ def without_any_items(schema: Any) -> Any:
         else:
             kept[key] = without_any_items(value)
     return kept
+
+
+# What a schema may cost to compile and enforce: bounded so one request cannot make the grammar
+# (built per sequence, checked at every sampling step) arbitrarily large.
+MAX_SCHEMA_CHARS = 256 << 10  # the schema as compact JSON
+MAX_ENUM_VALUES = 10_000  # values of one enum
+
+
+def schema_over_limits(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is too large to be enforced (naming the limit and where), or None."""
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > MAX_SCHEMA_CHARS:
+        return (
+            f"The JSON schema is {size:,} characters long; at most {MAX_SCHEMA_CHARS:,} are "
+            "accepted."
+        )
+    return _enum_over_limit(schema, "#")
+
+
+def _enum_over_limit(schema: object, path: str) -> str | None:
+    if not isinstance(schema, dict):
+        return None
+    enum = schema.get("enum")
+    if isinstance(enum, list) and len(enum) > MAX_ENUM_VALUES:
+        return (
+            f"The enum at {path} has {len(enum):,} values; at most {MAX_ENUM_VALUES:,} are "
+            "accepted."
+        )
+    for child_path, child in subschemas(schema):
+        if found := _enum_over_limit(child, f"{path}/{child_path}"):
+            return found
+    return None

@@ -3,35 +3,36 @@
 `prepare()` runs on the asyncio side: it renders and tokenises the prompt (tokenising reads only
 the vocabulary), checks it fits one sequence's context, compiles a grammar, and takes a place in
 the engine's bounded capacity (`parallel` running + `queue_size` waiting), answering `EngineBusy`
-when there is none, before any stream starts. Iterating the job's `events()` submits it to the
-engine thread (`scheduler.Scheduler`), the only code that touches the llama.cpp context.
+when there is none, before any stream starts. Iterating the generation's `events()` submits it
+to the engine thread (`scheduler.Scheduler`), the only code that touches the llama.cpp context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
 
+from server.engine import image_marker
 from server.engine.chat_template import START_OF_TURN, ChatTemplate, Segment, TemplateRejected
-from server.engine.grammar import compile_json_format
-from server.engine.job import Job, Reservation
-from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
-from server.engine.scheduler import Scheduler
-from server.engine.types import (
+from server.engine.contract import (
     EngineBusy,
     EngineInfo,
     EngineStats,
     EngineUnavailable,
     GenerationRequest,
     ImageInput,
+    Refused,
     RequestRejected,
 )
+from server.engine.generation import LlamaGeneration, Reservation
+from server.engine.grammar import compile_json_format
+from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
+from server.engine.scheduler import Scheduler
 from server.engine.vision import Projector, ProjectorError, PromptImage, image_token_id
 
 __all__ = ["EngineLoadError", "LlamaEngine"]
@@ -41,8 +42,6 @@ log = logging.getLogger("gemma_serve.engine")
 BOS = "<bos>"
 # How long close() waits for the step in flight (a long prefill chunk cannot be interrupted).
 CLOSE_TIMEOUT = 30.0
-# Where types.image_marker(i) put the request's i-th image in a message's text.
-_IMAGE_MARKER = re.compile("\ue002(\\d+)\ue003")
 
 
 class LlamaEngine:
@@ -51,8 +50,8 @@ class LlamaEngine:
     With `parallel_trials` (a CPU plan's), `parallel` is the floor and the count is measured as
     the model loads (server/engine/calibration.py). A set `cancel` stops the load
     (LoadCancelled): the server is shutting down.
-    `cache_ram`: MiB of host memory for sequence states saved when their slot is taken for
-    another prompt (`prompt_cache.PromptCache`); 0 keeps only what the slots hold."""
+    `cache_ram`: MiB of host memory for sequence states saved when their sequence is taken for
+    another prompt (`prompt_cache.PromptCache`); 0 keeps only what the sequences hold."""
 
     def __init__(
         self,
@@ -129,35 +128,35 @@ class LlamaEngine:
 
     # --- the asyncio side -------------------------------------------------------------------
 
-    async def prepare(self, request: GenerationRequest) -> Job:
+    async def prepare(self, request: GenerationRequest) -> LlamaGeneration:
         """Tokenise, check the prompt fits, compile the grammar and take a place; nothing is
-        generated until the job's `events()` is iterated."""
+        generated until the generation's `events()` is iterated."""
         images: tuple[PromptImage, ...] = ()
         if request.images and self._projector is None:
             raise RequestRejected(
                 f"The model {self.info.model_id} does not take images (it is served without a "
                 "vision projector); send text only.",
-                code="image_input_not_supported",
-                param=request.images[0].param,
+                Refused.NO_IMAGE_INPUT,
+                index=0,
             )
         if request.prompt is not None:
             tokens = await asyncio.to_thread(self._tokenize_prompt, request.prompt)
-            param = "prompt"
+            what = "prompt"
         else:
             segments = self._template.render_segments(request.messages)
             tokens, images = await asyncio.to_thread(
                 self._tokenize_segments, segments, request.images
             )
-            param = "messages"
+            what = "messages"
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._model.vocab))
-        for token, _ in request.sampling.logit_bias:
+        for entry, (token, _) in enumerate(request.sampling.logit_bias):
             # NOTE: llama.cpp's logit-bias sampler indexes the logits with these ids unchecked.
             if not 0 <= token < n_vocab:
                 raise RequestRejected(
                     f"logit_bias names token {token}, but this model's vocabulary has "
                     f"{n_vocab} tokens (ids 0 to {n_vocab - 1}).",
-                    code="invalid_value",
-                    param="logit_bias",
+                    Refused.LOGIT_BIAS,
+                    index=entry,
                 )
         grammar = None
         if request.json_format is not None:
@@ -170,12 +169,11 @@ class LlamaEngine:
         if len(tokens) + max(completion, 1) > n_ctx:
             raise RequestRejected(
                 f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                f"{len(tokens) + completion} tokens ({len(tokens)} in the {param}, {completion} "
-                f"in the completion). Please reduce the length of the {param} or completion.",
-                code="context_length_exceeded",
-                param=param,
+                f"{len(tokens) + completion} tokens ({len(tokens)} in the {what}, {completion} "
+                f"in the completion). Please reduce the length of the {what} or completion.",
+                Refused.CONTEXT_LENGTH,
             )
-        return Job(
+        return LlamaGeneration(
             request,
             tokens,
             grammar=grammar,
@@ -199,8 +197,8 @@ class LlamaEngine:
         return self._scheduler.prompt_cache.stats().reused_tokens
 
     def close(self) -> None:
-        """End every running and queued job, then free the model once the engine thread is out
-        of llama.cpp."""
+        """End every running and queued generation, then free the model once the engine thread is
+        out of llama.cpp."""
         with self._lock:
             # NOTE: two threads may close at once (the drain, then the lifespan): one frees.
             if self._closed:
@@ -246,18 +244,17 @@ class LlamaEngine:
         tokens: list[int] = []
         placed: list[PromptImage] = []
         for segment in segments:
-            pieces = [segment.text] if segment.trusted else _IMAGE_MARKER.split(segment.text)
-            for index, piece in enumerate(pieces):
-                if index % 2 == 0:
-                    if piece:
-                        tokens += self._model.tokenize(
-                            piece.encode(), add_bos=False, special=segment.trusted
-                        )
+            pieces = [segment.text] if segment.trusted else image_marker.split(segment.text)
+            for piece in pieces:
+                if isinstance(piece, str):
+                    tokens += self._model.tokenize(
+                        piece.encode(), add_bos=False, special=segment.trusted
+                    )
                     continue
-                image = images[int(piece)] if int(piece) < len(images) else None
+                image = images[piece] if piece < len(images) else None
                 if image is None or self._projector is None:
                     continue
-                before, chunk, after = self._projector.tokenize(image)
+                before, chunk, after = self._projector.tokenize(image, piece)
                 tokens += before
                 placed.append(PromptImage(len(tokens), chunk))
                 tokens += [image_token_id(image.digest)] * chunk.n_pos

@@ -21,7 +21,7 @@ from llama_cpp import _internals, _logger
 
 # One llama_decode takes at most N_BATCH tokens, and n_batch = n_ubatch = N_BATCH: the planner's
 # compute buffer is sized by the same constant (server/memory.py).
-from server.download import Cancelled
+from server.cancellation import Cancelled
 from server.engine.calibration import TRIAL_CTX, measure_parallel
 from server.memory import N_BATCH
 

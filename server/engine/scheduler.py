@@ -1,10 +1,11 @@
-"""The engine thread: continuous batching over the slots of one llama.cpp context.
+"""The engine thread: continuous batching over the sequences of one llama.cpp context.
 
 Each step builds one `llama_batch` with the next token of every decoding sequence (its own
 `seq_id`) plus a chunk of prompt tokens from sequences still prefilling, calls `llama_decode`
 once, and samples every sequence whose logits it asked for with that sequence's own sampler chain.
-New jobs take free slots between steps; a long prompt is prefilled PREFILL_CHUNK tokens per step
-while others decode, so running streams keep flowing. Only this thread calls into the context.
+New generations take free sequences between steps (`admission.admit`); a long prompt is prefilled
+PREFILL_CHUNK tokens per step while others decode, so running streams keep flowing. Only this
+thread calls into the context.
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ from typing import Any
 
 import llama_cpp
 
-from server.engine.job import DONE, Job
+from server.engine.admission import admit
+from server.engine.contract import EngineUnavailable, TokenLogprob, TopLogprob
+from server.engine.generation import DONE, LlamaGeneration
+from server.engine.image_step import ImageSteps
 from server.engine.loading import N_BATCH, LoadedModel
 from server.engine.prompt_cache import PromptCache
 from server.engine.sampling import SamplerChain, logprobs_of
-from server.engine.sequence import Slot
-from server.engine.types import EngineUnavailable, TokenLogprob, TopLogprob
-from server.engine.vision import ImageSteps, Projector
+from server.engine.sequence import Cells, Sequence, State
+from server.engine.vision import Projector
 
 log = logging.getLogger("gemma_serve.engine")
 
 # Prompt tokens prefilled per step while other sequences decode: a step then costs about as much
 # as a few decode steps, so streams slow down but never stall behind a long prompt.
 PREFILL_CHUNK = 256
+_PREFILL = (State.PREFILLING, State.AWAITING_IMAGE)
 
 
 class Scheduler:
@@ -46,42 +50,38 @@ class Scheduler:
         cache_bytes: int = 0,
     ) -> None:
         self._ctx: Any = loaded.context.ctx
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._images = (
-            ImageSteps(projector, self._ctx, self._memory, N_BATCH) if projector else None
-        )
+        self._images = ImageSteps(projector, self._ctx, N_BATCH) if projector else None
         self._vocab: Any = loaded.model.vocab
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._n_swa = int(llama_cpp.llama_model_n_swa(loaded.model.model))
         self._start_of_turn = start_of_turn
         self._timeout = request_timeout
-        self._slots = [Slot(seq_id) for seq_id in range(parallel)]
-        self._queue: deque[Job] = deque()
+        cells = Cells(self._ctx)
+        self._sequences = [Sequence(seq_id, cells) for seq_id in range(parallel)]
+        self._queue: deque[LlamaGeneration] = deque()
         self._wake = threading.Condition()
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
-        self.prompt_cache = PromptCache(
-            self._ctx, self._memory, budget=cache_bytes, n_swa=self._n_swa
-        )
+        self.prompt_cache = PromptCache(budget=cache_bytes, n_swa=self._n_swa)
         self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
         self._thread.start()
 
     # --- any thread -------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
+    def submit(self, generation: LlamaGeneration) -> None:
         with self._wake:
             if self._closing:
                 raise EngineUnavailable("the server is shutting down")
-            self._queue.append(job)
+            self._queue.append(generation)
             self._wake.notify()
 
     @property
     def active(self) -> int:
-        """Busy slots (read from any thread; slots change only on the engine thread)."""
-        return sum(slot.busy for slot in self._slots)
+        """Busy sequences (read from any thread; they change only on the engine thread)."""
+        return sum(sequence.busy for sequence in self._sequences)
 
     def close(self, timeout: float) -> bool:
-        """Stop after the current step, ending every job; True once the thread has ended."""
+        """Stop after the current step, ending every generation; True once the thread has ended."""
         with self._wake:
             self._closing = True
             self._wake.notify()
@@ -99,59 +99,59 @@ class Scheduler:
                         self._wake.wait()
                     if self._closing:
                         return
-                    free = sum(not slot.busy for slot in self._slots)
+                    free = sum(not sequence.busy for sequence in self._sequences)
                     arrivals = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
-                for job in arrivals:
-                    self._admit(job)
+                for generation in arrivals:
+                    self._admit(generation)
                 self._drop_cancelled()
                 if self.active:
                     self._step(batch)
-        except Exception as exc:  # a bug or a broken model: end every job rather than hang
+        except Exception as exc:  # a bug or a broken model: end every generation rather than hang
             log.exception("the engine thread failed")
             self._end_all(exc)
         finally:
             self._end_all(EngineUnavailable("the server is shutting down"))
             llama_cpp.llama_batch_free(batch)
 
-    def _admit(self, job: Job) -> None:
-        if job.cancelled.is_set():
-            job.push(DONE)
-            job.reservation.release()
+    def _admit(self, generation: LlamaGeneration) -> None:
+        if generation.cancelled.is_set():
+            generation.push(DONE)
+            generation.reservation.release()
             return
-        free = [slot for slot in self._slots if not slot.busy]
-        slot, reused = self.prompt_cache.admit(free, job.tokens, job.images)
+        free = [sequence for sequence in self._sequences if not sequence.busy]
+        sequence = admit(free, generation, self.prompt_cache, self._n_swa)
         try:
-            seed = job.request.sampling.seed
+            seed = generation.request.sampling.seed
             sampler = SamplerChain(
-                self._vocab, job.request.sampling, grammar=job.grammar, seed=seed
+                self._vocab, generation.request.sampling, grammar=generation.grammar, seed=seed
             )
         except Exception as exc:
-            job.push(exc)
-            job.push(DONE)
-            job.reservation.release()
+            generation.push(exc)
+            generation.push(DONE)
+            generation.reservation.release()
             return
-        slot.start(job, sampler, reused, self._timeout)
+        sequence.start(generation, sampler, self._timeout)
         log.debug(
             "sequence %d: %d prompt tokens, %d from the prefix cache",
-            slot.seq_id,
-            len(job.tokens),
-            reused,
+            sequence.seq_id,
+            len(generation.tokens),
+            sequence.reused,
         )
 
     def _drop_cancelled(self) -> None:
         # NOTE: a consumer that went away sets `cancelled` from the event loop thread; checking it
-        # here, before every step, frees its slot within one step.
-        for slot in self._slots:
-            if slot.job is not None and slot.job.cancelled.is_set():
-                slot.cancel()
-            elif slot.expired():
-                slot.expire()
+        # here, before every step, frees its sequence within one step.
+        for sequence in self._sequences:
+            if sequence.generation is not None and sequence.generation.cancelled.is_set():
+                sequence.cancel()
+            elif sequence.expired():
+                sequence.expire()
 
     def _step(self, batch: Any) -> None:
-        if self._images is not None and (image_slot := self._images.due(self._slots)):
-            self._images.run(image_slot)
+        if self._images is not None and (image_sequence := self._images.due(self._sequences)):
+            self._images.run(image_sequence)
             return
-        rows: list[tuple[Slot, int]] = []
+        rows: list[tuple[Sequence, int]] = []
         n = 0
 
         def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
@@ -163,27 +163,30 @@ class Scheduler:
             batch.logits[n] = logits
             n += 1
 
-        decoding = [slot for slot in self._slots if slot.next_token is not None]
-        for slot in decoding:
-            pos = len(slot.cached)
-            put(slot.decode_token(), pos, slot.seq_id, True)
-            rows.append((slot, n - 1))
+        decoding = [sequence for sequence in self._sequences if sequence.state is State.DECODING]
+        for sequence in decoding:
+            pos = len(sequence.cached)
+            put(sequence.decode_token(), pos, sequence.seq_id, True)
+            rows.append((sequence, n - 1))
         budget = N_BATCH - n if not decoding else min(PREFILL_CHUNK, N_BATCH - n)
+        # Waiting for an image step counts as prefilling: a failed decode ends those too.
         prefilling = sorted(
-            (slot for slot in self._slots if slot.prefilling),
-            key=lambda slot: slot.job.submitted_at if slot.job else 0.0,
+            (sequence for sequence in self._sequences if sequence.state in _PREFILL),
+            key=lambda sequence: sequence.generation.submitted_at if sequence.generation else 0.0,
         )
-        for slot in prefilling:
+        for sequence in prefilling:
             if budget <= 0:
                 break
-            start = len(slot.cached)
-            chunk = slot.prefill_chunk(budget)
+            if not sequence.prefilling:
+                continue
+            start = len(sequence.cached)
+            chunk = sequence.prefill_chunk(budget)
             budget -= len(chunk)
             for offset, token in enumerate(chunk):
-                put(token, start + offset, slot.seq_id, False)
-            if chunk and slot.prefilled:  # the prompt's last token: its logits start the answer
+                put(token, start + offset, sequence.seq_id, False)
+            if chunk and sequence.prefilled:  # the prompt's last token: its logits start the answer
                 batch.logits[n - 1] = True
-                rows.append((slot, n - 1))
+                rows.append((sequence, n - 1))
         batch.n_tokens = n
         if n == 0:  # every prompt handed its last token to the next step
             return
@@ -191,14 +194,14 @@ class Scheduler:
         if status != 0:
             self._fail_batch(rows, decoding, prefilling, status)
             return
-        for slot, row in rows:
-            self._sample(slot, row)
+        for sequence, row in rows:
+            self._sample(sequence, row)
 
-    def _sample(self, slot: Slot, row: int) -> None:
-        job, sampler = slot.job, slot.sampler
-        assert job is not None and sampler is not None
-        if job.cancelled.is_set():
-            slot.cancel()
+    def _sample(self, sequence: Sequence, row: int) -> None:
+        generation, sampler = sequence.generation, sequence.sampler
+        assert generation is not None and sampler is not None
+        if generation.cancelled.is_set():
+            sequence.cancel()
             return
         token = sampler.sample(self._ctx, row)
         end_of_turn = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token)) or (
@@ -206,9 +209,9 @@ class Scheduler:
         )
         piece = b"" if end_of_turn else self._piece(token)
         logprob = None
-        if job.request.logprobs is not None and not end_of_turn:
-            logprob = self._logprob(row, token, piece, job.request.logprobs)
-        slot.accept(token, piece, end_of_turn, logprob)
+        if generation.request.logprobs is not None and not end_of_turn:
+            logprob = self._logprob(row, token, piece, generation.request.logprobs)
+        sequence.accept(token, piece, end_of_turn, logprob)
 
     def _logprob(self, row: int, token: int, piece: bytes, top: int) -> TokenLogprob:
         logits = llama_cpp.llama_get_logits_ith(self._ctx, row)
@@ -225,30 +228,27 @@ class Scheduler:
 
     def _fail_batch(
         self,
-        rows: list[tuple[Slot, int]],
-        decoding: list[Slot],
-        prefilling: list[Slot],
+        rows: list[tuple[Sequence, int]],
+        decoding: list[Sequence],
+        prefilling: list[Sequence],
         status: int,
     ) -> None:
         """llama_decode refused the batch: end the sequences in it and forget their KV."""
         log.error("llama_decode failed with status %d", status)
-        for slot in {*decoding, *prefilling, *(slot for slot, _ in rows)}:
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            slot.cached = []
-            if slot.job is not None:
-                slot.fail(RuntimeError(f"llama.cpp could not decode (status {status})"))
+        for sequence in {*decoding, *prefilling, *(sequence for sequence, _ in rows)}:
+            sequence.abort(RuntimeError(f"llama.cpp could not decode (status {status})"))
 
     def _end_all(self, error: BaseException) -> None:
-        for slot in self._slots:
-            if slot.job is not None:
-                slot.fail(error)
+        for sequence in self._sequences:
+            if sequence.generation is not None:
+                sequence.fail(error)
         with self._wake:
             self._closing = True
             waiting, self._queue = list(self._queue), deque()
-        for job in waiting:
-            job.push(error)
-            job.push(DONE)
-            job.reservation.release()
+        for generation in waiting:
+            generation.push(error)
+            generation.push(DONE)
+            generation.reservation.release()
 
     def _piece(self, token: int) -> bytes:
         """The token's bytes. (llama-cpp-python's detokenize asserts on pieces over 32 bytes.)"""

@@ -1,4 +1,4 @@
-"""Images through libmtmd: the projector, a picture's place in the prompt, and the image step.
+"""Images through libmtmd: the projector and a picture's place in the prompt.
 
 A projector (mmproj GGUF) turns a picture into embeddings the text model reads in place of
 tokens: for Gemma 3, 256 positions between `<start_of_image>` and `<end_of_image>` (mtmd adds
@@ -9,33 +9,26 @@ In the prompt's token list an image's positions hold a negative stand-in id deri
 image's content hash, so the prefix cache (plain token comparison) reuses an image's KV only when
 the same picture sits at the same place; `safe_reuse` never lets a reused prefix end inside one.
 
-The image step: llama.cpp refuses a batch mixing token rows and embedding rows, and Gemma 3 reads
-an image with causal attention off, so an image is decoded in a step of its own holding only its
-sequence. `ImageSteps.due` allows at most one image step between two text steps while other
-sequences have work, so their streams keep flowing beside a picture.
+The scheduler decodes an image in a step of its own (engine/image_step.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp
 from llama_cpp import _logger
 from llama_cpp import mtmd_cpp as mtmd
 
-from server.engine.prefix import MIN_REUSE
-from server.engine.types import ImageInput, RequestRejected
+from server.engine.contract import ImageInput, Refused, RequestRejected
+from server.engine.placement import MIN_REUSE
 from server.gguf import GGUFError, read_header
-
-if TYPE_CHECKING:
-    from server.engine.sequence import Slot
 
 log = logging.getLogger("gemma_serve.engine")
 
@@ -134,8 +127,9 @@ class Projector:
             raise ProjectorError(f"{path} is not a vision projector; check --mmproj")
         self._max_tokens = max_tokens
 
-    def tokenize(self, image: ImageInput) -> tuple[list[int], ImageChunk, list[int]]:
-        """The tokens before the image (`<start_of_image>`), the image, the tokens after."""
+    def tokenize(self, image: ImageInput, index: int) -> tuple[list[int], ImageChunk, list[int]]:
+        """The tokens before the image (`<start_of_image>`), the image, the tokens after;
+        `index`: the request's image number, named in a refusal."""
         data = ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8))
         bitmap = mtmd.mtmd_bitmap_init(image.width, image.height, data)
         chunks = mtmd.mtmd_input_chunks_init()
@@ -146,14 +140,14 @@ class Projector:
             if status != 0:
                 raise RequestRejected(
                     f"The image could not be prepared for the model (mtmd status {status}).",
-                    code="invalid_image",
-                    param=image.param,
+                    Refused.IMAGE,
+                    index=index,
                 )
             before: list[int] = []
             after: list[int] = []
             chunk: ImageChunk | None = None
-            for index in range(mtmd.mtmd_input_chunks_size(chunks)):
-                item = mtmd.mtmd_input_chunks_get(chunks, index)
+            for position in range(mtmd.mtmd_input_chunks_size(chunks)):
+                item = mtmd.mtmd_input_chunks_get(chunks, position)
                 if mtmd.mtmd_input_chunk_get_type(item) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     count = ctypes.c_size_t()
                     ids = mtmd.mtmd_input_chunk_get_tokens_text(item, ctypes.byref(count))
@@ -167,8 +161,8 @@ class Projector:
             # NOTE: llama.cpp aborts the process on a non-causal batch larger than n_ubatch.
             raise RequestRejected(
                 "This model's projector makes an image layout gemma-serve cannot decode.",
-                code="invalid_image",
-                param=image.param,
+                Refused.IMAGE,
+                index=index,
             )
         return before, chunk, after
 
@@ -198,65 +192,3 @@ class Projector:
         if self._ctx:
             mtmd.mtmd_free(self._ctx)
             self._ctx = None
-
-
-class ImageSteps:
-    """The scheduler's image steps: which sequence's picture goes next, and running it."""
-
-    def __init__(self, projector: Projector, lctx: Any, memory: Any, n_batch: int) -> None:
-        self._projector = projector
-        self._lctx = lctx
-        self._memory = memory
-        self._n_batch = n_batch
-        self._last_was_image = False
-
-    def due(self, slots: list[Slot]) -> Slot | None:
-        """The slot whose image to decode now, or None for a text step."""
-        waiting = [slot for slot in slots if slot.pending_image() is not None]
-        if not waiting:
-            self._last_was_image = False
-            return None
-        others = any(
-            slot.next_token is not None or (slot.prefilling and slot.pending_image() is None)
-            for slot in slots
-        )
-        if self._last_was_image and others:
-            self._last_was_image = False
-            return None
-        self._last_was_image = True
-        return min(waiting, key=lambda slot: slot.job.submitted_at if slot.job else 0.0)
-
-    def run(self, slot: Slot) -> None:
-        """Encode and decode the slot's next image. The consumer leaving or the time limit
-        passing while the picture is encoded ends the job before its decode."""
-        image = slot.pending_image()
-        assert image is not None and slot.job is not None
-        started = time.perf_counter()
-        status = self._projector.encode(image.chunk)
-        if status != 0:
-            self._fail(slot, f"the projector could not encode the image (status {status})")
-            return
-        if slot.job.cancelled.is_set():
-            slot.cancel()
-            return
-        if slot.expired():
-            slot.expire()
-            return
-        pos = len(slot.cached)
-        status = self._projector.decode(self._lctx, image.chunk, pos, slot.seq_id, self._n_batch)
-        if status != 0:
-            self._fail(slot, f"llama.cpp could not decode the image (status {status})")
-            return
-        slot.image_decoded(image)
-        log.debug(
-            "sequence %d: image of %d positions in %.0f ms",
-            slot.seq_id,
-            image.chunk.n_pos,
-            (time.perf_counter() - started) * 1000,
-        )
-
-    def _fail(self, slot: Slot, message: str) -> None:
-        log.error("sequence %d: %s", slot.seq_id, message)
-        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-        slot.cached = []
-        slot.fail(RuntimeError(message))

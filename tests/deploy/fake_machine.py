@@ -27,6 +27,10 @@ NO_DRIVER = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
     "Make sure that the latest NVIDIA driver is installed and running."
 )
+# llama.cpp's x86 baseline for GGML_NATIVE=OFF, as /proc/cpuinfo names the flags.
+BASELINE = "sse4_2 avx avx2 fma f16c bmi2"
+# nvidia-smi after a driver upgrade without a reboot (the old kernel module still loaded).
+MISMATCH = "Failed to initialize NVML: Driver/library version mismatch"
 # What `nvcc --list-gpu-code` prints for CUDA 12.8 and 13.0 (13.0 dropped sm_50 to sm_72).
 SM_12_8 = (
     "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 sm_90 sm_100 "
@@ -72,8 +76,9 @@ fi
 """,
         )
 
-    def no_driver(self) -> None:
-        executable(self.bin / "nvidia-smi", f'echo "{NO_DRIVER}"\nexit 9\n')
+    def no_driver(self, message: str = NO_DRIVER) -> None:
+        """nvidia-smi installed and failing, with `message` (default: no driver loaded)."""
+        executable(self.bin / "nvidia-smi", f'echo "{message}"\nexit 9\n')
 
     def nvcc(self, release: str = "12.8", codes: str = SM_12_8, on_path: bool = True) -> Path:
         where = self.bin if on_path else self.cuda_home / "bin"
@@ -87,12 +92,36 @@ esac
 """,
         )
 
+    def cpu(
+        self, cores: int, memory_gib: int, flags: str = "sse4_2 avx avx2 fma f16c bmi2"
+    ) -> None:
+        """`nproc`, the physical memory `getconf` reports, and /proc/cpuinfo's flags
+        (GEMMA_SERVE_CPUINFO, see env())."""
+        executable(self.bin / "nproc", f"echo {cores}\n")
+        pages = memory_gib * (1 << 30) // 4096
+        executable(
+            self.bin / "getconf",
+            f"""case "$1" in
+_PHYS_PAGES) echo {pages} ;;
+PAGE_SIZE) echo 4096 ;;
+*) exec /usr/bin/getconf "$@" ;;
+esac
+""",
+        )
+        self.cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu {flags}\n")
+
+    @property
+    def cpuinfo(self) -> Path:
+        return self.root / "cpuinfo"
+
     def env(self, **extra: str) -> dict[str, str]:
         # /usr/bin:/bin for the shell tools; not /usr/local/bin (this machine has an nvcc there).
         return {
             "PATH": f"{self.bin}:/usr/bin:/bin",
             "CUDA_HOME": str(self.cuda_home),
             "HOME": str(self.root / "home"),
+            **({"GEMMA_SERVE_CPUINFO": str(self.cpuinfo)} if self.cpuinfo.exists() else {}),
+            "GEMMA_SERVE_BUILD_PROGRESS": "0",
             **extra,
         }
 
@@ -129,8 +158,13 @@ shift 2  # -m pip
 case "$1" in
 wheel)
     while [ "$1" != -w ]; do shift; done
+    # What a verbose build prints: ninja's steps among other lines.
+    for step in 1 2 3 4; do
+        echo "  [$step/4] Building C object ggml-$step.c.o"; echo "  cmake: note"; sleep 0.3
+    done
     touch "$2/llama_cpp_python-0.3.36-cp312-cp312-linux_x86_64.whl"
-    echo "wheel CMAKE_ARGS=$CMAKE_ARGS CUDACXX=${{CUDACXX:-}}" >>"$log" ;;
+    echo "wheel CMAKE_ARGS=$CMAKE_ARGS CUDACXX=${{CUDACXX:-}}" >>"$log"
+    echo "jobs $CMAKE_BUILD_PARALLEL_LEVEL PATH=$PATH" >>"$log" ;;
 *) echo "$*" >>"$log" ;;
 esac
 """,

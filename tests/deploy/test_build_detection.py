@@ -1,11 +1,12 @@
 """scripts/detect-build.sh, run on a fake machine (tests/deploy/fake_machine.py): no
-`nvidia-smi`, one without a driver, GPUs with and without a toolkit, toolkits too old or too new
-for the card or the driver, explicit choices and given CMAKE_ARGS. Each case asserts the flags
-chosen and the one-line reason. Nothing is compiled.
+`nvidia-smi`, one failing (driver not loaded, or upgraded without a reboot), GPUs with and
+without a toolkit, toolkits too old or too new for the card or the driver, explicit choices and
+given CMAKE_ARGS. Each case asserts the flags chosen and the one-line reason. Nothing is compiled.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from .fake_machine import (
     CPU_FLAGS,
     DETECT,
+    INSTALL,
+    MISMATCH,
     NO_DRIVER,
     SM_12_8,
     SM_13_0,
@@ -21,6 +24,7 @@ from .fake_machine import (
     cuda_flags,
     detect,
     executable,
+    fake_venv,
 )
 
 
@@ -32,12 +36,45 @@ def test_no_nvidia_smi_builds_for_the_cpu_even_with_a_toolkit(machine: Machine) 
     assert found.message == "llama.cpp build: CPU: no NVIDIA GPU found (no nvidia-smi on PATH)"
 
 
-def test_nvidia_smi_without_a_driver_builds_for_the_cpu(machine: Machine) -> None:
-    machine.no_driver()
+@pytest.mark.parametrize(
+    ("smi_error", "fix"),
+    [
+        (MISMATCH, "the NVIDIA driver was upgraded but the old one is still loaded: reboot"),
+        (NO_DRIVER, "the NVIDIA driver is not loaded"),
+    ],
+    ids=["driver-library-mismatch", "driver-not-loaded"],
+)
+def test_a_failing_nvidia_smi_stops_and_keeps_the_installed_build(
+    machine: Machine, smi_error: str, fix: str
+) -> None:
+    """A driver upgraded without a reboot: nvidia-smi is there and fails. Nothing is built (the
+    working CUDA build stays), the line says why and what fixes it; GPU=cpu still builds."""
+    machine.no_driver(smi_error)
     machine.nvcc()
     found = detect(machine)
-    assert found.choice["build"] == "cpu"
-    assert found.message == f"llama.cpp build: CPU: nvidia-smi found no usable GPU ({NO_DRIVER})"
+    assert found.code == 3 and found.choice == {}
+    assert found.message.startswith(
+        f"llama.cpp build: stopped, nothing built: nvidia-smi fails ({smi_error}): {fix}"
+    )
+    assert "the installed build is kept" in found.message
+    assert "GEMMA_SERVE_BUILD=cpu (make serve GPU=cpu)" in found.message
+    assert len(found.message.splitlines()) == 1
+    assert detect(machine, GEMMA_SERVE_BUILD="cpu").choice["build"] == "cpu"
+
+    # install-llama.sh stops too, and the venv keeps what it had.
+    python, log = fake_venv(machine)
+    record = python.parent.parent / ".llama-build"
+    record.write_text("a CUDA build\n")
+    result = subprocess.run(
+        [str(INSTALL), str(python), "0.3.36"],
+        env=machine.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert record.read_text() == "a CUDA build\n" and not log.exists()
 
 
 def test_driver_too_old_to_report_compute_capability(machine: Machine) -> None:
@@ -67,8 +104,9 @@ def test_gpu_without_toolkit_says_what_to_install(machine: Machine) -> None:
     assert found.message == (
         "llama.cpp build: CPU: found NVIDIA GeForce RTX 3090 (compute 8.6) but no CUDA toolkit "
         f"(no nvcc on PATH nor in {machine.cuda_home}/bin); for the GPU install the CUDA toolkit "
-        "(NVIDIA's apt package cuda-toolkit-12-4, matching the driver's CUDA 12.4: "
-        "https://developer.nvidia.com/cuda-downloads) and run this again"
+        "(NVIDIA's apt package cuda-toolkit-12-8: a CUDA 12 build runs on this driver's CUDA "
+        "12.4; add NVIDIA's apt repository first: https://developer.nvidia.com/cuda-downloads) "
+        "and run this again"
     )
     assert len(found.message.splitlines()) == 1
 
@@ -98,9 +136,34 @@ def test_pascal_card_without_toolkit_is_sent_to_cuda_12(machine: Machine) -> Non
     machine.gpus(("NVIDIA GeForce GTX 1080 Ti", "6.1"), driver_cuda="13.0")
     found = detect(machine)
     assert found.choice["build"] == "cpu"
-    assert "(NVIDIA's apt package cuda-toolkit-12-9: CUDA 13 cannot compile for sm_61: " in (
+    assert "(NVIDIA's apt package cuda-toolkit-12-9: CUDA 13 cannot compile for sm_61; " in (
         found.message
     )
+
+
+# What NVIDIA's apt repositories carry (Ubuntu 24.04's starts at 12.5; CUDA 12.7 was never
+# released, though 565 drivers report "CUDA Version: 12.7"): see docs/planning.md.
+KNOWN_TOOLKITS = {"12-5", "12-6", "12-8", "12-9", "13-0"}
+
+
+@pytest.mark.parametrize(
+    ("driver_cuda", "capability", "package"),
+    [
+        ("12.2", "8.6", "12-8"),
+        ("12.4", "8.6", "12-8"),  # a 550 driver: no 12-4 in Ubuntu 24.04's repository
+        ("12.7", "8.9", "12-8"),  # a 565 driver: there is no cuda-toolkit-12-7
+        ("12.8", "12.0", "12-8"),
+        ("13.0", "8.6", "13-0"),
+        ("13.1", "6.1", "12-9"),
+    ],
+)
+def test_the_toolkit_named_is_one_nvidias_repository_has(
+    machine: Machine, driver_cuda: str, capability: str, package: str
+) -> None:
+    machine.gpus(("NVIDIA GPU", capability), driver_cuda=driver_cuda)
+    found = detect(machine)
+    named = re.findall(r"cuda-toolkit-(\d+-\d+)", found.message)
+    assert named == [package] and package in KNOWN_TOOLKITS, found.message
 
 
 def test_gpu_and_toolkit_build_for_that_gpu_only(machine: Machine) -> None:
@@ -182,7 +245,7 @@ IMPOSSIBLE = {
         "12.4",
         ("13.0", SM_13_0),
         "is newer than this driver runs (CUDA 12.4): upgrade the NVIDIA driver, or install "
-        "cuda-toolkit-12-4",
+        "cuda-toolkit-12-8",
     ),
 }
 

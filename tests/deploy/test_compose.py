@@ -25,7 +25,14 @@ from jsonschema import Draft202012Validator
 from server.api.security import HostPolicy
 from server.settings import Settings
 
-from .files import COMPOSE_FILE, DOCKER_ENV_EXAMPLE, ROOT, dockerignore_includes, stage
+from .files import (
+    COMPOSE_FILE,
+    DOCKER_ENV_EXAMPLE,
+    ROOT,
+    dockerignore_includes,
+    global_args,
+    stage,
+)
 
 
 def compose() -> dict[str, Any]:
@@ -80,11 +87,8 @@ def test_the_schema_catches_mistakes() -> None:
 def test_service_rules(name: str) -> None:
     service = compose()["services"][name]
     target = "cuda" if name == "gemma-serve" else "cpu"
-    assert service["build"] == {
-        "context": "..",
-        "dockerfile": "docker/Dockerfile",
-        "target": target,
-    }
+    build = {key: value for key, value in service["build"].items() if key != "args"}
+    assert build == {"context": "..", "dockerfile": "docker/Dockerfile", "target": target}
     runtime_env = stage(target).env()
 
     # Published on loopback only: Docker's port rules bypass the host firewall.
@@ -100,10 +104,12 @@ def test_service_rules(name: str) -> None:
     assert grace >= 2 * drain_grace_s() + 5, "time to drain streams and free the GPU"
     assert service["stop_signal"] == stage(target).last("STOPSIGNAL")
 
-    # The same health check as the image's, with a start period for the first download.
-    _, image_check = stage(target).healthcheck()
+    # The same health check as the image's: it passes while a download makes progress, so the
+    # start period only covers the interpreter's start.
+    image_options, image_check = stage(target).healthcheck()
     assert service["healthcheck"]["test"] == ["CMD", *image_check]
-    assert seconds(service["healthcheck"]["start_period"]) >= 600
+    assert image_check[-2:] == ["-m", "server.healthcheck"]
+    assert seconds(service["healthcheck"]["start_period"]) == seconds(image_options["start-period"])
 
     assert service["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in service["security_opt"]
@@ -159,3 +165,64 @@ def test_env_example_lets_other_containers_call_by_service_name() -> None:
     assert not HostPolicy(host).allows(header)
     assert HostPolicy(host, allowed).allows(header)
     assert "http://gemma-serve:8000" in COMPOSE_FILE.read_text()
+
+
+# ${NAME:-default}: compose's interpolation, from the shell's environment or docker/.env.
+_INTERPOLATION = re.compile(r"^\$\{(\w+):-([^}]*)\}$")
+
+
+@pytest.mark.parametrize("name", ["gemma-serve", "gemma-serve-cpu"])
+def test_build_arguments_come_from_docker_env_with_the_dockerfiles_defaults(name: str) -> None:
+    """An older driver's build arguments written once in docker/.env are used by every later
+    `docker compose up -d --build` (the documented upgrade); unset, the Dockerfile's own."""
+    service = compose()["services"][name]
+    defaults = global_args()
+    args = service["build"]["args"]
+    for key, value in args.items():
+        match = _INTERPOLATION.match(value)
+        assert match, f"{key}: {value} is not read from docker/.env"
+        assert match.group(1) == key and key in defaults, key
+        assert match.group(2) == defaults[key], f"{key}: compose's default is not the Dockerfile's"
+    wanted = {"UBUNTU_VERSION", "BUILD_JOBS", "CPU_NATIVE"}
+    if name == "gemma-serve":
+        wanted |= {"CUDA_VERSION", "CUDA_ARCHITECTURES"}
+    assert set(args) == wanted
+    # Every variable the older-driver table puts in docker/.env reaches the GPU image's build.
+    if name == "gemma-serve":
+        docs = (ROOT / "docs" / "docker.md").read_text()
+        rows = re.findall(r"^\| [^|]+ \| `([A-Z_]+=[^`]*)` \|$", docs, re.M)
+        assert rows
+        for assignment in " ".join(rows).split():
+            assert assignment.split("=")[0] in args, assignment
+
+
+def test_open_webui_in_another_project_reaches_the_server() -> None:
+    """docker/open-webui.compose.yaml: valid, on gemma-serve's project network, calling the
+    service by a name the env example admits, its own port on loopback only."""
+    front = yaml.safe_load((ROOT / "docker" / "open-webui.compose.yaml").read_text())
+    assert schema_errors(front) == []
+    ours = compose()
+    [network] = front["networks"].values()
+    assert network == {"name": f"{ours['name']}_default", "external": True}
+    service = front["services"]["open-webui"]
+    assert service["networks"] == list(front["networks"])
+    base = service["environment"]["OPENAI_API_BASE_URL"]
+    host = re.match(r"http://([^/]+)/v1$", base)
+    assert host, base
+    name, _, port = host.group(1).partition(":")
+    assert name in ours["services"] and port == stage("cuda").env()["GEMMA_SERVE_PORT"]
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])
+    # The Host it sends is refused by the image's defaults and admitted by the env example's line.
+    [line] = [
+        line
+        for line in DOCKER_ENV_EXAMPLE.read_text().splitlines()
+        if line.startswith("#GEMMA_SERVE_ALLOWED_HOSTS=")
+    ]
+    bind = stage("cuda").env()["GEMMA_SERVE_HOST"]
+    assert not HostPolicy(bind).allows(host.group(1))
+    assert HostPolicy(bind, Settings(allowed_hosts=line.partition("=")[2]).allowed_hosts).allows(
+        host.group(1)
+    )
+    # Its own variables are not gemma-serve's (an unknown GEMMA_SERVE_* stops a start).
+    text = (ROOT / "docker" / "open-webui.compose.yaml").read_text()
+    assert not re.findall(r"\$\{GEMMA_SERVE_", text)

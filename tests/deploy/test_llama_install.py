@@ -1,12 +1,14 @@
 """scripts/install-llama.sh and the Makefile's use of it, on a fake machine
 (tests/deploy/fake_machine.py) whose venv `python` records pip's calls: one build per wheel cache
-key (flags, OS release, glibc, Python ABI, CUDA release), nothing reinstalled while the venv's
-record matches, and `make` redoing the runtime install only when the build changed. Then
-shellcheck on scripts/.
+key (flags, OS release, glibc, Python ABI, CUDA release, the CPU's instruction sets), nothing
+reinstalled while the venv's record matches, and `make` redoing the runtime install only when the
+build changed; nvcc given to CMake for CMAKE_ARGS="-DGGML_CUDA=on" too, compile jobs bounded by
+memory, the compile's progress shown. Then shellcheck on scripts/.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +64,75 @@ def test_install_builds_once_per_key_and_reinstalls_only_on_change(machine: Mach
     log.write_text("")
     install(machine, python, GEMMA_SERVE_BUILD="cpu")
     assert "wheel CMAKE_ARGS" not in log.read_text() and cpu_wheels.name in log.read_text()
+
+
+def test_a_cuda_build_given_by_cmake_args_gets_the_toolkit_off_path(machine: Machine) -> None:
+    """NVIDIA's packages (and sudo) leave nvcc off PATH: CMAKE_ARGS="-DGGML_CUDA=on" must still
+    reach it (else CMake: "No CMAKE_CUDA_COMPILER could be found")."""
+    machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+    nvcc = machine.nvcc(on_path=False)
+    python, log = fake_venv(machine)
+    output = install(machine, python, CMAKE_ARGS="-DGGML_CUDA=on")
+    assert "CMAKE_ARGS given, used as is: -DGGML_CUDA=on" in output
+    wheel, jobs = log.read_text().splitlines()[:2]
+    assert wheel == f"wheel CMAKE_ARGS=-DGGML_CUDA=on CUDACXX={nvcc}"
+    assert f"PATH={nvcc.parent}:" in jobs
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory_gib", "cuda", "jobs"),
+    [
+        (32, 32, True, 7),  # 30 GiB usable at 4 GiB a CUDA job, not 32 jobs
+        (32, 32, False, 30),  # 1 GiB a CPU job
+        (4, 64, True, 4),  # the cores bound it
+        (16, 2, True, 1),  # at least one
+    ],
+)
+def test_compile_jobs_are_bounded_by_memory(
+    machine: Machine, cores: int, memory_gib: int, cuda: bool, jobs: int
+) -> None:
+    machine.cpu(cores, memory_gib)
+    if cuda:
+        machine.gpus(("NVIDIA GeForce RTX 3090", "8.6"))
+        machine.nvcc()
+    python, log = fake_venv(machine)
+    output = install(machine, python)
+    assert f"llama.cpp build: {jobs} compile jobs ({cores} cores;" in output
+    assert f"jobs {jobs} " in log.read_text()
+    # Given, it is used as is.
+    (python.parent.parent / ".llama-build").unlink()
+    cache = str(machine.root / "another-cache")
+    install(machine, python, CMAKE_BUILD_PARALLEL_LEVEL="3", GEMMA_SERVE_WHEEL_CACHE=cache)
+    assert "jobs 3 " in log.read_text()
+
+
+def test_the_compile_shows_its_progress(machine: Machine) -> None:
+    python, _ = fake_venv(machine)
+    output = install(machine, python)
+    steps = re.findall(r"llama.cpp build: compiling, step (\d+)/4, \d+ min \d+ s so far", output)
+    assert steps and steps == sorted(steps), output
+    assert "cmake: note" not in output  # the rest of the compiler's output stays in its log
+    assert re.search(r"llama.cpp build: built in \d+ min \d+ s", output)
+
+
+def test_the_key_and_the_record_name_the_cpus_instruction_sets(machine: Machine) -> None:
+    """A -march=native wheel is for the CPU that built it: another CPU (a restored home
+    directory) gets its own build, and the venv's record says what the build needs (the server
+    checks it at start, server/build_record.py)."""
+    machine.cpu(2, 8, flags="sse4_2 avx avx2 fma f16c bmi2 avx512f avx512bw")
+    python, log = fake_venv(machine)
+    record = python.parent.parent / ".llama-build"
+    install(machine, python)
+    first = record.read_text()
+    assert "cpu needs avx avx2 avx512bw avx512f bmi2 f16c fma sse4_2" in first
+    machine.cpu(2, 8, flags="sse4_2 avx avx2 fma f16c bmi2")  # the same home, another CPU
+    log.unlink()
+    install(machine, python)
+    assert "wheel CMAKE_ARGS" in log.read_text(), "built again for this CPU"
+    assert "cpu needs avx avx2 bmi2 f16c fma sse4_2\n" in record.read_text()
+    # A GGML_NATIVE=OFF build (the images) needs llama.cpp's x86 baseline, whatever built it.
+    install(machine, python, CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_F16C=OFF")
+    assert "cpu needs sse4_2 avx avx2 bmi2 fma\n" in record.read_text()
 
 
 def test_make_rebuilds_the_runtime_only_when_the_build_changes(machine: Machine) -> None:

@@ -181,6 +181,7 @@ def test_waits_for_the_nvidia_driver_and_requires_a_gpu() -> None:
     assert "#GEMMA_SERVE_REQUIRE_GPU=0" in UNIT_ENV_EXAMPLE.read_text().splitlines()
 
 
+@pytest.mark.model
 def test_exec_start_runs_with_the_units_environment(tmp_path: Path) -> None:
     """ExecStart with only the unit's Environment= (systemd starts services with a clean
     environment), %S pointing at a temporary directory, this checkout's venv standing in for

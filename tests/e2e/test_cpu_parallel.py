@@ -18,9 +18,9 @@ from llama_cpp import _internals
 
 from server import planner
 from server.engine.calibration import TRIAL_CTX, measure_parallel
+from server.engine.contract import ChatMessage, Finished, GenerationRequest, SamplingParams
 from server.engine.llama_engine import LlamaEngine
 from server.engine.loading import LoadParams, model_params, trial_context_params
-from server.engine.types import ChatMessage, Finished, GenerationRequest, SamplingParams
 from server.planner import CPU_PARALLEL, doubling_pays
 
 

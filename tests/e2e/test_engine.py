@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     EngineUnavailable,
     Finished,
     GenerationRequest,
     SamplingParams,
 )
+from server.engine.llama_engine import LlamaEngine
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Finished,
     GenerationRequest,
@@ -29,6 +28,7 @@ from server.engine.types import (
     TextDelta,
     TokenLogprob,
 )
+from server.engine.llama_engine import LlamaEngine
 
 TIE = 0.5
 MAX_TOKENS = 12

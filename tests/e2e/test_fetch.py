@@ -89,6 +89,12 @@ def pull(
     )
 
 
+def problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr without the progress lines `pull` logs at INFO (the download, the verification):
+    what went wrong, which must be one line."""
+    return [line for line in result.stderr.strip().splitlines() if not line.startswith("INFO: ")]
+
+
 def downloads(hub: FakeHub) -> list[str | None]:
     """The Range header of each file GET (huggingface_hub makes other API calls too)."""
     return [rng for method, path, rng in hub.requests if method == "GET" and "/resolve/" in path]
@@ -131,7 +137,7 @@ def test_a_corrupted_download_is_refused_and_removed(tmp_path: Path, hub: FakeHu
     hub.corrupt = True
     result = pull(tmp_path, hub, registry)
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    lines = problems(result)
     assert len(lines) == 1 and "does not match the sha256 of tiny-gemma" in lines[0]
     assert not list((tmp_path / "cache" / "hub").rglob("*.gguf"))
     hub.corrupt = False
@@ -162,7 +168,7 @@ def test_a_file_not_matching_the_hubs_lfs_hash_is_refused_and_deleted(
     hub.announced_sha256 = "0" * 64
     result = pull(tmp_path, hub, registry_with(tmp_path, [hub_source()], sha256=False))
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    lines = problems(result)
     assert len(lines) == 1
     assert "does not match the sha256 of tiny-gemma (announced by the hub for" in lines[0]
     assert not list((tmp_path / "cache" / "hub").rglob("blobs/*"))
@@ -188,7 +194,7 @@ def test_offline_a_later_start_verifies_against_the_record(tmp_path: Path, hub: 
 def test_a_gated_repo_without_a_token_says_what_to_do(tmp_path: Path, hub: FakeHub) -> None:
     result = pull(tmp_path, hub, registry_with(tmp_path, [hub_source(GATED, gated=True)]))
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    lines = problems(result)
     assert len(lines) == 1
     assert "access denied (401)" in lines[0]
     assert f"accept its license at https://huggingface.co/{GATED} and set HF_TOKEN" in lines[0]
@@ -235,7 +241,7 @@ def test_offline_without_a_cache_is_one_line(tmp_path: Path) -> None:
     dead = FakeHub(url="http://127.0.0.1:9")
     result = pull(tmp_path, dead, registry_with(tmp_path, [hub_source()]))
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    lines = problems(result)
     assert len(lines) == 1 and "cannot be reached and the file is not in the cache" in lines[0]
 
 
@@ -290,7 +296,7 @@ def test_the_bundled_model_must_be_the_file_the_registry_names(
     registry.write_text(yaml.safe_dump(data))
     result = pull(tmp_path, hub, registry, model="gemma-3-270m")
     assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
+    lines = problems(result)
     assert len(lines) == 1 and "holds a different file" in lines[0]
 
 

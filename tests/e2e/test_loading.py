@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app, default_engine_loader
 from server.capability import LlamaBuild
-from server.engine.types import Engine
+from server.engine.contract import Engine
 from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
@@ -38,8 +38,10 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
     app = create_app(settings, cpu_plan(), load_engine=slow_loader)
     with TestClient(app, base_url="http://localhost") as client:  # an allowed Host
         health = client.get("/health")
-        assert_error(health, 503, code="model_loading")
-        assert health.headers["retry-after"]
+        assert health.status_code == 503 and health.headers["retry-after"]
+        # The OpenAI error, and what the server is doing (the held loader has begun no step).
+        assert health.json()["error"]["code"] == "model_loading"
+        assert (health.json()["status"], health.json()["progress"]) == ("starting", None)
         assert_error(client.post("/v1/chat/completions", json=GOOD), 503, code="model_loading")
         assert client.get("/v1/models").json()["data"][0]["id"] == "gemma-3-270m"
         release.set()
@@ -67,8 +69,12 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path: Path) -> None:
             if reported:
                 break
             threading.Event().wait(0.05)
-        error = assert_error(client.get("/health"), 503, code="model_load_failed")
-        assert "no such file" in error["message"]
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        error = health.json()["error"]
+        assert error["code"] == "model_load_failed" and "no such file" in error["message"]
+        # The API's own answers stay plain OpenAI errors.
+        assert_error(client.post("/v1/chat/completions", json=GOOD), 503, code="model_load_failed")
     assert reported == ["cannot serve gemma-3-270m: no such file"]
 
 

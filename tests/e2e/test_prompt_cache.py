@@ -11,7 +11,6 @@ sliding-window layers: the window)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import struct
 from collections.abc import Iterator
@@ -20,20 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import llama_cpp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.engine.llama_engine import LlamaEngine
-from server.engine.prompt_cache import PromptCache, SavedState
-from server.engine.sequence import Slot
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     GenerationRequest,
     PromptCacheStats,
     SamplingParams,
     TextDelta,
 )
+from server.engine.llama_engine import LlamaEngine
+from server.engine.sequence import Sequence, Snapshot
 from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
 
 SLOTS = 2
@@ -136,14 +133,6 @@ class Restore:
     restored_state: bytes
 
 
-def sequence_state(ctx: Any, seq_id: int) -> bytes:
-    """llama.cpp's serialised state of one sequence, as the prompt cache saves it."""
-    size = int(llama_cpp.llama_state_seq_get_size(ctx, seq_id))
-    data = (ctypes.c_uint8 * size)()
-    written = int(llama_cpp.llama_state_seq_get_data(ctx, data, size, seq_id))
-    return bytes(data)[:written]
-
-
 def cells_and_kv(state: bytes) -> list[tuple[list[int], bytes]]:
     """A sequence state without what names its slot: per KV cache (the global layers', then the
     sliding window's), the positions of its cells and the bytes of their keys and values.
@@ -188,19 +177,21 @@ def cells_and_kv(state: bytes) -> list[tuple[list[int], bytes]]:
 
 
 def recording_restores(monkeypatch: pytest.MonkeyPatch, restores: list[Restore]) -> None:
-    """Wrap PromptCache._restore so that each restore is checked against what was saved: the
-    slot's tokens and its state, read back from llama.cpp right after."""
-    restore = PromptCache._restore
+    """Wrap Sequence.restore, the prompt cache's copy back into a sequence, so that each restore
+    can be checked against what was saved: the sequence's tokens and its state, copied out of
+    llama.cpp again right after (only copies here, on the engine thread; the test compares)."""
+    restore = Sequence.restore
 
-    def recorded(cache: PromptCache, slot: Slot, entry: SavedState) -> bool:
-        saved = (list(entry.tokens), bytes(entry.data)[: entry.size])
-        restored = restore(cache, slot, entry)
-        if restored:  # only copies here, on the engine thread; the test compares them
-            state = sequence_state(cache._ctx, slot.seq_id)
-            restores.append(Restore(*saved, list(slot.cached), state))
+    def recorded(sequence: Sequence, snapshot: Snapshot) -> bool:
+        saved = (list(snapshot.tokens), bytes(snapshot.data)[: snapshot.size])
+        restored = restore(sequence, snapshot)
+        if restored:
+            again = sequence.save(sequence.state_size())
+            state = bytes(again.data)[: again.size] if again else b""
+            restores.append(Restore(*saved, list(sequence.cached), state))
         return restored
 
-    monkeypatch.setattr(PromptCache, "_restore", recorded)
+    monkeypatch.setattr(Sequence, "restore", recorded)
 
 
 def trusted_prefix(*answers: Answer) -> int:

@@ -11,9 +11,9 @@ from typing import Any
 import llama_cpp
 import pytest
 
+from server.engine.contract import SamplingParams
 from server.engine.loading import LoadedModel, LoadParams, load
 from server.engine.sampling import SamplerChain
-from server.engine.types import SamplingParams
 
 PROMPTS = [
     "The capital of France is",

@@ -6,6 +6,7 @@ systemd's 30-second kill; the tests bound no elapsed time but the grace period's
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -95,9 +96,21 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
         assert "shutting down: new requests get 503" in log
         assert "still running after" in log
         assert "Traceback" not in log  # the shutdown is expected, not a bug
+        # The access log counts the tokens the cut stream really sent (it logged 0).
+        chat_lines = [line for line in log.splitlines() if '"POST /v1/chat/completions' in line]
+        logged = re.search(r"completion_tokens=(\d+)", chat_lines[-1])  # the long stream's
+        assert logged is not None, chat_lines
+        content_chunks = sum(1 for payload in long.payloads() if _text_of(payload))
+        assert 0 < content_chunks <= int(logged.group(1)), (chat_lines[-1], content_chunks)
     finally:
         if server.process.poll() is None:
             stop_server(server)
+
+
+def _text_of(payload: dict[str, object]) -> str:
+    choices = payload.get("choices") or []
+    delta = choices[0].get("delta", {}) if choices else {}  # type: ignore[index, union-attr]
+    return str(delta.get("content") or "")  # type: ignore[union-attr]
 
 
 def test_sigterm_when_idle_exits_0_at_once(tmp_path: Path) -> None:

@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 
 from server.api.images import decode_image
-from server.engine.llama_engine import LlamaEngine
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Finished,
     GenerationRequest,
     ImageInput,
     SamplingParams,
     TextDelta,
-    image_marker,
 )
+from server.engine.image_marker import marker as image_marker
+from server.engine.llama_engine import LlamaEngine
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from server.engine.types import (
+from server.engine.contract import (
     EngineInfo,
     EngineStats,
     EngineUnavailable,
@@ -90,8 +90,10 @@ class ScriptedGeneration:
 class ScriptedEngine:
     """An `Engine` that follows scripts; see the module docstring."""
 
-    def __init__(self, *, capacity: int = 8, parallel: int = 4, n_ctx: int = 1024) -> None:
-        self.info = EngineInfo(model_id=MODEL_ID, n_ctx=n_ctx, capacity=capacity)
+    def __init__(
+        self, *, capacity: int = 8, parallel: int = 4, n_ctx: int = 1024, vision: bool = False
+    ) -> None:
+        self.info = EngineInfo(model_id=MODEL_ID, n_ctx=n_ctx, capacity=capacity, vision=vision)
         self.parallel = parallel
         self.closed = False
         self.reset()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.engine.types import (
+from server.engine.contract import (
     EngineBusy,
     Finished,
     GenerationRequest,
+    Refused,
     RequestRejected,
     TextDelta,
     Usage,
@@ -35,8 +36,10 @@ from tests.fast.conftest import (
     FastServer,
     cpu_plan,
     error_of,
+    serve,
 )
 from tests.fast.scripted import MODEL_ID, Hold, Script, ScriptedEngine
+from tests.images import picture_url
 
 pytestmark = pytest.mark.fast
 
@@ -56,43 +59,84 @@ def test_an_unknown_model_is_404_on_every_endpoint(
     assert fast_server.engine.history == []
 
 
-def reject(param: str, *, on_call: int = 1) -> Callable[[GenerationRequest], None]:
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastServer]:
+    """A server whose engine says it takes pictures (else the API refuses them before it)."""
+    yield from serve(tmp_path_factory.mktemp("vision"), ScriptedEngine(vision=True))
+
+
+def reject(
+    cause: Refused, *, on_call: int = 1, index: int | None = None
+) -> Callable[[GenerationRequest], None]:
     calls = 0
 
     def prepare(request: GenerationRequest) -> None:
         nonlocal calls
         calls += 1
         if calls == on_call:
-            raise RequestRejected("too long", code="context_length_exceeded", param=param)
+            raise RequestRejected("refused", cause, index=index)
 
     return prepare
 
 
+TWO_IMAGES = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Compare"},
+            {"type": "image_url", "image_url": {"url": picture_url(1)}},
+            {"type": "image_url", "image_url": {"url": picture_url(2)}},
+        ],
+    }
+]
+IMAGE_INPUT = [{"role": "user", "content": [{"type": "input_image", "image_url": picture_url(1)}]}]
+TOOL_REQUIRED = {**CHAT[1], "tools": [WEATHER], "tool_choice": "required"}
+JSON_CHAT = {**CHAT[1], "response_format": {"type": "json_object"}}
+JSON_RESPONSES = {**RESPONSES[1], "text": {"format": {"type": "json_object"}}}
+BIAS = {"logit_bias": {"5": 10}}
+
+
 @pytest.mark.parametrize(
-    ("path", "body", "engine_param", "on_call", "param"),
+    ("path", "body", "cause", "on_call", "index", "param", "code"),
     [
-        (*CHAT, "messages", 1, "messages"),
-        ("/v1/chat/completions", {**CHAT[1], "tools": [WEATHER], "tool_choice": "required"},
-         "response_format", 1, "tools"),
-        (*COMPLETIONS, "prompt", 1, "prompt"),
-        ("/v1/completions", {**COMPLETIONS[1], "prompt": ["a", "b"], "n": 2}, "prompt", 3,
-         "prompt[1]"),
-        (*RESPONSES, "messages", 1, "input"),
+        (*CHAT, Refused.CONTEXT_LENGTH, 1, None, "messages", "context_length_exceeded"),
+        (*CHAT, Refused.CONVERSATION, 1, None, "messages", "invalid_conversation"),
+        (CHAT[0], JSON_CHAT, Refused.OUTPUT_FORMAT, 1, None, "response_format", "invalid_value"),
+        (CHAT[0], TOOL_REQUIRED, Refused.OUTPUT_FORMAT, 1, None, "tools", "invalid_value"),
+        (CHAT[0], {**CHAT[1], **BIAS}, Refused.LOGIT_BIAS, 1, 0, "logit_bias", "invalid_value"),
+        (CHAT[0], {**CHAT[1], "messages": TWO_IMAGES}, Refused.IMAGE, 1, 1,
+         "messages[0].content[2]", "invalid_image"),
+        (CHAT[0], {**CHAT[1], "messages": TWO_IMAGES}, Refused.NO_IMAGE_INPUT, 1, 0,
+         "messages[0].content[1]", "image_input_not_supported"),
+        (*COMPLETIONS, Refused.CONTEXT_LENGTH, 1, None, "prompt", "context_length_exceeded"),
+        ("/v1/completions", {**COMPLETIONS[1], "prompt": ["a", "b"], "n": 2},
+         Refused.CONTEXT_LENGTH, 3, None, "prompt[1]", "context_length_exceeded"),
+        (COMPLETIONS[0], {**COMPLETIONS[1], **BIAS}, Refused.LOGIT_BIAS, 1, 0, "logit_bias",
+         "invalid_value"),
+        (*RESPONSES, Refused.CONTEXT_LENGTH, 1, None, "input", "context_length_exceeded"),
+        (*RESPONSES, Refused.CONVERSATION, 1, None, "input", "invalid_conversation"),
+        (RESPONSES[0], JSON_RESPONSES, Refused.OUTPUT_FORMAT, 1, None, "response_format",
+         "invalid_value"),
+        (RESPONSES[0], {**RESPONSES[1], "input": IMAGE_INPUT}, Refused.IMAGE, 1, 0,
+         "input[0].content[0]", "invalid_image"),
     ],
 )  # fmt: skip
 def test_an_engine_refusal_names_the_endpoints_own_field(
-    fast_server: FastServer,
+    vision_server: FastServer,
     path: str,
     body: dict[str, Any],
-    engine_param: str,
+    cause: Refused,
     on_call: int,
+    index: int | None,
     param: str,
+    code: str,
 ) -> None:
-    fast_server.engine.on_prepare = reject(engine_param, on_call=on_call)
-    with fast_server.client() as client:
+    vision_server.engine.reset()
+    vision_server.engine.on_prepare = reject(cause, on_call=on_call, index=index)
+    with vision_server.client() as client:
         error = error_of(client.post(path, json=body), 400)
-    assert (error["param"], error["code"]) == (param, "context_length_exceeded")
-    assert fast_server.engine.running == 0
+    assert (error["message"], error["param"], error["code"]) == ("refused", param, code)
+    assert vision_server.engine.running == 0
 
 
 @pytest.mark.parametrize(("path", "body"), ENDPOINTS)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.engine.types import (
+from server.engine.contract import (
     Finished,
     TextDelta,
     Usage,

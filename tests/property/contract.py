@@ -4,9 +4,13 @@
 - Never a 5xx. The only documented 5xx answers are 503s (model loading, load failed, shutting
   down, busy); none of them may happen against the ready, sequentially used test server.
 - A 4xx is JSON in OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}` and
-  nothing else, `message` and `type` non-empty strings, `param` and `code` strings or null.
+  nothing else, `message` and `type` non-empty strings, `param` and `code` strings or null; on
+  Ollama's paths (`/api/*`) `{"error": "..."}`, on Anthropic's (`/v1/messages`)
+  `{"type": "error", "error": {"type", "message"}}`.
 - A 200 has the shape of its endpoint (`SUCCESS_CHECKS`), streamed or not; a chat stream is
-  `text/event-stream` whose last event is `data: [DONE]`.
+  `text/event-stream` whose last event is `data: [DONE]`, an Ollama stream one JSON object a
+  line ending with `done: true` (or an error line), a Messages stream Anthropic's events from
+  `message_start` to `message_stop` (or an `error` event).
 
 Endpoints without an entry in `SUCCESS_CHECKS` still get the status and error checks (and
 schemathesis' response-schema check), so a new endpoint is covered before anyone writes its entry.
@@ -19,6 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+
+from server.api.errors import dialect_of
 
 DONE = "[DONE]"
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
@@ -105,10 +111,64 @@ def assert_chat_stream(text: str) -> None:
     assert len(ids) <= 1, f"one id per stream, got {ids}"
 
 
+def assert_ollama_error(status: int, text: str) -> None:
+    body = json.loads(text)
+    assert isinstance(body, dict) and set(body) == {"error"}, (
+        f"{status}: not Ollama's shape: {body}"
+    )
+    assert isinstance(body["error"], str) and body["error"].strip(), body
+
+
+def assert_anthropic_error(status: int, text: str) -> None:
+    body = json.loads(text)
+    assert isinstance(body, dict) and set(body) == {"type", "error"}, f"{status}: {body}"
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    assert body["error"]["type"] and body["error"]["message"].strip(), body
+
+
+ERROR_CHECKS: Mapping[str, Callable[[int, str], Any]] = {
+    "openai": assert_openai_error,
+    "ollama": assert_ollama_error,
+    "anthropic": assert_anthropic_error,
+}
+
+
+def assert_ollama_done(body: Any) -> None:
+    assert isinstance(body, dict) and body["done"] is True, body
+    assert body["done_reason"] in ("stop", "length", "load"), body
+    assert isinstance(body["model"], str) and isinstance(body["created_at"], str), body
+
+
+def assert_ollama_stream(text: str) -> None:
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines, "an empty NDJSON stream"
+    if "error" in lines[-1]:  # an error after the stream started
+        assert_ollama_error(200, json.dumps(lines[-1]))
+    else:
+        assert_ollama_done(lines[-1])
+    assert all(line.get("done") is False for line in lines[:-1]), lines
+
+
+def assert_anthropic_message(body: Any) -> None:
+    assert isinstance(body, dict) and body["type"] == "message", body
+    assert body["role"] == "assistant" and isinstance(body["content"], list), body
+    assert body["stop_reason"] in ("end_turn", "max_tokens", "stop_sequence", "tool_use"), body
+    assert isinstance(body["usage"]["input_tokens"], int), body
+
+
+def assert_anthropic_stream(text: str) -> None:
+    types = [json.loads(payload)["type"] for payload in sse_data(text)]
+    assert types and types[0] == "message_start", types
+    assert types[-1] in ("message_stop", "error"), types
+
+
 # path -> (check of a JSON 200 body, check of a streamed 200 body's text)
 SuccessCheck = tuple[Callable[[Any], None], Callable[[str], None]]
 SUCCESS_CHECKS: Mapping[str, SuccessCheck] = {
     "/v1/chat/completions": (assert_chat_completion, assert_chat_stream),
+    "/api/chat": (assert_ollama_done, assert_ollama_stream),
+    "/api/generate": (assert_ollama_done, assert_ollama_stream),
+    "/v1/messages": (assert_anthropic_message, assert_anthropic_stream),
 }
 
 
@@ -116,15 +176,22 @@ def is_event_stream(headers: Mapping[str, str]) -> bool:
     return headers.get("content-type", "").startswith("text/event-stream")
 
 
+def is_stream(headers: Mapping[str, str]) -> bool:
+    """SSE, or Ollama's NDJSON: answers OpenAPI cannot describe."""
+    return is_event_stream(headers) or headers.get("content-type", "").startswith(
+        "application/x-ndjson"
+    )
+
+
 def check_response(path: str, status: int, headers: Mapping[str, str], text: str) -> None:
     """The whole contract for one response to a request on `path`."""
     assert_not_a_server_error(status, text)
     if 400 <= status < 500:
-        assert_openai_error(status, text)
+        ERROR_CHECKS[dialect_of(path)](status, text)
         return
     assert status == 200, f"unexpected status {status}: {text[:300]}"
     json_check, stream_check = SUCCESS_CHECKS.get(path, (lambda body: None, lambda text: None))
-    if is_event_stream(headers):
+    if is_stream(headers):
         stream_check(text)
     else:
         json_check(json.loads(text))

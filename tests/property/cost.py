@@ -22,6 +22,9 @@ CHOICE_CAP = 2
 # (max_output_tokens). Absent, each means "up to the rest of the context".
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 CHOICE_FIELDS = ("n", "best_of")
+# Ollama's token limit is `options.num_predict`, where -1 and -2 mean "no limit".
+OPTIONS_FIELD = "options"
+UNLIMITED_NUM_PREDICT = (-1, -2)
 
 
 def _minimum(schema: Mapping[str, Any] | None) -> float | None:
@@ -78,4 +81,19 @@ def cap_generation_cost(
     for field in CHOICE_FIELDS:
         if field in body:
             body[field] = _lowered(body[field], CHOICE_CAP)
+    _cap_num_predict(body, declared)
     return body
+
+
+def _cap_num_predict(body: MutableMapping[str, Any], declared: Mapping[str, Any] | None) -> None:
+    """Ollama's `options.num_predict`: set when absent (or "no limit"), lowered when higher."""
+    options = body.get(OPTIONS_FIELD)
+    if options is None and declared is not None and OPTIONS_FIELD in declared:
+        body[OPTIONS_FIELD] = options = {}
+    if not isinstance(options, MutableMapping):
+        return  # absent from an endpoint without it, or invalid: left as generated
+    value = options.get("num_predict")
+    if value is None or (isinstance(value, int) and value in UNLIMITED_NUM_PREDICT):
+        options["num_predict"] = TOKEN_CAP
+    else:
+        options["num_predict"] = _lowered(value, TOKEN_CAP)

@@ -1,11 +1,12 @@
 """schemathesis against the server's own /openapi.json: every operation it documents, with
 bodies generated from its schemas, valid (positive) and invalid (negative).
 
-Checks: never a 5xx; 4xx bodies in OpenAI's error shape; successes conform to the documented
-response schema (streams: the SSE contract instead, since OpenAPI cannot describe them); and
-negative data -- a body that breaks the documented schema -- is rejected with a 4xx, not
-silently accepted. New endpoints are picked up from /openapi.json with nothing to add here; the
-fields that bound generation cost are capped wherever an operation declares them (`cost.py`).
+Checks: never a 5xx; 4xx bodies in the error shape of the path's dialect (OpenAI's, Ollama's,
+Anthropic's); successes conform to the documented response schema (streams: the SSE or NDJSON
+contract instead, since OpenAPI cannot describe them); and negative data -- a body that breaks
+the documented schema -- is rejected with a 4xx, not silently accepted. New endpoints are picked
+up from /openapi.json with nothing to add here; the fields that bound generation cost are capped
+wherever an operation declares them (`cost.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import MODEL_ID, RunningServer
 from tests.property.conftest import REQUEST_TIMEOUT_S
-from tests.property.contract import check_response, is_event_stream
+from tests.property.contract import check_response, is_stream
 from tests.property.cost import cap_generation_cost
 
 # Statuses that reject negative data: 400 (validation), 404 (unknown model or path parameter),
@@ -101,7 +102,7 @@ def run_cases(operation: Any, mode: GenerationMode, document: Mapping[str, Any])
         response = case.call(timeout=REQUEST_TIMEOUT_S)
         headers = {name: values[-1] for name, values in response.headers.items()}
         checks = [not_a_server_error, status_code_conformance, negative_data_rejection]
-        if not is_event_stream(headers):  # OpenAPI documents the JSON answer only
+        if not is_stream(headers):  # OpenAPI documents the JSON answer only
             checks += [content_type_conformance, response_schema_conformance]
         case.validate_response(response, checks=checks)
         check_response(case.path, response.status_code, headers, response.text)

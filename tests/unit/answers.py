@@ -9,9 +9,10 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from server.api.serving import Answer, ServerEvent, sse_events
+from server.api.serving import sse_events
+from server.api.serving_types import Answer, ServerEvent
 from server.api.streams import interleave
-from server.engine.types import Event
+from server.engine.contract import Event
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.engine.chat_template import ChatTemplate, Segment, TemplateRejected, normalize
-from server.engine.types import ChatMessage, RequestRejected
+from server.engine.contract import ChatMessage, RequestRejected
 
 
 def msgs(*pairs: tuple[str, str]) -> list[ChatMessage]:

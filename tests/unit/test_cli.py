@@ -60,6 +60,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, t
     assert text in lines[0]
 
 
+@pytest.mark.process
 def test_busy_port_is_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -69,15 +70,18 @@ def test_busy_port_is_one_line() -> None:
     assert_one_line_error(result, 1, f"port {port} on 127.0.0.1 is already in use")
 
 
+@pytest.mark.process
 def test_invalid_environment_value_is_one_line() -> None:
     result = run_cli(env={"GEMMA_SERVE_PORT": "eighty"})
     assert_one_line_error(result, 2, "invalid --port (GEMMA_SERVE_PORT)")
 
 
+@pytest.mark.process
 def test_unknown_model_is_one_line() -> None:
     assert_one_line_error(run_cli("--model", "gpt-4"), 2, "unknown model 'gpt-4'")
 
 
+@pytest.mark.process
 def test_broken_registry_is_one_line(tmp_path: Path) -> None:
     registry = tmp_path / "models.yaml"
     registry.write_text("models:\n  - id: gemma-3-270m\n    name: x\n")
@@ -85,6 +89,7 @@ def test_broken_registry_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, 2, "entry 'gemma-3-270m': field")
 
 
+@pytest.mark.process
 def test_a_model_that_cannot_be_fetched_stops_the_server_with_one_line(tmp_path: Path) -> None:
     # Asked for by name, offline and not cached: no fallback; the server exits, it does not hang.
     result = run_cli(
@@ -105,6 +110,7 @@ def test_a_model_that_cannot_be_fetched_stops_the_server_with_one_line(tmp_path:
 NO_GPU_HERE = not os.path.exists("/proc/driver/nvidia")
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not NO_GPU_HERE, reason="this machine has an NVIDIA driver")
 @pytest.mark.parametrize(
     ("args", "env"), [(("--require-gpu",), {}), ((), {"GEMMA_SERVE_REQUIRE_GPU": "true"})]
@@ -147,6 +153,7 @@ print(os.environ.get("CUDA_DEVICE_ORDER"), "llama_cpp" in sys.modules, file=sys.
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("preset", "expected"), [(None, "PCI_BUS_ID"), ("FASTEST_FIRST", "FASTEST_FIRST")]
 )

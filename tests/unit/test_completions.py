@@ -12,12 +12,12 @@ from pydantic import ValidationError
 
 from server.api.completions import (
     CompletionAnswer,
-    to_completion_sequences,
+    to_completion_plan,
     to_legacy_logprobs,
 )
 from server.api.completions_protocol import Completion, CompletionRequest
 from server.api.errors import APIError
-from server.engine.types import (
+from server.engine.contract import (
     Event,
     Finished,
     GenerationRequest,
@@ -40,7 +40,7 @@ def token(text: str, logprob: float, *top: tuple[str, float]) -> TokenLogprob:
 
 
 def to_generation_requests(body: CompletionRequest, max_choices: int) -> list[GenerationRequest]:
-    return list(to_completion_sequences(body, max_choices).sequences.requests)
+    return list(to_completion_plan(body, max_choices).generations.requests)
 
 
 def frame(**fields: Any) -> CompletionAnswer:

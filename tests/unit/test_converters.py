@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.chat import to_chat_sequences
+from server.api.chat import to_chat_plan
 from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.engine.types import ChatMessage, GenerationRequest, JsonFormat, SamplingParams
+from server.engine.contract import ChatMessage, GenerationRequest, JsonFormat, SamplingParams
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -20,13 +20,13 @@ def request(**fields: Any) -> ChatCompletionRequest:
 
 def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
     """The engine request of the first choice."""
-    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+    return to_chat_plan(body, max_choices=4).generations.requests[0]
 
 
 def to_generation_requests(
     body: ChatCompletionRequest, max_choices: int
 ) -> list[GenerationRequest]:
-    return list(to_chat_sequences(body, max_choices).sequences.requests)
+    return list(to_chat_plan(body, max_choices).generations.requests)
 
 
 def test_defaults_are_gemma_3s_recommended_sampling() -> None:

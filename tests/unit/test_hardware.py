@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from server.hardware import (
+    Device,
     GpuMemory,
     GpuProbe,
     as_cuda_sees_them,
@@ -19,7 +20,6 @@ from server.hardware import (
     hide_from_cuda,
     simulated,
 )
-from server.planner import Device
 from server.settings import parse_size
 from tests.nvml import GTX_1080, RTX_3090, RTX_4060_LAPTOP, FakeNvml
 
@@ -134,6 +134,7 @@ def plan_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_plan_for_a_24_gib_gpu_picks_the_27b() -> None:
     result = plan_cli("--gpu-memory", "24GiB")
     assert result.returncode == 0, result.stderr
@@ -147,6 +148,7 @@ def test_plan_for_a_24_gib_gpu_picks_the_27b() -> None:
         assert model in result.stdout
 
 
+@pytest.mark.process
 def test_plan_for_an_8_gib_gpu_as_json() -> None:
     result = plan_cli("--gpu-memory", "8GiB", "--json")
     data = json.loads(result.stdout)
@@ -157,6 +159,7 @@ def test_plan_for_an_8_gib_gpu_as_json() -> None:
     assert fits["gemma-3-12b-it-qat"] is False and fits["gemma-3-4b-it-qat"] is True
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not NO_DRIVER_HERE, reason="this machine has an NVIDIA driver")
 def test_plan_without_a_gpu_picks_the_bundled_model() -> None:
     result = plan_cli()
@@ -164,6 +167,7 @@ def test_plan_without_a_gpu_picks_the_bundled_model() -> None:
     assert "pick: gemma-3-270m, 8192 tokens of context, on the CPU" in result.stdout
 
 
+@pytest.mark.process
 def test_plan_for_two_gpus_splits_the_model() -> None:
     data = json.loads(plan_cli("--gpu-memory", "24GiB", "--gpu-memory", "24GiB", "--json").stdout)
     # the first GPU also holds the 27B's vision projector (0.92 GiB): a little less of the model
@@ -172,6 +176,7 @@ def test_plan_for_two_gpus_splits_the_model() -> None:
     assert json.loads(text_only.stdout)["pick"]["tensor_split"] == [0.5, 0.5]
 
 
+@pytest.mark.process
 def test_plan_with_a_bad_size_is_one_line() -> None:
     result = plan_cli("--gpu-memory", "lots")
     assert result.returncode == 2

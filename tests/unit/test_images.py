@@ -15,7 +15,7 @@ from server.api.images import (
     decode_image,
     image_from_url,
 )
-from server.engine.types import image_marker
+from server.engine.image_marker import marker as image_marker
 from tests.images import data_url, encode, picture, picture_url
 
 PARAM = "messages[0].content[1]"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.api.chat import to_chat_sequences
+from server.api.chat import to_chat_plan
 from server.api.chat_answer import ChatAnswer
 from server.api.chat_protocol import ChatCompletionRequest
 from server.api.errors import APIError
-from server.engine.types import (
+from server.engine.contract import (
     Event,
     Finished,
     GenerationRequest,
@@ -34,7 +34,7 @@ def request(**fields: Any) -> ChatCompletionRequest:
 
 def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
     """The engine request of the first choice."""
-    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+    return to_chat_plan(body, max_choices=4).generations.requests[0]
 
 
 def test_logit_bias_maps_to_token_id_pairs() -> None:
@@ -114,7 +114,7 @@ async def scripted(*deltas: TextDelta) -> AsyncGenerator[Event, None]:
 
 
 def chat_answer(fields: dict[str, Any], include_usage: bool = False) -> ChatAnswer:
-    options = to_chat_sequences(request(**fields), max_choices=4).options
+    options = to_chat_plan(request(**fields), max_choices=4).options
     return ChatAnswer("c", 0, "m", options=options, include_usage=include_usage)
 
 

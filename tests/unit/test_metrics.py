@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from server.api.metrics import Metrics
-from server.engine.types import EngineStats
+from server.engine.contract import EngineStats
 from server.hardware import GpuMemory, GpuProbe
 from tests.nvml import RTX_3090, Card, FakeNvml, Memory
 

@@ -13,8 +13,9 @@ from server.capability import (
     LlamaBuild,
     parse_architectures,
 )
+from server.hardware import Device
 from server.memory import GiB, MiB, compute_buffer, estimate, gib, global_layers, kv_cache
-from server.planner import Device, Plan, PlanOptions
+from server.planner import Plan, PlanOptions
 from server.planner import plan as make_plan
 from server.registry import Registry, load_registry
 

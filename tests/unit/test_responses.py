@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from server.api.errors import APIError
 from server.api.responses import ResponseAnswer, to_generation_request
 from server.api.responses_protocol import ResponseObject, ResponseRequest
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Event,
     Finished,

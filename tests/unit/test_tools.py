@@ -16,10 +16,10 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel, Field, ValidationError
 
-from server.api.chat import to_chat_sequences
+from server.api.chat import to_chat_plan
 from server.api.chat_answer import ChatAnswer
+from server.api.chat_choices import OutputOptions
 from server.api.chat_protocol import ChatCompletionRequest
-from server.api.choices import OutputOptions
 from server.api.errors import APIError
 from server.api.tool_call_parser import (
     ArgumentsPiece,
@@ -29,8 +29,7 @@ from server.api.tool_call_parser import (
     ToolCallParser,
 )
 from server.api.tool_prompt import MAX_PARALLEL_CALLS, plan_tools, tool_call_schema
-from server.engine.json_schema import unenforced_keyword
-from server.engine.types import (
+from server.engine.contract import (
     ChatMessage,
     Event,
     Finished,
@@ -39,6 +38,7 @@ from server.engine.types import (
     TextDelta,
     Usage,
 )
+from server.engine.json_schema import unenforced_keyword
 from tests.unit.answers import streamed, whole
 
 WEATHER = {
@@ -81,11 +81,11 @@ def request(**fields: Any) -> ChatCompletionRequest:
 
 def to_generation_request(body: ChatCompletionRequest) -> GenerationRequest:
     """The engine request of the first choice."""
-    return to_chat_sequences(body, max_choices=4).sequences.requests[0]
+    return to_chat_plan(body, max_choices=4).generations.requests[0]
 
 
 def output_options(body: ChatCompletionRequest) -> OutputOptions:
-    return to_chat_sequences(body, max_choices=4).options
+    return to_chat_plan(body, max_choices=4).options
 
 
 def refused(**fields: Any) -> APIError:

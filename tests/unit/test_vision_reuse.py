@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.engine.prefix import MIN_REUSE, common_prefix
+from server.engine.placement import MIN_REUSE, common_prefix
 from server.engine.vision import PromptImage, image_token_id, safe_reuse
 
 

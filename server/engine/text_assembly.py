@@ -19,6 +19,7 @@ class StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(stop for stop in stops if stop)
         self._held = ""
+        self.matched: str | None = None  # the stop string reached, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add text; return (text safe to emit now, whether a stop string was reached).
@@ -26,10 +27,12 @@ class StopMatcher:
         After a stop, everything from the stop string on is dropped.
         """
         buffer = self._held + text
-        hits = [index for index in (buffer.find(stop) for stop in self._stops) if index >= 0]
-        if hits:
+        hits = [(buffer.find(stop), stop) for stop in self._stops]
+        found = [(index, stop) for index, stop in hits if index >= 0]
+        if found:
+            index, self.matched = min(found, key=lambda hit: hit[0])
             self._held = ""
-            return buffer[: min(hits)], True
+            return buffer[:index], True
         keep = self._longest_partial_stop(buffer)
         self._held = buffer[len(buffer) - keep :]
         return buffer[: len(buffer) - keep], False
@@ -62,6 +65,11 @@ class TextAssembler:
         """Text to emit after this token; sets `stopped` when a stop string was reached."""
         text, self.stopped = self._stops.feed(self._decoder.decode(piece))
         return text
+
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended the text (Anthropic's `stop_sequence` names it)."""
+        return self._stops.matched
 
     def finish(self) -> str:
         """Text still held when generation ends (not called after a stop string)."""

@@ -31,7 +31,7 @@ from server.api.tool_call_parser import (
     ToolCallParser,
 )
 from server.api.tool_prompt import ToolPlan
-from server.engine import types as engine
+from server.engine import contract as engine
 
 
 @dataclass(frozen=True)

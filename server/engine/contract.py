@@ -1,14 +1,16 @@
 """What goes into and comes out of the engine, free of any llama_cpp or HTTP types.
 
 The API layer converts OpenAI wire types to a `GenerationRequest` and consumes a stream of
-`TextDelta`s closed by exactly one `Finished`. Errors a client caused are `RequestRejected`
-(mapped to 4xx); everything else is a bug or a broken model.
+`TextDelta`s closed by exactly one `Finished`. Errors a client caused are `RequestRejected`,
+which name the part refused in the engine's terms (`Refused`; each dialect maps it to a 4xx
+naming its own field); everything else is a bug or a broken model.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "developer", "user", "assistant"]
@@ -25,19 +27,14 @@ class ChatMessage:
 class ImageInput:
     """A picture as the engine takes it: `width` x `height` RGB bytes (row-major, 3 bytes a
     pixel), `digest` a hash of exactly those (the prefix cache recognises an image by it), and
-    `param` where the request had it (`messages[0].content[1]`), for errors about it."""
+    `param` where the request had it (`messages[0].content[1]`): the API's label, which the
+    engine never reads (its refusals name an image by its index)."""
 
     rgb: bytes = field(repr=False)
     width: int
     height: int
     digest: str
     param: str
-
-
-def image_marker(index: int) -> str:
-    """Text standing for `GenerationRequest.images[index]` inside a message's content (private
-    Unicode characters: client text cannot contain them, see api/images.clean_text)."""
-    return f"\ue002{index}\ue003"
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class GenerationRequest:
     json_format: JsonFormat | None = None
     # None: no logprobs. k >= 0: each generated token's logprob plus the k most likely tokens'.
     logprobs: int | None = None
-    # Pictures, each standing where `image_marker(i)` appears in the messages' contents.
+    # Pictures, each standing where `image_marker.marker(i)` appears in the messages' contents.
     images: tuple[ImageInput, ...] = ()
 
 
@@ -123,12 +120,15 @@ class TextDelta:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Generated tokens whose text this completes (a stream cut short is counted by these).
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Finished:
     reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # the request's stop string that ended it, if one did
 
 
 Event = TextDelta | Finished
@@ -144,17 +144,40 @@ class EngineInfo:
     vision: bool = False  # a projector is loaded: the model takes images
 
 
+class Refused(Enum):
+    """What part of a request the engine refused, in the engine's own terms.
+
+    The engine knows requests only as `GenerationRequest`s, never as a dialect's wire fields, so
+    a refusal names the part of the `GenerationRequest` at fault, and each API dialect maps it
+    to its own field and error shape in one place (OpenAI's: server/api/refusals.py). A dialect
+    maps `CONVERSATION` and `CONTEXT_LENGTH` to the field holding the prompt (`messages`,
+    `prompt[1]`, `input`), `OUTPUT_FORMAT` to the field that asked for JSON or a tool call
+    (`response_format`, `tools`, `format`), `LOGIT_BIAS` to its bias field (`RequestRejected.
+    index`: the entry of `SamplingParams.logit_bias`), `NO_IMAGE_INPUT` and `IMAGE` to where
+    `GenerationRequest.images[index]` was in its request; and it picks its own error code per
+    cause (each dialect's unit tests check that it maps every cause).
+    """
+
+    CONVERSATION = "conversation"  # the messages cannot be made into a prompt (roles, template)
+    CONTEXT_LENGTH = "context_length"  # the prompt plus the completion exceed the context
+    OUTPUT_FORMAT = "output_format"  # `json_format`'s schema cannot be enforced
+    LOGIT_BIAS = "logit_bias"  # entry `index` of the bias names a token the model lacks
+    NO_IMAGE_INPUT = "no_image_input"  # images sent to a model without a projector (`index` 0)
+    IMAGE = "image"  # image `index` cannot be prepared for the model
+
+
 class RequestRejected(ValueError):
     """The request cannot be served as asked (prompt too long, roles out of order, ...).
 
-    `code` and `param` follow OpenAI's error object; the API layer answers 400.
+    `cause` says which part of the `GenerationRequest` (and `index` which of its items); the
+    API dialect names its own field for it and answers 400. `message` is for people.
     """
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(self, message: str, cause: Refused, *, index: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.param = param
+        self.cause = cause
+        self.index = index
 
 
 class EngineUnavailable(RuntimeError):
@@ -175,20 +198,20 @@ class EngineStats:
     """What `/health` and `/metrics` report about the engine's load."""
 
     active: int  # sequences being generated now
-    queued: int  # accepted requests waiting for a slot
+    queued: int  # accepted requests waiting for a free sequence
     parallel: int  # how many sequences are decoded together at most
     prompt_cache: PromptCacheStats | None = None  # None: an engine without one
 
 
 @dataclass(frozen=True)
 class PromptCacheStats:
-    """The prompt cache since start: reuse of cached prefixes (a slot's own or a restored saved
+    """The prompt cache since start: reuse of cached prefixes (a sequence's own or a restored saved
     state), and the sequence states saved in host memory."""
 
     hits: int = 0  # generations that reused a cached prefix
     reused_tokens: int = 0  # prompt tokens those generations did not prefill
-    restores: int = 0  # saved states copied back into a slot
-    saves: int = 0  # slot states copied to host memory
+    restores: int = 0  # saved states copied back into a sequence
+    saves: int = 0  # sequence states copied to host memory
     evictions: int = 0  # saved states dropped for the budget
     saved_states: int = 0  # held now
     saved_bytes: int = 0  # held now
@@ -197,7 +220,7 @@ class PromptCacheStats:
     restore_seconds: float = 0.0  # spent copying back
 
 
-class PreparedGeneration(Protocol):
+class Generation(Protocol):
     """A request the engine has accepted: the prompt is rendered, tokenised and fits, and it
     holds one place of the engine's capacity until it ends (or is dropped unstarted).
 
@@ -216,7 +239,7 @@ class Engine(Protocol):
 
     info: EngineInfo
 
-    async def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+    async def prepare(self, request: GenerationRequest) -> Generation:
         """Validate, tokenise and take a place; raises `RequestRejected` (the request's fault),
         `EngineBusy` (no place free now) or `EngineUnavailable` (closing), before anything is
         generated."""

@@ -1,12 +1,12 @@
-"""The prefix cache's decisions as tables: how much of a slot's KV a prompt may reuse (sliding
-window included), which saved state serves a prompt and which free slot it goes to, and how many
-saved states the memory budget drops."""
+"""The placement policy's decisions as tables (server/engine/placement.py): how much of a
+sequence's KV a prompt may reuse (sliding window included), which saved state serves a prompt and
+which free sequence it goes to, and how many saved states the memory budget drops."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.engine.prefix import (
+from server.engine.placement import (
     Candidate,
     Placement,
     common_prefix,
@@ -139,8 +139,8 @@ def test_place(
     assert place(free, saved, prompt, 512) == placement
 
 
-def test_place_needs_a_free_slot() -> None:
-    with pytest.raises(ValueError, match="no free slot"):
+def test_place_needs_a_free_sequence() -> None:
+    with pytest.raises(ValueError, match="no free sequence"):
         place([], [stored(0, A)], A, 512)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine.text import StopMatcher, TextAssembler
+from server.engine.text_assembly import StopMatcher, TextAssembler
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
@@ -33,6 +33,26 @@ def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
 )
 def test_stop_strings(stops: list[str], pieces: list[str], expected: tuple[str, bool]) -> None:
     assert run(stops, pieces) == expected
+
+
+@pytest.mark.parametrize(
+    ("stops", "pieces", "matched"),
+    [
+        (["yz", "xyz"], ["axy", "z"], "xyz"),  # the earliest match, whatever the order
+        (["END", "\n"], ["a\nEND"], "\n"),
+        (["END"], ["no stop here"], None),
+    ],
+)
+def test_the_stop_string_that_ended_the_text_is_named(
+    stops: list[str], pieces: list[str], matched: str | None
+) -> None:
+    """Anthropic's `stop_sequence` reports it."""
+    assembler = TextAssembler(stops)
+    for piece in pieces:
+        assembler.add(piece.encode())
+    if not assembler.stopped:
+        assembler.finish()
+    assert assembler.matched == matched
 
 
 def test_partial_stop_is_held_back_until_it_is_resolved() -> None:

@@ -1,14 +1,14 @@
-"""Prompt-prefix cache decisions: which slot a prompt goes to, and how much KV it can reuse.
+"""The placement policy: which sequence a prompt goes to, and how much cached KV it can reuse.
 
-A slot keeps the KV of the last sequence it ran (prompt and generated tokens), so the next turn
-of a chat, whose prompt starts with the previous turn's, prefills only what is new. When a slot is
-taken for another prompt, its state may be saved to host memory (`prompt_cache.PromptCache`) and
-restored later into any slot. Gemma 3's sliding-window layers (`swa_full=False`) keep just the
-last `n_swa` positions (plus a micro-batch), so a prefix is reusable only if the cache still holds
-the window the next token attends to: the smallest position the sequence still has
-(`llama_memory_seq_pos_min`) must be at most `n_reuse - n_swa`. Otherwise the prompt is prefilled
-cold. (The same test as llama.cpp's server.) A saved state holds only the window its last
-position attends to, so it serves a prompt only at its full length (`restored_pos_min`).
+A sequence keeps the KV of the last generation it ran (prompt and generated tokens), so the next
+turn of a chat, whose prompt starts with the previous turn's, prefills only what is new. When a
+sequence is taken for another prompt, its state may be saved to host memory
+(`prompt_cache.PromptCache`) and restored later into any sequence. Gemma 3's sliding-window layers
+(`swa_full=False`) keep just the last `n_swa` positions (plus a micro-batch), so a prefix is
+reusable only if the cache still holds the window the next token attends to: the smallest position
+the sequence still has (`llama_memory_seq_pos_min`) must be at most `n_reuse - n_swa`. Otherwise the
+prompt is prefilled cold. (The same test as llama.cpp's server.) A saved state holds only the window
+its last position attends to, so it serves a prompt only at its full length (`restored_pos_min`).
 Pure functions: the engine thread supplies `pos_min` and the candidates.
 """
 
@@ -45,7 +45,7 @@ def reusable_prefix(cached: Sequence[int], prompt: Sequence[int], pos_min: int, 
     """How many leading prompt tokens can keep their cached KV (0: prefill cold).
 
     At least the last prompt token is always decoded again: its logits start the generation.
-    `pos_min` is the smallest position the slot's sequence still holds (-1 if empty); `n_swa` the
+    `pos_min` is the smallest position the sequence still holds (-1 if empty); `n_swa` the
     model's sliding window (0 if none).
     """
     n = min(common_prefix(cached, prompt), len(prompt) - 1)
@@ -75,8 +75,8 @@ def worth_saving(n_tokens: int) -> bool:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A KV state a prompt could start from: a free slot's (`key` is its seq_id) or a saved one
-    (`key` indexes the saved states). `saved`: a free slot whose state the store already holds.
+    """A KV state a prompt could start from: a free sequence's (`key` is its seq_id) or a saved one
+    (`key` indexes the saved states). `saved`: a free sequence whose state the store already holds.
     `last_used`: monotonic seconds."""
 
     key: int
@@ -88,8 +88,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a prompt runs: slot `seq_id`, after restoring saved state `restore` (None: keep the
-    slot's own KV), expecting to reuse `reuse` prompt tokens."""
+    """Where a prompt runs: sequence `seq_id`, after restoring saved state `restore` (None: keep the
+    sequence's own KV), expecting to reuse `reuse` prompt tokens."""
 
     seq_id: int
     restore: int | None
@@ -99,26 +99,28 @@ class Placement:
 def place(
     free: Sequence[Candidate], saved: Sequence[Candidate], prompt: Sequence[int], n_swa: int
 ) -> Placement:
-    """The slot for `prompt`, and whether to restore a saved state into it first.
+    """The sequence for `prompt`, and whether to restore a saved state into it first.
 
-    The longest reusable prefix wins, a free slot's own KV before a saved state's at equal length
-    (no copy), and the least recently used among equal slots. Without a useful live prefix the
-    prompt takes the slot that is cheapest to lose: one whose state is already saved, else the
-    shortest, else the least recently used.
+    The longest reusable prefix wins, a free sequence's own KV before a saved state's at equal
+    length (no copy), and the least recently used among equal sequences. Without a useful live
+    prefix the prompt takes the sequence that is cheapest to lose: one whose state is already saved,
+    else the shortest, else the least recently used.
     """
     if not free:
-        raise ValueError("no free slot")
+        raise ValueError("no free sequence")
 
     def reuse(candidate: Candidate) -> int:
         return reusable_prefix(candidate.tokens, prompt, candidate.pos_min, n_swa)
 
-    live = max(free, key=lambda slot: (reuse(slot), -slot.last_used))
+    live = max(free, key=lambda sequence: (reuse(sequence), -sequence.last_used))
     live_reuse = reuse(live)
     best_saved = max(saved, key=reuse, default=None)
     saved_reuse = reuse(best_saved) if best_saved is not None else 0
     if live_reuse >= saved_reuse and live_reuse > 0:
         return Placement(live.key, None, live_reuse)
-    victim = min(free, key=lambda slot: (not slot.saved, len(slot.tokens), slot.last_used))
+    victim = min(
+        free, key=lambda sequence: (not sequence.saved, len(sequence.tokens), sequence.last_used)
+    )
     if best_saved is not None and saved_reuse > 0:
         return Placement(victim.key, best_saved.key, saved_reuse)
     return Placement(victim.key, None, 0)

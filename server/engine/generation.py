@@ -1,9 +1,9 @@
 """An accepted generation as the asyncio side sees it: its events arrive on an asyncio queue.
 
 The engine thread pushes events with `call_soon_threadsafe`; the consumer iterates `events()`,
-which submits the job on first use. Every job holds one place of the engine's bounded capacity
-from `prepare()` on (so a full server answers 503 before a stream starts) until the engine is done
-with it, or until the job is dropped without ever being iterated.
+which submits the generation on first use. Every generation holds one place of the engine's
+bounded capacity from `prepare()` on (so a full server answers 503 before a stream starts) until
+the engine is done with it, or until it is dropped without ever being iterated.
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
 
-from server.engine.types import Event, Finished, GenerationRequest, TextDelta
+from server.engine.contract import Event, Finished, GenerationRequest, TextDelta
+from server.engine.vision import PromptImage
 
-if TYPE_CHECKING:
-    from server.engine.vision import PromptImage
-
-DONE = object()  # end-of-events marker on a job's asyncio queue
+DONE = object()  # end-of-events marker on a generation's asyncio queue
 
 
 class Reservation:
@@ -39,7 +36,7 @@ class Reservation:
         self._on_release()
 
 
-class Job:
+class LlamaGeneration:
     """One sequence to generate: the tokenised prompt, its limits and its event queue."""
 
     def __init__(
@@ -50,7 +47,7 @@ class Job:
         grammar: str | None,
         n_ctx: int,
         reservation: Reservation,
-        submit: Callable[[Job], None],
+        submit: Callable[[LlamaGeneration], None],
         images: tuple[PromptImage, ...] = (),
     ) -> None:
         self.request = request
@@ -66,7 +63,7 @@ class Job:
         self._submit = submit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        # A job prepared but never iterated (a later choice of the same request was refused)
+        # A generation prepared but never iterated (a later choice of the same request was refused)
         # gives its place back when it is garbage-collected.
         weakref.finalize(self, reservation.release)
 
@@ -83,7 +80,7 @@ class Job:
 
         NOTE: the `finally` runs when the consumer stops iterating (client disconnect, error), as
         long as the consumer closes this generator (`contextlib.aclosing`); the engine thread
-        checks `cancelled` before every decode step and frees the sequence's slot.
+        checks `cancelled` before every decode step and frees its sequence.
         """
         self._loop = asyncio.get_running_loop()
         self.submitted_at = time.monotonic()
