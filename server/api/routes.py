@@ -64,7 +64,7 @@ def _card(runtime: Runtime, state: ModelState) -> ModelCard:
         name=spec.name,
         parameters=spec.parameters,
         quantization=spec.quantization,
-        file_size=spec.file_size,
+        file_size=spec.file_size if state.model_id == runtime.start_id else state.file_size,
         context_length=info.n_ctx if info else None,
         trained_context_length=spec.architecture.context_length,
         device=info.device if info else None,
