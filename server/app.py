@@ -179,8 +179,13 @@ def create_app(
     def install(engine: Engine) -> Engine:
         return MeteredEngine(engine, metrics)
 
+    # The first load reports its progress (/health, the log); a reload after an idle unload
+    # reads the file already in the cache and just says it in one line.
+    loads = [load, load_engine or default_engine_loader(settings, plan, manager.stopping)]
+
     def start(_stopping: threading.Event, _free: int | None) -> Engine:
-        return install(load())
+        loader = loads.pop(0) if len(loads) > 1 else loads[0]
+        return install(loader())
 
     if load_engine is None:
         _register_models(manager, settings, plan, start, install, probe)

@@ -194,10 +194,12 @@ class ModelManager:
         return entry.resident if entry else None
 
     def start_loading(self, model_id: str) -> asyncio.Task[None]:
-        """Start loading `model_id` (the model picked at start) without a request waiting."""
+        """Start loading `model_id` (the model picked at start) without a request waiting. Its
+        plan was just made against the memory free now, and may offload it in part: it is
+        loaded as planned, not refused by the fit (later loads of it are checked)."""
         entry = self._entry(model_id)
         if entry.loading is None and entry.resident is None:
-            self._begin_load(entry)
+            self._begin_load(entry, fit=False)
         assert entry.loading is not None or entry.resident is not None
         task = entry.loading
         if task is None:  # already loaded
@@ -289,16 +291,16 @@ class ModelManager:
             return self.keep_alive
         return entry.keep_alive
 
-    def _begin_load(self, entry: _Entry) -> None:
-        task = asyncio.get_running_loop().create_task(self._load(entry))
+    def _begin_load(self, entry: _Entry, *, fit: bool = True) -> None:
+        task = asyncio.get_running_loop().create_task(self._load(entry, fit=fit))
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
         entry.loading = task
 
-    async def _load(self, entry: _Entry) -> None:
+    async def _load(self, entry: _Entry, *, fit: bool = True) -> None:
         model = entry.model
         try:
             async with self._placing:
-                placement = await self._place(entry)
+                placement = await self._place(entry) if fit else Placement((), None)
                 for evicted in placement.evict:
                     await self._start_unload(
                         self._entries[evicted], f"to make room for {model.model_id}"
