@@ -87,12 +87,12 @@ class Runtime:
             code="model_not_found",
         )
 
-    def spec_of(self, state: ModelState) -> ModelSpec:
+    def spec_of(self, state: ModelState) -> ModelSpec | None:
         """The registry description of an installed model (the start model's may be the
-        fallback's)."""
-        if state.model_id == self.start_id or not isinstance(state.about, ModelSpec):
+        fallback's); None for a model of another kind registered without one."""
+        if state.model_id == self.start_id:
             return self.spec
-        return state.about
+        return state.about if isinstance(state.about, ModelSpec) else None
 
     def public_id(self, state: ModelState) -> str:
         """The id clients send for it (the start model's: what is loaded)."""

@@ -76,15 +76,27 @@ def _details(spec: ModelSpec) -> ModelDetails:
     return ModelDetails(parameter_size=spec.parameters, quantization_level=spec.quantization)
 
 
-def _size(runtime: Runtime, state: ModelState) -> int:
+def _spec(runtime: Runtime, state: ModelState) -> ModelSpec:
+    """A chat model's registry description (Ollama's routes list chat models only)."""
     spec = runtime.spec_of(state)
+    if spec is None or state.kind != "chat":
+        raise APIError(400, f"{state.model_id} is not a chat model.", param="model")
+    return spec
+
+
+def _chat_models(runtime: Runtime) -> list[ModelState]:
+    return [state for state in runtime.models.states() if state.kind == "chat"]
+
+
+def _size(runtime: Runtime, state: ModelState) -> int:
+    spec = _spec(runtime, state)
     vision = state.model is not None and state.model.info.vision
     return spec.file_size + ((spec.vision_projector_size or 0) if vision else 0)
 
 
 def _tag(runtime: Runtime, state: ModelState) -> TagModel:
     name = f"{runtime.public_id(state)}:latest"
-    spec = runtime.spec_of(state)
+    spec = _spec(runtime, state)
     return TagModel(
         name=name,
         model=name,
@@ -120,15 +132,15 @@ async def version() -> Version:
 @router.get("/tags", response_model=TagList)
 async def tags(runtime: RuntimeDep) -> TagList:
     """Every installed model."""
-    return TagList(models=[_tag(runtime, state) for state in runtime.models.states()])
+    return TagList(models=[_tag(runtime, state) for state in _chat_models(runtime)])
 
 
 @router.get("/ps", response_model=RunningList)
 async def running(runtime: RuntimeDep) -> RunningList:
     """The loaded models, with the memory they hold and when they unload if still idle."""
     models = []
-    for state in runtime.models.states():
-        if state.state != "loaded" or state.kind != "chat":
+    for state in _chat_models(runtime):
+        if state.state != "loaded":
             continue
         info = state.model.info
         models.append(
@@ -156,7 +168,7 @@ def _model_name(body: ModelRequest) -> str:
 @router.post("/show", response_model=ShowAnswer)
 async def show(body: ModelRequest, runtime: RuntimeDep) -> ShowAnswer:
     state = served(runtime, _model_name(body))
-    spec = runtime.spec_of(state)
+    spec = _spec(runtime, state)
     info = state.model.info if state.model is not None else None
     arch = spec.architecture
     model_info: dict[str, Any] = {

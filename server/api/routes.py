@@ -58,6 +58,19 @@ async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
 def _card(runtime: Runtime, state: ModelState) -> ModelCard:
     spec = runtime.spec_of(state)
     info = state.model.info if state.model is not None and state.kind == "chat" else None
+    expires = int(state.expires_at) if state.expires_at is not None else None
+    if spec is None:  # another kind of model, registered without a registry description
+        return ModelCard(
+            id=state.model_id,
+            created=runtime.created,
+            file_size=state.file_size,
+            context_length=None,
+            device=None,
+            capabilities=None,
+            state=state.state,
+            memory=state.holds,
+            expires_at=expires,
+        )
     return ModelCard(
         id=runtime.public_id(state),
         created=runtime.created,
@@ -71,7 +84,7 @@ def _card(runtime: Runtime, state: ModelState) -> ModelCard:
         capabilities=Capabilities(vision=info.vision) if info else None,
         state=state.state,
         memory=state.holds,
-        expires_at=int(state.expires_at) if state.expires_at is not None else None,
+        expires_at=expires,
     )
 
 

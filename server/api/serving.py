@@ -108,6 +108,15 @@ class Serving:
         if not runtime.ready:
             raise runtime.not_ready_error()
         model_id = runtime.resolve(model)
+        kind = runtime.models.state(model_id).kind
+        if kind != "chat":  # e.g. an embedding model: it generates no text
+            raise APIError(
+                400,
+                f"The model '{model}' is a model of kind '{kind}' (an embedding model, say); "
+                "it does not generate text.",
+                param="model",
+                code="model_not_supported",
+            )
         try:
             self._lease = await runtime.models.acquire(model_id, keep_alive=keep_alive)
         except CannotFit as exc:

@@ -319,7 +319,13 @@ class ModelManager:
         entry.last_used, entry.last_used_wall = self._clock(), time.time()
         if self.stopping.is_set():  # loaded as the server stops: close it with the others
             return
-        log.info("%s loaded in %.1f s (on demand)", model.model_id, took)
+        if entry.waiting:  # requests waited: their time to first token includes this load
+            log.info(
+                "%s loaded in %.1f s on demand (%d requests waited for it)",
+                model.model_id,
+                took,
+                entry.waiting,
+            )
         self._schedule_idle(entry)
 
     async def _place(self, entry: _Entry) -> Placement:

@@ -46,6 +46,13 @@ class SecondLoader:
         return engine
 
 
+class Closable:
+    """A loaded model of another kind (what an embedding engine registers)."""
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def second() -> SecondLoader:
     return SecondLoader()
@@ -60,6 +67,7 @@ def server(tmp_path: Path, second: SecondLoader) -> Iterator[FastServer]:
     models = [
         Installed(SECOND, second, need=GiB, file_size=1234, about=about(SECOND)),
         Installed("too-large", second, need=10**18, file_size=10**18, about=about("too-large")),
+        Installed("embedder", lambda stopping, free: Closable(), need=1, kind="embedding"),
     ]
     yield from serve(tmp_path, ScriptedEngine(), models=models, keep_alive="forever")
 
@@ -77,8 +85,8 @@ def test_every_installed_model_is_listed_with_its_state_the_start_model_first(
 ) -> None:
     with server.client() as http:
         cards = http.get("/v1/models").json()["data"]
-        assert [card["id"] for card in cards] == [MODEL_ID, SECOND, "too-large"]
-        assert [card["state"] for card in cards] == ["loaded", "unloaded", "unloaded"]
+        assert [card["id"] for card in cards] == [MODEL_ID, SECOND, "too-large", "embedder"]
+        assert [card["state"] for card in cards] == ["loaded", "unloaded", "unloaded", "unloaded"]
         assert cards[1]["file_size"] == 1234 and cards[1]["memory"] == 0
         one = http.get(f"/v1/models/{SECOND}").json()
         assert one["id"] == SECOND and one["state"] == "unloaded"
@@ -174,6 +182,18 @@ def test_a_client_that_leaves_during_a_load_does_not_cancel_it(
         second.gate.set()
         assert chat(http, SECOND).status_code == 200
     assert second.calls == 1
+
+
+def test_a_model_of_another_kind_is_listed_but_generates_no_text(server: FastServer) -> None:
+    with server.client() as http:
+        error = error_of(chat(http, "embedder"), 400)
+        assert (
+            error["param"] == "model"
+            and "embedding model" in error["message"]
+            and "embedding" in error["message"]
+        )
+        assert states(http)["embedder"] == "unloaded"  # refused before loading it
+        assert "embedder:latest" not in [m["name"] for m in http.get("/api/tags").json()["models"]]
 
 
 def test_an_unknown_model_is_404_naming_how_to_install_it(server: FastServer) -> None:
