@@ -18,11 +18,12 @@ from server import __version__
 from server.build_record import cpu_flags, name, needed
 from server.capability import LlamaBuild
 from server.download import repo_dir
-from server.fetch import cached_file, read_record, record_matches, unwritable_cache
+from server.fetch import read_record, record_matches, unwritable_cache
 from server.hardware import Hardware
 from server.memory import gib
 from server.models.installed import (
     UserModels,
+    cached_file,
     default_models_file,
     installed_specs,
     load_user_models,

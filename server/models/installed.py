@@ -27,9 +27,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.engine.chat_template import ChatTemplate, TemplateRejected
-from server.fetch import FetchError, cached_file, verify_gguf
+from server.fetch import FetchError, bundled_path, record_path, verify_gguf
 from server.gguf import GGUFError, read_header
-from server.registry import Architecture, LocalSource, ModelSpec, PypiSource, Registry
+from server.registry import (
+    Architecture,
+    HuggingFaceSource,
+    LocalSource,
+    ModelSpec,
+    PypiSource,
+    Registry,
+)
 
 # llama.cpp's Gemma 3 layer pattern (not in the GGUF): every sixth layer attends globally.
 GEMMA3_SWA_PATTERN = 6
@@ -156,6 +163,29 @@ def load_user_models(path: Path | None, taken: set[str]) -> UserModels:
         except FetchError as exc:
             refused.append(f"{where}: {exc}; not served")
     return UserModels(tuple(specs), tuple(refused))
+
+
+def cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
+    """(file, its checksum record) of the first of `spec`'s sources the cache holds (a brought file:
+    where it is)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for source in spec.sources:
+        if isinstance(source, PypiSource):
+            try:
+                path = bundled_path(source, cache_dir)
+            except ImportError:
+                continue
+        elif isinstance(source, HuggingFaceSource):
+            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
+            if not isinstance(found, str):
+                continue
+            path = Path(found)
+        else:
+            path = Path(source.path)
+        if path.is_file():
+            return path, record_path(cache_dir, source)
+    return None
 
 
 def _bundled(spec: ModelSpec) -> bool:

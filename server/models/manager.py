@@ -37,41 +37,32 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from server.models.fit import Placement, Resident, place
+from server.models.model import (
+    Installed,
+    KeepAlive,
+    Loadable,
+    ModelBusy,
+    ModelState,
+    NotInstalled,
+    State,
+)
+
+__all__ = [
+    "Installed",
+    "KeepAlive",
+    "Lease",
+    "Loadable",
+    "ModelBusy",
+    "ModelManager",
+    "ModelState",
+    "NotInstalled",
+]
 
 log = logging.getLogger("gemma_serve.models")
-
-KeepAlive = float | None  # seconds a model stays loaded once idle; None: until the server stops
-
-
-class Loadable(Protocol):
-    """What a loaded model must offer the manager."""
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Installed:
-    """A model that can be served without a download (see the module docstring)."""
-
-    model_id: str
-    load: Callable[[threading.Event, int | None], Loadable] = field(repr=False)
-    need: int  # bytes of the managed memory it holds once loaded
-    file_size: int = 0
-    kind: str = "chat"
-    source: str = "registry"  # "registry", or the user registry file that brought it
-    about: Any = field(default=None, compare=False)  # what the API shows (a chat model's spec)
-
-
-class NotInstalled(LookupError):
-    """No installed model has this id."""
-
-
-class ModelBusy(RuntimeError):
-    """Too many requests already wait for this model's load (the queue limit)."""
 
 
 @dataclass
@@ -92,29 +83,6 @@ class _Entry:
     unload_seconds: float = 0.0
     requests: int = 0
     error: str | None = None  # the last load's failure, until a load succeeds
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """One installed model as the API, the metrics and the doctor show it."""
-
-    model_id: str
-    kind: str
-    state: Literal["loaded", "loading", "unloading", "unloaded"]
-    file_size: int
-    holds: int  # bytes held while loaded (the plan's figure), else 0
-    busy: bool
-    requests: int
-    last_used: float | None  # wall-clock seconds, None: never used
-    expires_at: float | None  # wall-clock seconds it unloads if still idle; None: never/busy
-    loads: int
-    unloads: int
-    load_seconds: float
-    unload_seconds: float
-    error: str | None
-    source: str
-    model: Any = field(default=None, repr=False)  # the loaded object while loaded
-    about: Any = field(default=None, repr=False)  # `Installed.about`
 
 
 class Lease:
@@ -394,7 +362,7 @@ class ModelManager:
         self._start_unload(entry, f"idle for {keep_alive:g} s")
 
     def _state(self, entry: _Entry) -> ModelState:
-        state: Literal["loaded", "loading", "unloading", "unloaded"]
+        state: State
         if entry.resident is not None:
             state = "loaded"
         elif entry.loading is not None:
