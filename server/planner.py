@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from server.capability import LlamaBuild, capability_text, cuda_rebuild
 from server.hardware import Device, below_architectures
 from server.memory import GiB, KvType, estimate, gib, kv_cache, pad
-from server.registry import ModelSpec, PypiSource, Registry
+from server.registry import ModelSpec, PypiSource, Registry, RegistryError
 
 CTX_STEP = 1024
 # On a GPU the plan always makes room for this many sequences decoded together, then adds as many
@@ -104,10 +104,10 @@ class Plan:
 
 def cpu_model(registry: Registry) -> ModelSpec:
     """The bundled model (shipped as a Python package): what runs with no GPU and no network."""
-    for spec in registry.models:
+    for spec in registry.chat_models:
         if any(isinstance(source, PypiSource) for source in spec.sources):
             return spec
-    return min(registry.models, key=lambda spec: spec.file_size)
+    return min(registry.chat_models, key=lambda spec: spec.file_size)
 
 
 def usable_devices(
@@ -150,6 +150,11 @@ def plan(
     trained context) or `gpu_layers` is used as given.
     """
     forced = registry.get(options.model) if options.model else None
+    if forced is not None and forced.capabilities.embeddings:
+        raise RegistryError(
+            f"'{forced.id}' is an embedding model, not a chat model: serve it beside the chat "
+            f"model with --embedding-model {forced.id}"
+        )
     usable, refusals = usable_devices(devices, build, options)
     if not usable:
         found = "no usable GPU" if devices else "no NVIDIA GPU found"
@@ -244,7 +249,7 @@ def _cpu_plan(
     ignored = ("--gpu-layers has no effect without a GPU",) if options.gpu_layers else ()
     rows = tuple(
         Candidate(s.id, _cpu_ctx(s, options), budget.needed(s, _cpu_ctx(s, options)), False)
-        for s in registry.models
+        for s in registry.chat_models
     )
     return Plan(
         model=spec,
@@ -282,7 +287,7 @@ def _gpu_plan(
 
     rows = []
     chosen = forced
-    for spec in sorted(registry.models, key=lambda spec: spec.file_size, reverse=True):
+    for spec in sorted(registry.chat_models, key=lambda spec: spec.file_size, reverse=True):
         memory = budget.needed(spec, ctx_for(spec))
         rows.append(Candidate(spec.id, ctx_for(spec), memory, memory <= budget.available))
         if chosen is None and rows[-1].fits:

@@ -76,6 +76,15 @@ class Architecture(_Strict):
     vocab_size: int = Field(gt=0)
 
 
+class ModelCapabilities(_Strict):
+    """What a model is for: chat (the default), or embeddings (served on /v1/embeddings beside
+    the chat model, never planned as the chat model)."""
+
+    embeddings: bool = False
+    # Shorter vector lengths the model was trained to be cut to (Matryoshka), e.g. 512, 256.
+    matryoshka_dimensions: tuple[int, ...] = ()
+
+
 class ModelSpec(_Strict):
     """One servable model."""
 
@@ -92,6 +101,7 @@ class ModelSpec(_Strict):
     # like the model's); the planner budgets its memory. None for text-only models.
     vision_projector_size: int | None = Field(None, gt=0)
     vision_projector_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
 
     @property
     def has_vision(self) -> bool:
@@ -103,6 +113,11 @@ class ModelSpec(_Strict):
 
 class Registry(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
+
+    @property
+    def chat_models(self) -> list[ModelSpec]:
+        """The models the planner may choose to chat with (not the embedding models)."""
+        return [spec for spec in self.models if not spec.capabilities.embeddings]
 
     def get(self, model_id: str) -> ModelSpec:
         for spec in self.models:

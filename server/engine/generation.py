@@ -1,7 +1,8 @@
 """An accepted generation as the asyncio side sees it: its events arrive on an asyncio queue.
 
-The engine thread pushes events with `call_soon_threadsafe`; the consumer iterates `events()`,
-which submits the generation on first use. Every generation holds one place of the engine's
+The engine thread pushes events with `call_soon_threadsafe`, once per step for all the events of
+that step (`one_delivery_per_step`); the consumer iterates `events()`, which submits the
+generation on first use. Every generation holds one place of the engine's
 bounded capacity from `prepare()` on (so a full server answers 503 before a stream starts) until
 the engine is done with it, or until it is dropped without ever being iterated.
 """
@@ -12,12 +13,58 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import contextmanager
 
 from server.engine.contract import Event, Finished, GenerationRequest, TextDelta
 from server.engine.vision import PromptImage
 
 DONE = object()  # end-of-events marker on a generation's asyncio queue
+
+
+class _Outbox(threading.local):
+    """The events an engine thread holds during one step (None: push at once)."""
+
+    held: list[tuple[LlamaGeneration, object]] | None = None
+
+
+_outbox = _Outbox()
+
+
+@contextmanager
+def one_delivery_per_step() -> Iterator[None]:
+    """Hold every event this thread pushes until the block ends, then hand them to each event
+    loop in one `call_soon_threadsafe`, in order.
+
+    NOTE: each `call_soon_threadsafe` takes the loop's lock and writes its wake-up pipe, and the
+    loop then runs a callback; one per token per sequence was the engine thread's largest cost
+    outside `llama_decode` (bench/step_cost.py), paid again for every sequence of a step.
+    """
+    held: list[tuple[LlamaGeneration, object]] = []
+    _outbox.held = held
+    try:
+        yield
+    finally:
+        _outbox.held = None
+        _deliver(held)
+
+
+def _deliver(held: list[tuple[LlamaGeneration, object]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[LlamaGeneration, object]]] = {}
+    for generation, item in held:
+        assert generation._loop is not None
+        by_loop.setdefault(generation._loop, []).append((generation, item))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            for generation, _ in items:
+                generation.cancelled.set()
+
+
+def _put_all(items: list[tuple[LlamaGeneration, object]]) -> None:
+    for generation, item in items:
+        generation._queue.put_nowait(item)
 
 
 class Reservation:
@@ -68,8 +115,13 @@ class LlamaGeneration:
         weakref.finalize(self, reservation.release)
 
     def push(self, item: object) -> None:
-        """Called from the engine thread."""
+        """Called from the engine thread; held until the step ends inside
+        `one_delivery_per_step`."""
         assert self._loop is not None
+        held = _outbox.held
+        if held is not None:
+            held.append((self, item))
+            return
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: nobody is listening any more

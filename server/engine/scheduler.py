@@ -20,7 +20,7 @@ import llama_cpp
 
 from server.engine.admission import admit
 from server.engine.contract import EngineUnavailable, TokenLogprob, TopLogprob
-from server.engine.generation import DONE, LlamaGeneration
+from server.engine.generation import DONE, LlamaGeneration, one_delivery_per_step
 from server.engine.image_step import ImageSteps
 from server.engine.loading import N_BATCH, LoadedModel
 from server.engine.prompt_cache import PromptCache
@@ -105,7 +105,8 @@ class Scheduler:
                     self._admit(generation)
                 self._drop_cancelled()
                 if self.active:
-                    self._step(batch)
+                    with one_delivery_per_step():
+                        self._step(batch)
         except Exception as exc:  # a bug or a broken model: end every generation rather than hang
             log.exception("the engine thread failed")
             self._end_all(exc)

@@ -197,10 +197,12 @@ def _bundled(spec: ModelSpec) -> bool:
 
 
 def installed_specs(registry: Registry, cache_dir: Path, brought: UserModels) -> list[ModelSpec]:
-    """Registry models whose file is in the cache (or bundled), then the brought ones."""
+    """Chat models of the registry whose file is in the cache (or bundled), then the brought
+    ones. (The embedding model is served beside them, --embedding-model.)"""
     cached = [
         spec
         for spec in registry.models
-        if _bundled(spec) or cached_file(spec, cache_dir) is not None
+        if not spec.capabilities.embeddings
+        and (_bundled(spec) or cached_file(spec, cache_dir) is not None)
     ]
     return [*cached, *brought.specs]

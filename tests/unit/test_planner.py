@@ -17,7 +17,7 @@ from server.hardware import Device
 from server.memory import GiB, MiB, compute_buffer, estimate, gib, global_layers, kv_cache
 from server.planner import Plan, PlanOptions
 from server.planner import plan as make_plan
-from server.registry import Registry, load_registry
+from server.registry import Registry, RegistryError, load_registry
 
 # What llama.cpp reports on a machine with a CUDA build and an RTX 3090, and with the CPU-only
 # build installed by default (the figures are the ones llama.cpp prints there).
@@ -229,9 +229,9 @@ def test_a_vision_model_budgets_its_projector(registry: Registry) -> None:
     assert plan(gpus(8), registry, PlanOptions(vision=False)).vision == 0
 
 
-def test_no_gpu_lists_every_model(registry: Registry) -> None:
+def test_no_gpu_lists_every_chat_model(registry: Registry) -> None:
     chosen = plan([], registry, PlanOptions())
-    assert {row.model_id for row in chosen.candidates} == {m.id for m in registry.models}
+    assert {row.model_id for row in chosen.candidates} == {m.id for m in registry.chat_models}
     assert not chosen.on_gpu
 
 
@@ -423,3 +423,16 @@ def test_the_system_info_flags_and_architectures_are_read() -> None:
 def test_the_rebuild_pin_is_pyprojects() -> None:
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert f'"llama-cpp-python=={LLAMA_CPP_PYTHON_PIN}"' in pyproject
+
+
+@pytest.mark.parametrize("devices", [[], gpus(80)])
+def test_the_embedding_model_is_never_planned_for_chat(
+    registry: Registry, devices: list[Device]
+) -> None:
+    """Chosen by the planner: never (its memory row is not even listed); forced: a one-line
+    refusal naming --embedding-model."""
+    chosen = plan(devices, registry, PlanOptions())
+    assert chosen.model.id != "embeddinggemma-300m"
+    assert "embeddinggemma-300m" not in [row.model_id for row in chosen.candidates]
+    with pytest.raises(RegistryError, match="--embedding-model embeddinggemma-300m"):
+        plan(devices, registry, PlanOptions(model="embeddinggemma-300m"))

@@ -1,0 +1,139 @@
+"""The embedding engine on llama.cpp's real embedding path, with the tiny EmbeddingGemma
+(tests/embedding_model.py: the real `gemma-embedding` architecture and the real tokenizer,
+random weights): vectors against a numpy reference of mean pooling and normalisation, batching
+that changes no vector beyond float noise, refusals before any work, and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.engine.embedding_contract import EmbeddingRejected, shorten
+from server.engine.embedding_engine import LlamaEmbeddingEngine
+from tests.embedding_model import WIDTH
+
+TEXTS = [
+    "hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "x",
+    "Embeddings put similar sentences near each other.",
+    "¿Dónde está la biblioteca?",
+]
+NOISE = 1e-4  # float noise between batch shapes (llama.cpp's kernels differ by shape)
+
+
+@pytest.fixture(scope="module")
+def engine(embedding_model_path: Path) -> Iterator[LlamaEmbeddingEngine]:
+    loaded = LlamaEmbeddingEngine(
+        model_path=embedding_model_path,
+        model_id="tiny-embeddinggemma",
+        n_threads=2,
+        matryoshka=(512, 256, 128),
+        n_seq=4,
+    )
+    yield loaded
+    loaded.close()
+
+
+def embed(engine: LlamaEmbeddingEngine, texts: list[str]) -> np.ndarray:
+    return np.array(asyncio.run(engine.embed([engine.tokenize(t) for t in texts])))
+
+
+def test_info_reads_the_model(engine: LlamaEmbeddingEngine) -> None:
+    info = engine.info
+    assert (info.width, info.n_ctx, info.vocab_size) == (WIDTH, 2048, 262144)
+    assert info.matryoshka == (128,)  # 512 and 256 are not shorter than this model's 256
+
+
+def test_tokenisation_is_the_gemma_tokenizers(engine: LlamaEmbeddingEngine) -> None:
+    assert engine.tokenize("hello world") == [2, 23391, 1902]  # <bos> hello ▁world
+
+
+def test_vectors_match_a_numpy_reference_of_mean_pooling(
+    engine: LlamaEmbeddingEngine, embedding_model_path: Path
+) -> None:
+    """llama.cpp's per-token outputs (pooling none, through llama-cpp-python's own high-level
+    path), averaged and normalised in numpy, are the engine's vector: the dense projections are
+    linear, so pooling before or after them is the same."""
+    from llama_cpp import Llama
+
+    tokens_out = Llama(
+        str(embedding_model_path),
+        embedding=True,
+        pooling_type=0,
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=2048,
+        n_threads=2,
+        verbose=False,
+    )
+    try:
+        for text in TEXTS[:3]:
+            per_token = np.array(tokens_out.embed(text, normalize=False))
+            assert per_token.shape == (len(engine.tokenize(text)), WIDTH)
+            mean = per_token.mean(axis=0)
+            reference = mean / np.linalg.norm(mean)
+            [vector] = embed(engine, [text])
+            assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-6)
+            assert float(np.dot(vector, reference)) > 0.999
+            assert np.allclose(vector, reference, atol=5e-3)
+    finally:
+        tokens_out.close()
+
+
+def test_batching_and_order_do_not_change_a_vector(engine: LlamaEmbeddingEngine) -> None:
+    alone = np.array([embed(engine, [text])[0] for text in TEXTS])
+    together = embed(engine, TEXTS)  # 5 inputs in batches of at most 4 sequences
+    backwards = embed(engine, TEXTS[::-1])[::-1]
+    assert np.allclose(alone, together, atol=NOISE)
+    assert np.allclose(alone, backwards, atol=NOISE)
+    twice = embed(engine, [TEXTS[1], TEXTS[1]])
+    assert np.allclose(twice[0], twice[1], atol=NOISE)
+    assert np.allclose(twice[0], alone[1], atol=NOISE)
+    # Different texts are different vectors (the model is noise, but not constant noise).
+    assert float(np.dot(alone[0], alone[1])) < 0.99
+
+
+def test_shortening_keeps_the_head_and_renormalises(engine: LlamaEmbeddingEngine) -> None:
+    [vector] = embed(engine, [TEXTS[0]])
+    short = np.array(shorten(vector.tolist(), 128))
+    assert short.shape == (128,)
+    assert np.linalg.norm(short) == pytest.approx(1.0, abs=1e-9)
+    assert np.allclose(short * np.linalg.norm(vector[:128]), vector[:128])
+
+
+@pytest.mark.parametrize(
+    ("inputs", "index", "words"),
+    [
+        ([[2, 100], []], 1, "empty"),
+        ([[2, 100], [2] + [100] * 2048], 1, "2049 tokens"),
+        ([[2, 262144]], 0, "outside the vocabulary"),
+        ([[2, -1]], 0, "outside the vocabulary"),
+    ],
+)
+def test_refusals_name_the_input(
+    engine: LlamaEmbeddingEngine, inputs: list[list[int]], index: int, words: str
+) -> None:
+    with pytest.raises(EmbeddingRejected, match=words) as refused:
+        asyncio.run(engine.embed(inputs))
+    assert refused.value.index == index
+
+
+def test_a_cancelled_request_stops_between_batches(engine: LlamaEmbeddingEngine) -> None:
+    many = [engine.tokenize(f"sentence number {i}") for i in range(400)]  # 100 batches of 4
+
+    async def cancel_soon() -> None:
+        task = asyncio.create_task(engine.embed(many))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The engine serves the next request at once (nothing left queued on its lock).
+        [vector] = await asyncio.wait_for(engine.embed([many[0]]), timeout=30)
+        assert len(vector) == WIDTH
+
+    asyncio.run(cancel_soon())
