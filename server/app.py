@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -43,134 +43,30 @@ from server.api.security import (
 from server.api.shutdown import Drain, DrainMiddleware
 from server.cancellation import Cancelled
 from server.download import DownloadCancelled
-from server.engine.chat_template import ChatTemplate, TemplateRejected
 from server.engine.contract import Engine
 from server.engine.embedding_contract import EmbeddingEngine
-from server.fetch import FetchError, ensure_model_file, ensure_projector_file
-from server.gguf import read_header
-from server.hardware import GpuProbe
+from server.fetch import ensure_model_file
+from server.hardware import Device, GpuProbe, as_cuda_sees_them
+from server.models.installed import default_models_file, installed_specs, load_user_models
+from server.models.loading import (
+    EngineLoader,
+    chat_model,
+    chat_need,
+    default_engine_loader,
+    free_memory_reader,
+)
+from server.models.manager import Installed, ModelManager
 from server.planner import Plan
 from server.progress import Progress
-from server.registry import ModelSpec, RegistryError, load_registry
+from server.registry import ModelSpec, Registry, RegistryError, load_registry
 from server.settings import Settings
 from server.ui import add_chat_page, is_page_path
 
 log = logging.getLogger("gemma_serve")
 
-EngineLoader = Callable[[], Engine]
+__all__ = ["EngineLoader", "create_app", "default_engine_loader"]
+
 EmbedderLoader = Callable[[], EmbeddingEngine]
-
-
-def check_model_template(path: Path) -> None:
-    """Compile and trial-render the model file's own chat template in the sandbox before
-    llama.cpp loads the file: a template that tries to escape it (CVE-2024-34359) is refused."""
-    source = read_header(path).metadata.get("tokenizer.chat_template")
-    if isinstance(source, str) and source:
-        try:
-            ChatTemplate(source, origin=f"{path.name} file's")
-        except TemplateRejected as exc:
-            raise FetchError(f"{exc}; serve it with --chat-template pinned") from exc
-
-
-def projector_of(
-    spec: ModelSpec,
-    settings: Settings,
-    cancel: threading.Event | None = None,
-    progress: Progress | None = None,
-) -> Path | None:
-    """The model's own vision projector, fetched and checked; None for a text-only model. One
-    that cannot be had leaves the model serving text (logged, and the model card says so)."""
-    if not spec.has_vision:
-        return None
-    try:
-        return ensure_projector_file(spec, settings.cache_dir, cancel, progress)
-    except FetchError as exc:
-        log.warning("%s; serving %s without images (text only)", exc, spec.id)
-        return None
-
-
-def model_to_serve(
-    settings: Settings,
-    plan: Plan,
-    cancel: threading.Event | None = None,
-    progress: Progress | None = None,
-) -> tuple[ModelSpec, int, Path]:
-    """(model, context, verified file): the plan's model, or when it cannot be had the plan's
-    fallback (the bundled model), said loudly: which model was meant, why it is not served, what
-    to do. With --require-gpu there is no fallback: the FetchError ends the start (exit 1), so
-    the supervisor retries and the download resumes, instead of a healthy-looking 270M."""
-    spec, n_ctx = plan.model, plan.n_ctx
-    try:
-        return spec, n_ctx, ensure_model_file(spec, settings.cache_dir, cancel, progress)
-    except FetchError as exc:
-        if plan.fallback is None or settings.require_gpu:
-            raise
-        fallback = plan.fallback
-        log.error(
-            "NOT SERVING %s, the model planned for this machine: %s; serving the bundled %s "
-            "instead (a small base model, poor answers). Fix the cause and restart to serve %s "
-            "(an interrupted download resumes); --require-gpu makes this an error instead",
-            spec.id,
-            exc,
-            fallback.id,
-            spec.id,
-        )
-        n_ctx = min(n_ctx, fallback.architecture.context_length)
-        return fallback, n_ctx, ensure_model_file(fallback, settings.cache_dir, cancel, progress)
-
-
-def default_engine_loader(
-    settings: Settings,
-    plan: Plan,
-    cancel: threading.Event | None = None,
-    progress: Progress | None = None,
-) -> EngineLoader:
-    """Fetch and verify the model file, then load it as planned (runs in a worker thread). A set
-    `cancel` stops a download in progress (DownloadCancelled), to be resumed at the next start.
-    `progress` follows each step, for the log and /health."""
-
-    def load() -> Engine:
-        # Imported here so that only a server that really loads a model imports llama_cpp.
-        from server.engine.llama_engine import LlamaEngine
-
-        spec, n_ctx, path = model_to_serve(settings, plan, cancel, progress)
-        if cancel is not None and cancel.is_set():
-            raise DownloadCancelled(spec.id)  # stopping: do not start loading it now
-        if settings.chat_template == "gguf":
-            check_model_template(path)
-        mmproj = (
-            None
-            if settings.no_vision
-            else settings.mmproj or projector_of(spec, settings, cancel, progress)
-        )
-        if progress is not None:
-            progress.begin(
-                "loading", spec.id, None, detail=f"from {path} ({n_ctx} tokens of context)"
-            )
-        try:
-            return LlamaEngine(
-                model_path=path,
-                model_id=spec.id,
-                n_ctx=n_ctx,
-                n_threads=settings.threads,
-                n_gpu_layers=plan.n_gpu_layers,
-                tensor_split=plan.tensor_split,
-                kv_cache_type=settings.kv_cache_type,
-                template_choice=settings.chat_template,
-                parallel=plan.parallel,
-                parallel_trials=plan.parallel_trials,
-                queue_size=settings.queue_size,
-                request_timeout=settings.request_timeout,
-                mmproj_path=mmproj,
-                cache_ram=settings.cache_ram,
-                cancel=cancel,
-            )  # _load logs the end of the step: "... is loaded ...; ready"
-        except BaseException:
-            if progress is not None:
-                progress.drop()
-            raise
-
-    return load
 
 
 def default_embedder_loader(
@@ -212,14 +108,11 @@ async def _load_embedder(runtime: Runtime, load: EmbedderLoader) -> None:
 
 
 async def _load(
-    runtime: Runtime,
-    load: EngineLoader,
-    fallback: ModelSpec | None,
-    on_fatal: Callable[[str], None],
-    install: Callable[[Engine], Engine],
+    runtime: Runtime, fallback: ModelSpec | None, on_fatal: Callable[[str], None]
 ) -> None:
+    """Load the model picked at start through the manager; /health is ready once it is."""
     try:
-        engine = await asyncio.to_thread(load)
+        await runtime.models.start_loading(runtime.start_id)
     except DownloadCancelled:
         log.info("stopped during the download of %s; it resumes at the next start", runtime.spec.id)
         return
@@ -230,15 +123,62 @@ async def _load(
         runtime.load_error = str(exc)
         on_fatal(f"cannot serve {runtime.spec.id}: {exc}")
         return
+    engine = runtime.engine
+    if engine is None:  # loaded as the server stops
+        return
     if fallback is not None and engine.info.model_id == fallback.id:
         runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
-    runtime.engine = install(engine)
+    runtime.ready = True
     loaded = f"{engine.info.model_id} is loaded{{took}} (context {engine.info.n_ctx} tokens); ready"
     if runtime.progress is not None:
         runtime.progress.end(loaded)
         runtime.progress.close()
     else:
         log.info("%s", loaded.replace("{took}", ""))
+
+
+def _register_models(
+    manager: ModelManager,
+    settings: Settings,
+    plan: Plan,
+    start: Callable[[threading.Event, int | None], Engine],
+    install: Callable[[Engine], Engine],
+    probe: GpuProbe,
+) -> None:
+    """The model picked at start first (clients take the first listed as the one to use), then
+    every other installed model: registry models in the cache and those the user registry file
+    brings (one that fails its checks is refused with one line; the others still serve)."""
+    start_need = plan.needed if plan.on_gpu else chat_need(plan.model, settings, False)
+    manager.register(
+        Installed(
+            plan.model.id, start, need=start_need, file_size=plan.model.file_size, about=plan.model
+        )
+    )
+    try:
+        registry = load_registry(settings.registry_file)
+    except RegistryError as exc:
+        log.error("%s; serving %s only", exc, plan.model.id)
+        return
+    brought = load_user_models(settings.models_file, {spec.id for spec in registry.models})
+    for refused in brought.refused:
+        log.error("%s", refused)
+    everything = Registry(models=[*registry.models, *brought.specs])
+    devices = None
+    if plan.on_gpu:
+
+        def devices() -> list[Device]:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            return as_cuda_sees_them(probe.hardware(), visible).devices
+
+    local = {spec.id for spec in brought.specs}
+    for spec in installed_specs(registry, settings.cache_dir, brought):
+        if spec.id != plan.model.id:
+            source = (
+                str(settings.models_file or default_models_file())
+                if spec.id in local
+                else "registry"
+            )
+            manager.register(chat_model(spec, settings, everything, devices, install, source))
 
 
 def create_app(
@@ -248,42 +188,72 @@ def create_app(
     load_embedder: EmbedderLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
     gpu_probe: GpuProbe | None = None,
+    models: Sequence[Installed] = (),
 ) -> FastAPI:
     """Build the ASGI app for a plan. `on_fatal` is told when the model cannot be loaded
     (default: log). `load_engine` replaces the default loader (tests use it to hold a load).
-    `gpu_probe` reads GPU memory for /metrics (default: NVML). `app.state.drain` runs the
+    `gpu_probe` reads GPU memory for /metrics and for the fit of models loaded on demand
+    (default: NVML). `models`: more installed models (tests give scripted ones); with
+    `load_engine` set, only those, else every installed model. `app.state.drain` runs the
     graceful shutdown. Raises SecurityConfigError for an unreadable API key file."""
     # Progress lines in the log off a terminal (containers, services); a bar on a terminal.
     progress = Progress(settings.progress_interval, terminal=sys.stderr.isatty())
+    probe = gpu_probe or GpuProbe()
+    free, what = free_memory_reader(probe, plan.on_gpu, settings.gpu_margin)
+    manager = ModelManager(
+        keep_alive=settings.keep_alive,
+        free_memory=free,
+        what=what,
+        max_waiting=settings.queue_size,
+    )
     runtime = Runtime(
         spec=plan.model,
+        models=manager,
         aliases=tuple(settings.model_aliases),
         progress=progress,
         embedding_id=settings.embedding_model,
     )
-    stopping = threading.Event()  # set at shutdown: a download in progress stops
+    load = load_engine or default_engine_loader(settings, plan, manager.stopping, progress)
     if load_embedder is None and settings.embedding_model is not None:
-        load_embedder = default_embedder_loader(settings, plan, stopping)
-    load = load_engine or default_engine_loader(settings, plan, stopping, progress)
+        load_embedder = default_embedder_loader(settings, plan, manager.stopping)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
-    probe = gpu_probe or GpuProbe()
     metrics = Metrics(
-        engine_stats=lambda: runtime.engine.stats() if runtime.engine else None,
+        engine_stats=runtime.stats,
         gpu_memory=probe.memory_in_use if plan.on_gpu else None,
+        models=manager.states,
     )
 
     def install(engine: Engine) -> Engine:
         return MeteredEngine(engine, metrics)
 
+    # The first load reports its progress (/health, the log); a reload after an idle unload
+    # reads the file already in the cache and just says it in one line.
+    loads = [load, load_engine or default_engine_loader(settings, plan, manager.stopping)]
+
+    def start(_stopping: threading.Event, _free: int | None) -> Engine:
+        loader = loads.pop(0) if len(loads) > 1 else loads[0]
+        return install(loader())
+
+    if load_engine is None:
+        _register_models(manager, settings, plan, start, install, probe)
+    else:
+        need = plan.needed if plan.on_gpu else 0
+        manager.register(
+            Installed(
+                plan.model.id, start, need=need, file_size=plan.model.file_size, about=plan.model
+            )
+        )
+    for model in models:
+        manager.register(model)
+
     async def interrupt() -> None:
-        # Engine.close() is idempotent: the lifespan closes the engine again, harmlessly.
-        if runtime.engine is not None:
-            await asyncio.to_thread(runtime.engine.close)
+        # Engine.close() is idempotent: the lifespan closes the engines again, harmlessly.
+        await asyncio.to_thread(manager.close_all_now)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(runtime, load, plan.fallback, report, install))
+        loading = asyncio.create_task(_load(runtime, plan.fallback, report))
         embedding = (
             asyncio.create_task(_load_embedder(runtime, load_embedder)) if load_embedder else None
         )
@@ -291,14 +261,13 @@ def create_app(
             yield
         finally:
             # A download in progress stops at once (it resumes at the next start), a load in
-            # llama.cpp at its next tensor; then wait for the loader to return.
-            stopping.set()
+            # llama.cpp at its next tensor; then wait for the loaders and close every model.
+            manager.stopping.set()
             await loading
             if embedding is not None:
                 await embedding
             progress.close()
-            if runtime.engine is not None:
-                await asyncio.to_thread(runtime.engine.close)
+            await manager.close()
             if runtime.embedder is not None:
                 await asyncio.to_thread(runtime.embedder.close)
             probe.close()

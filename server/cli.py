@@ -271,11 +271,11 @@ def show_plan(settings: Settings, gpu_memory: list[str] | None, as_json_output: 
 
 def show_doctor(settings: Settings, set_here: frozenset[str] = frozenset()) -> int:
     """`set_here`: the environment variables `main` set, not the user (doctor says which)."""
-    from server.doctor import gather, render
+    from server.doctor import gather, render, running_states
 
     try:
         machine, build = machine_and_build(settings)
-        facts = gather(settings, machine, build, set_here)
+        facts = gather(settings, machine, build, set_here, running_states(settings))
     except (RegistryError, WrongCpu) as exc:
         return _fail(str(exc))
     print("\n".join(render(facts)))  # noqa: T201 - the command's output

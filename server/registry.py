@@ -49,7 +49,16 @@ class HuggingFaceSource(_Strict):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-Source = Annotated[PypiSource | HuggingFaceSource, Field(discriminator="kind")]
+class LocalSource(_Strict):
+    """A GGUF the person brought (a fine-tune, a MedGemma), named in the user registry file
+    (server/models/installed.py): never downloaded, checked like a downloaded file."""
+
+    kind: Literal["local"]
+    path: str
+    vision_projector: str | None = None  # a local projector (mmproj GGUF) for it
+
+
+Source = Annotated[PypiSource | HuggingFaceSource | LocalSource, Field(discriminator="kind")]
 
 
 class Architecture(_Strict):
@@ -97,7 +106,7 @@ class ModelSpec(_Strict):
     @property
     def has_vision(self) -> bool:
         return any(
-            isinstance(source, HuggingFaceSource) and source.vision_projector
+            isinstance(source, HuggingFaceSource | LocalSource) and source.vision_projector
             for source in self.sources
         )
 

@@ -51,6 +51,25 @@ def parse_size(text: str | int) -> int:
 MemorySize = Annotated[int, BeforeValidator(parse_size)]
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds from "5m", "30s", "1h", "0" or a number of seconds; None for "forever" (also a
+    negative number, as Ollama's keep_alive says it)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("forever", "never")):
+        return None
+    if isinstance(text, int | float):
+        return None if text < 0 else float(text)
+    if text.strip().startswith("-"):
+        return None
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (e.g. 5m, 30s, 1h, 0, forever)")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "s").lower()]
+
+
 def split_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """'a, b,,c' -> ('a', 'b', 'c'): lists are comma-separated in flags and variables alike."""
     items = value.split(",") if isinstance(value, str) else value
@@ -58,6 +77,7 @@ def split_list(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 # NoDecode: pydantic-settings would otherwise expect JSON in the environment variable.
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(split_list)]
 
 
@@ -159,6 +179,20 @@ class Settings(BaseSettings):
     registry_file: Path | None = Field(
         None,
         description="Path to a models.yaml registry. Default: the one shipped with gemma-serve.",
+    )
+    models_file: Path | None = Field(
+        None,
+        description=(
+            "A user registry file adding Gemma 3 GGUFs you brought (id, local path, optional "
+            "projector) to models.yaml. Default: ~/.config/gemma-serve/models.yaml if it exists."
+        ),
+    )
+    keep_alive: Duration = Field(
+        300.0,
+        description=(
+            "How long a model that serves nothing stays loaded before its memory is given back "
+            "(5m, 30s, 0, forever); the next request loads it again. Default: 5m."
+        ),
     )
     chat_template: ChatTemplateChoice = Field(
         "pinned",

@@ -139,7 +139,11 @@ def stop_server(server: RunningServer) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("server"), "--ctx", str(SERVER_CTX))
+    # Kept loaded all session: an idle gap between tests longer than the default keep-alive would
+    # otherwise unload the model, and tests reading its loaded card would see it unloaded.
+    running = start_server(
+        tmp_path_factory.mktemp("server"), "--ctx", str(SERVER_CTX), "--keep-alive", "forever"
+    )
     try:
         wait_healthy(running)
         yield running

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/messages")
 async def create_message(
     body: MessagesRequest, request: Request, serving: ServingDep
 ) -> Response | Message:
-    serving.check_model(body.model)
+    await serving.select(body.model)
     # NOTE: in a worker thread: pictures are decoded with Pillow (see routes.py).
     converted = await asyncio.to_thread(to_anthropic_plan, body)
     prepared = await serving.prepare(converted.generations)
@@ -41,7 +41,7 @@ async def create_message(
 
 @router.post("/count_tokens", response_model=TokenCount)
 async def count_tokens(body: CountTokensRequest, serving: ServingDep) -> TokenCount:
-    serving.check_model(body.model)
+    await serving.select(body.model)
     converted = await asyncio.to_thread(to_anthropic_plan, body)
     prepared = await serving.prepare(converted.generations)
     count = prepared[0].prompt_tokens

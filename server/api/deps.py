@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from server.api.errors import APIError, unavailable
-from server.engine.contract import Engine
+from server.engine.contract import Engine, EngineStats
 from server.engine.embedding_contract import EmbeddingEngine
+from server.models.manager import ModelManager, ModelState
 from server.progress import Progress
 from server.registry import ModelSpec
 from server.settings import Settings
@@ -18,11 +19,13 @@ from server.settings import Settings
 
 @dataclass
 class Runtime:
-    """What the routes need to know about the server: the model and whether it is loaded."""
+    """What the routes need to know about the server: the model picked at start (`spec`, listed
+    first and loaded at start), every installed model (`models`, the manager that loads them on
+    demand), and whether the start is over (`ready`: the model picked at start loaded once)."""
 
     spec: ModelSpec
-    aliases: tuple[str, ...] = ()  # other names clients may send for the served model
-    engine: Engine | None = None
+    models: ModelManager
+    aliases: tuple[str, ...] = ()  # other names clients may send for the model picked at start
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     progress: Progress | None = None  # the download, verification or load under way
@@ -31,6 +34,32 @@ class Runtime:
     embedding_id: str | None = None
     embedder: EmbeddingEngine | None = None
     embedding_error: str | None = None
+    ready: bool = False
+    start_id: str = ""  # the manager's id of the model picked at start (the plan's)
+
+    def __post_init__(self) -> None:
+        self.start_id = self.start_id or self.spec.id
+
+    @property
+    def engine(self) -> Engine | None:
+        """The start model's engine while it is loaded."""
+        engine: Engine | None = self.models.loaded(self.start_id)
+        return engine
+
+    def stats(self) -> EngineStats | None:
+        """Every loaded chat engine's load, summed (None while none is loaded)."""
+        engines = [
+            state.model for state in self.models.states() if state.kind == "chat" and state.model
+        ]
+        if not engines:
+            return None
+        each = [engine.stats() for engine in engines]
+        return EngineStats(
+            active=sum(stats.active for stats in each),
+            queued=sum(stats.queued for stats in each),
+            parallel=sum(stats.parallel for stats in each),
+            prompt_cache=each[0].prompt_cache if len(each) == 1 else None,
+        )
 
     def starting(self) -> dict[str, Any]:
         """What /health adds to its 503 before the model is ready: `status` ("downloading",
@@ -42,12 +71,15 @@ class Runtime:
 
     @property
     def model_id(self) -> str:
-        """The id clients send: the loaded model's (it may be the fallback), else the plan's."""
-        return self.engine.info.model_id if self.engine else self.spec.id
+        """The id clients send for the start model: the loaded one's (it may be the fallback),
+        else the plan's."""
+        engine = self.engine
+        return engine.info.model_id if engine else self.spec.id
 
-    def check_model(self, asked: str) -> None:
-        """404 `model_not_found` unless `asked` names the served model (its id or an alias):
-        never a silent fallback to another model."""
+    def resolve(self, asked: str) -> str:
+        """The installed model `asked` names (an id, or an alias of the start model); 404
+        `model_not_found` otherwise, naming how to install it: never a silent other model. The
+        embedding model served beside (--embedding-model) is a 400: it does not chat."""
         if asked == self.embedding_id:
             raise APIError(
                 400,
@@ -56,20 +88,40 @@ class Runtime:
                 param="model",
                 code="model_not_chat",
             )
-        if asked != self.model_id and asked not in self.aliases:
-            raise APIError(
-                404,
-                f"The model '{asked}' does not exist. This server serves '{self.model_id}'.",
-                type="invalid_request_error",
-                param="model",
-                code="model_not_found",
-            )
+        if asked == self.model_id or asked in self.aliases:
+            return self.start_id
+        if self.models.installed(asked):
+            return asked
+        served = ", ".join(self.models.ids())
+        raise APIError(
+            404,
+            f"The model '{asked}' is not installed (installed: {served}). A registry model is "
+            f"installed with `gemma-serve pull {asked}`; a file of your own through --models-file.",
+            type="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+    def spec_of(self, state: ModelState) -> ModelSpec | None:
+        """The registry description of an installed model (the start model's may be the
+        fallback's); None for a model of another kind registered without one."""
+        if state.model_id == self.start_id:
+            return self.spec
+        return state.about if isinstance(state.about, ModelSpec) else None
+
+    def public_id(self, state: ModelState) -> str:
+        """The id clients send for it (the start model's: what is loaded)."""
+        return self.model_id if state.model_id == self.start_id else state.model_id
+
+    def check_model(self, asked: str) -> None:
+        """404 unless `asked` names an installed model (see `resolve`)."""
+        self.resolve(asked)
 
     def check_embedding_model(self, asked: str) -> None:
         """400 unless `asked` names the embedding model: a chat model is named as such."""
         if asked == self.embedding_id:
             return
-        if asked == self.model_id or asked in self.aliases:
+        if asked == self.model_id or asked in self.aliases or self.models.installed(asked):
             raise APIError(
                 400,
                 f"'{asked}' is a chat model and makes no embeddings; the embedding model is "
@@ -103,15 +155,6 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
-def get_engine(runtime: RuntimeDep) -> Engine:
-    if runtime.engine is None:
-        raise runtime.not_ready_error()
-    return runtime.engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def get_settings(request: Request) -> Settings:

@@ -26,6 +26,7 @@ from starlette.types import Scope
 from server.api.error_shape import DIALECTS
 from server.engine.contract import EngineStats, PromptCacheStats
 from server.hardware import GpuMemory
+from server.models.manager import ModelState
 
 _METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 # Seconds. Prefill of a long prompt on a CPU takes many seconds; a GPU token takes milliseconds.
@@ -111,6 +112,61 @@ class _GpuCollector(Collector):
         yield total
 
 
+class _ModelsCollector(Collector):
+    """Each installed model (issue 20): loaded or not, the memory it holds, its requests, last
+    use, and its loads and unloads with the time they took."""
+
+    def __init__(self, states: Callable[[], Sequence[ModelState]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[Metric]:
+        gauges = {
+            "loaded": GaugeMetricFamily(
+                "gemma_serve_model_loaded", "1 while the model is in memory.", labels=["model"]
+            ),
+            "memory": GaugeMetricFamily(
+                "gemma_serve_model_memory_bytes",
+                "Memory the model holds while loaded (the plan's figure).",
+                labels=["model"],
+            ),
+            "last": GaugeMetricFamily(
+                "gemma_serve_model_last_used_seconds",
+                "Unix time the model last served (absent: never).",
+                labels=["model"],
+            ),
+        }
+        counters = {
+            "requests": CounterMetricFamily(
+                "gemma_serve_model_requests", "Requests that named the model.", labels=["model"]
+            ),
+            "loads": CounterMetricFamily(
+                "gemma_serve_model_loads", "Times the model was loaded.", labels=["model"]
+            ),
+            "unloads": CounterMetricFamily(
+                "gemma_serve_model_unloads", "Times the model was unloaded.", labels=["model"]
+            ),
+            "load_s": CounterMetricFamily(
+                "gemma_serve_model_load_seconds", "Seconds spent loading it.", labels=["model"]
+            ),
+            "unload_s": CounterMetricFamily(
+                "gemma_serve_model_unload_seconds", "Seconds spent unloading it.", labels=["model"]
+            ),
+        }
+        for state in self._states():
+            label = [state.model_id]
+            gauges["loaded"].add_metric(label, 1.0 if state.state == "loaded" else 0.0)
+            gauges["memory"].add_metric(label, state.holds)
+            if state.last_used is not None:
+                gauges["last"].add_metric(label, state.last_used)
+            counters["requests"].add_metric(label, state.requests)
+            counters["loads"].add_metric(label, state.loads)
+            counters["unloads"].add_metric(label, state.unloads)
+            counters["load_s"].add_metric(label, state.load_seconds)
+            counters["unload_s"].add_metric(label, state.unload_seconds)
+        yield from gauges.values()
+        yield from counters.values()
+
+
 class Metrics:
     """The app's instruments. `engine_stats` returns None while the model loads; `gpu_memory`
     is given only when the server runs on a GPU (the series are absent otherwise)."""
@@ -119,6 +175,7 @@ class Metrics:
         self,
         engine_stats: Callable[[], EngineStats | None],
         gpu_memory: Callable[[], list[GpuMemory]] | None = None,
+        models: Callable[[], Sequence[ModelState]] | None = None,
     ) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
@@ -172,6 +229,8 @@ class Metrics:
         registry.register(_EngineCollector(engine_stats))
         if gpu_memory is not None:
             registry.register(_GpuCollector(gpu_memory))
+        if models is not None:
+            registry.register(_ModelsCollector(models))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

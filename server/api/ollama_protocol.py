@@ -86,7 +86,11 @@ class OllamaGeneration(WireModel):
     format: Format | None = None
     options: OllamaOptions | None = None
     keep_alive: float | str | None = Field(
-        None, description="Accepted; the model stays loaded while the server runs."
+        None,
+        description=(
+            "How long the model stays loaded once idle (seconds or a duration such as 5m; "
+            "negative: forever; 0 unloads it after this request)."
+        ),
     )
     think: bool | Literal["low", "medium", "high"] | None = None
     # Declared so that they can be refused by name.

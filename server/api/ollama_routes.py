@@ -43,15 +43,16 @@ from server.api.ollama_protocol import (
     Version,
 )
 from server.api.ollama_pull import pull_lines, pull_whole
-from server.api.serving import NDJSON, ServingDep
+from server.api.serving import NDJSON, Serving, ServingDep
 from server.fetch import FetchError
+from server.models.manager import KeepAlive, ModelState
 from server.registry import ModelSpec, RegistryError, load_registry
-from server.settings import Settings
+from server.settings import Settings, parse_duration
 
 # The Ollama release whose API this follows: clients compare `/api/version` with the minimum
 # they need, so it is Ollama's numbering, not gemma-serve's.
 OLLAMA_API_VERSION = "0.12.0"
-# `expires_at` of a model that is never unloaded (there is no idle unload yet).
+# `expires_at` of a model that is never unloaded (keep-alive forever).
 FOREVER = "9999-12-31T23:59:59Z"
 # Gemma 3's turn format in Ollama's template syntax, for display: prompts are rendered with the
 # chat template the server loaded, never with this text.
@@ -65,31 +66,62 @@ router = APIRouter(prefix="/api")
 log = logging.getLogger("gemma_serve.api")
 
 
-def served(runtime: Runtime, asked: str) -> None:
-    """404 unless `asked` names the served model; Ollama's default tag `:latest` is optional."""
-    runtime.check_model(asked.removesuffix(":latest"))
+def served(runtime: Runtime, asked: str) -> ModelState:
+    """The installed model `asked` names (404 otherwise); Ollama's default tag `:latest` is
+    optional."""
+    return runtime.models.state(runtime.resolve(asked.removesuffix(":latest")))
 
 
 def _details(spec: ModelSpec) -> ModelDetails:
     return ModelDetails(parameter_size=spec.parameters, quantization_level=spec.quantization)
 
 
-def _size(runtime: Runtime) -> int:
-    spec = runtime.spec
-    vision = runtime.engine is not None and runtime.engine.info.vision
+def _spec(runtime: Runtime, state: ModelState) -> ModelSpec:
+    """A chat model's registry description (Ollama's routes list chat models only)."""
+    spec = runtime.spec_of(state)
+    if spec is None or state.kind != "chat":
+        raise APIError(400, f"{state.model_id} is not a chat model.", param="model")
+    return spec
+
+
+def _chat_models(runtime: Runtime) -> list[ModelState]:
+    return [state for state in runtime.models.states() if state.kind == "chat"]
+
+
+def _size(runtime: Runtime, state: ModelState) -> int:
+    spec = _spec(runtime, state)
+    vision = state.model is not None and state.model.info.vision
     return spec.file_size + ((spec.vision_projector_size or 0) if vision else 0)
 
 
-def _tag(runtime: Runtime) -> TagModel:
-    name = f"{runtime.model_id}:latest"
+def _tag(runtime: Runtime, state: ModelState) -> TagModel:
+    name = f"{runtime.public_id(state)}:latest"
+    spec = _spec(runtime, state)
     return TagModel(
         name=name,
         model=name,
         modified_at=now_text(),
-        size=_size(runtime),
-        digest=runtime.spec.sha256 or "",
-        details=_details(runtime.spec),
+        size=_size(runtime, state),
+        digest=spec.sha256 or "",
+        details=_details(spec),
     )
+
+
+def keep_alive_of(value: float | str | None) -> KeepAlive | float:
+    """Ollama's `keep_alive` in seconds: a number of seconds or a duration ("5m"), negative for
+    forever (None here); -1.0 when absent (the model's keep-alive is unchanged)."""
+    if value is None:
+        return -1.0
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise APIError(400, f"keep_alive: {exc}", param="keep_alive") from exc
+
+
+def _expires(state: ModelState) -> str:
+    if state.expires_at is None:
+        return FOREVER if not state.busy else now_text()
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.expires_at))
 
 
 @router.get("/version", response_model=Version)
@@ -99,22 +131,31 @@ async def version() -> Version:
 
 @router.get("/tags", response_model=TagList)
 async def tags(runtime: RuntimeDep) -> TagList:
-    return TagList(models=[_tag(runtime)])
+    """Every installed model."""
+    return TagList(models=[_tag(runtime, state) for state in _chat_models(runtime)])
 
 
 @router.get("/ps", response_model=RunningList)
 async def running(runtime: RuntimeDep) -> RunningList:
-    """The loaded model (none while it loads); it stays loaded until the server stops."""
-    if runtime.engine is None:
-        return RunningList(models=[])
-    info = runtime.engine.info
-    model = RunningModel(
-        **_tag(runtime).model_dump(),
-        expires_at=FOREVER,
-        size_vram=_size(runtime) if info.device == "gpu" else 0,
-        context_length=info.n_ctx,
-    )
-    return RunningList(models=[model])
+    """The loaded models, with the memory they hold and when they unload if still idle."""
+    models = []
+    for state in _chat_models(runtime):
+        if state.state != "loaded":
+            continue
+        info = state.model.info
+        models.append(
+            RunningModel(
+                **_tag(runtime, state).model_dump(),
+                expires_at=_expires(state),
+                size_vram=state.holds if info.device == "gpu" else 0,
+                context_length=info.n_ctx,
+            )
+        )
+    return RunningList(models=models)
+
+
+def _bare(name: str) -> str:
+    return name.removesuffix(":latest")
 
 
 def _model_name(body: ModelRequest) -> str:
@@ -126,8 +167,9 @@ def _model_name(body: ModelRequest) -> str:
 
 @router.post("/show", response_model=ShowAnswer)
 async def show(body: ModelRequest, runtime: RuntimeDep) -> ShowAnswer:
-    served(runtime, _model_name(body))
-    spec, info = runtime.spec, runtime.engine.info if runtime.engine else None
+    state = served(runtime, _model_name(body))
+    spec = _spec(runtime, state)
+    info = state.model.info if state.model is not None else None
     arch = spec.architecture
     model_info: dict[str, Any] = {
         "general.architecture": "gemma3",
@@ -146,7 +188,7 @@ async def show(body: ModelRequest, runtime: RuntimeDep) -> ShowAnswer:
     parameters = [f"num_ctx {info.n_ctx}"] if info else []
     parameters += ['stop "<end_of_turn>"', "temperature 1", "top_k 64", "top_p 0.95"]
     return ShowAnswer(
-        modelfile=f"# Served by gemma-serve\nFROM {runtime.model_id}\n",
+        modelfile=f"# Served by gemma-serve\nFROM {runtime.public_id(state)}\n",
         parameters="\n".join(parameters),
         template=TEMPLATE,
         details=_details(spec),
@@ -156,19 +198,18 @@ async def show(body: ModelRequest, runtime: RuntimeDep) -> ShowAnswer:
     )
 
 
-def _load_answer(request: OllamaChatRequest | OllamaGenerateRequest) -> ChatDone | GenerateDone:
-    """Ollama loads a model for a request with nothing to generate; here it is loaded already
-    (`done_reason: "load"`, every count and duration 0). Unloading (`keep_alive: 0`) is refused:
-    the one model stays loaded while the server runs."""
-    if request.keep_alive in (0, "0", "0s", "0m"):
-        raise APIError(
-            400,
-            "gemma-serve keeps its model loaded while it runs; it cannot be unloaded.",
-            param="keep_alive",
-            code="unsupported_parameter",
-        )
+async def _load_answer(
+    request: OllamaChatRequest | OllamaGenerateRequest, serving: Serving
+) -> ChatDone | GenerateDone:
+    """A request with nothing to generate loads the model (`done_reason: "load"`, every count
+    and duration 0), or with `keep_alive: 0` unloads it (`"unload"`), as Ollama does."""
+    reason = "load"
+    if keep_alive_of(request.keep_alive) == 0:
+        serving.release()
+        await serving.runtime.models.unload(serving.runtime.resolve(_bare(request.model)))
+        reason = "unload"
     nothing = Timings(
-        done_reason="load",
+        done_reason=reason,
         total_duration=0,
         prompt_eval_count=0,
         prompt_eval_duration=0,
@@ -186,9 +227,9 @@ async def chat(
     body: OllamaChatRequest, request: Request, serving: ServingDep
 ) -> Response | ChatDone | GenerateDone:
     started = time.monotonic_ns()  # Ollama's durations count from the request's arrival
-    served(serving.runtime, body.model)
+    await serving.select(_bare(body.model), keep_alive=keep_alive_of(body.keep_alive))
     if not body.messages:
-        return _load_answer(body)
+        return await _load_answer(body, serving)
     # NOTE: in a worker thread: pictures are decoded with Pillow (see routes.py).
     converted = await asyncio.to_thread(to_ollama_chat_plan, body)
     answer = OllamaAnswer(body.model, "chat", converted.options, started)
@@ -202,9 +243,9 @@ async def generate(
     body: OllamaGenerateRequest, request: Request, serving: ServingDep
 ) -> Response | ChatDone | GenerateDone:
     started = time.monotonic_ns()
-    served(serving.runtime, body.model)
+    await serving.select(_bare(body.model), keep_alive=keep_alive_of(body.keep_alive))
     if not body.prompt and not body.images:
-        return _load_answer(body)
+        return await _load_answer(body, serving)
     converted = await asyncio.to_thread(to_ollama_generate_plan, body)
     answer = OllamaAnswer(body.model, "generate", converted.options, started)
     return await serving.serve(

@@ -55,6 +55,13 @@ class ModelCard(BaseModel):
     trained_context_length: int | None = None
     device: Literal["gpu", "cpu"] | None = Field(None, description="Where it runs, once loaded.")
     capabilities: Capabilities | None = Field(None, description="What it takes, once loaded.")
+    state: Literal["loaded", "loading", "unloading", "unloaded"] = Field(
+        "unloaded", description="Whether it is in memory now; a request loads it."
+    )
+    memory: int = Field(0, description="Bytes it holds while loaded (the plan's figure).")
+    expires_at: int | None = Field(
+        None, description="Unix time it unloads if still idle (its keep-alive); None: not set."
+    )
 
 
 class ModelList(BaseModel):
@@ -69,3 +76,6 @@ class Health(BaseModel):
     active: int = Field(description="Sequences being generated now.")
     queued: int = Field(description="Accepted sequences waiting for a free place in the batch.")
     parallel: int = Field(description="Sequences generated together at most.")
+    loaded: list[str] = Field(
+        default_factory=list, description="The installed models in memory now (see /v1/models)."
+    )

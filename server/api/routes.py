@@ -22,6 +22,7 @@ from server.api.remote_images import fetch_remote_images, policy_of
 from server.api.responses import ResponseAnswer, to_response_generations
 from server.api.responses_protocol import ResponseObject, ResponseRequest
 from server.api.serving import Serving, ServingDep
+from server.models.manager import ModelState
 from server.settings import Settings
 
 router = APIRouter()
@@ -29,40 +30,61 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health)
 async def health(runtime: RuntimeDep) -> Health | JSONResponse:
-    if runtime.engine is None:
+    if not runtime.ready:
         # 503 until ready, with what it is doing and how far it got (a supervisor's health
         # check reads `status`: server/healthcheck.py).
         error = runtime.not_ready_error()
         body = {**error.body(), **runtime.starting()}
         return JSONResponse(body, status_code=503, headers=error.headers)
-    stats = runtime.engine.stats()
-    return Health(active=stats.active, queued=stats.queued, parallel=stats.parallel)
+    stats = runtime.stats()
+    loaded = [runtime.public_id(s) for s in runtime.models.states() if s.state == "loaded"]
+    if stats is None:  # every model unloaded while idle: ready, loads on the next request
+        return Health(active=0, queued=0, parallel=0, loaded=loaded)
+    return Health(active=stats.active, queued=stats.queued, parallel=stats.parallel, loaded=loaded)
 
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(data=[_card(runtime)])
+    """Every installed model with its state; the model picked at start first (many clients take
+    the first entry as the model to use)."""
+    return ModelList(data=[_card(runtime, state) for state in runtime.models.states()])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, runtime: RuntimeDep) -> ModelCard:
-    runtime.check_model(model_id)
-    return _card(runtime)
+    return _card(runtime, runtime.models.state(runtime.resolve(model_id)))
 
 
-def _card(runtime: Runtime) -> ModelCard:
-    spec, info = runtime.spec, runtime.engine.info if runtime.engine else None
+def _card(runtime: Runtime, state: ModelState) -> ModelCard:
+    spec = runtime.spec_of(state)
+    info = state.model.info if state.model is not None and state.kind == "chat" else None
+    expires = int(state.expires_at) if state.expires_at is not None else None
+    if spec is None:  # another kind of model, registered without a registry description
+        return ModelCard(
+            id=state.model_id,
+            created=runtime.created,
+            file_size=state.file_size,
+            context_length=None,
+            device=None,
+            capabilities=None,
+            state=state.state,
+            memory=state.holds,
+            expires_at=expires,
+        )
     return ModelCard(
-        id=runtime.model_id,
+        id=runtime.public_id(state),
         created=runtime.created,
         name=spec.name,
         parameters=spec.parameters,
         quantization=spec.quantization,
-        file_size=spec.file_size,
+        file_size=spec.file_size if state.model_id == runtime.start_id else state.file_size,
         context_length=info.n_ctx if info else None,
         trained_context_length=spec.architecture.context_length,
         device=info.device if info else None,
         capabilities=Capabilities(vision=info.vision) if info else None,
+        state=state.state,
+        memory=state.holds,
+        expires_at=expires,
     )
 
 
@@ -80,7 +102,7 @@ async def _image_collector(
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ChatCompletion:
-    serving.check_model(body.model)
+    await serving.select(body.model)
     images = await _image_collector(body, serving, settings)
     # NOTE: in a worker thread: decoding a request's pictures with Pillow takes tens of
     # milliseconds each, which would stall every other stream on the event loop.
@@ -100,7 +122,7 @@ async def create_chat_completion(
 async def create_completion(
     body: CompletionRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | Completion:
-    serving.check_model(body.model)
+    await serving.select(body.model)
     completion = to_completion_plan(body, settings.max_choices)
     answer = CompletionAnswer(
         completion_id=f"cmpl-{uuid.uuid4().hex}",
@@ -118,7 +140,7 @@ async def create_completion(
 async def create_response(
     body: ResponseRequest, request: Request, serving: ServingDep, settings: SettingsDep
 ) -> Response | ResponseObject:
-    serving.check_model(body.model)
+    await serving.select(body.model)
     images = await _image_collector(body, serving, settings)
     generations = await asyncio.to_thread(to_response_generations, body, images)  # see chat
     answer = ResponseAnswer(

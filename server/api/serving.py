@@ -4,7 +4,10 @@ Each endpoint converts its request into `GenerationRequests` (pure, in its own m
 describes its answer with an `Answer` (both in serving_types.py, free of FastAPI); everything
 between is here, once:
 
-1. the model the request names is checked (404 otherwise);
+1. the model the request names is chosen (`select`: 404 unless installed) and leased from the
+   model manager, loaded first if it is not (the request waits for the load; one that cannot
+   fit is a 400 with figures); each prepared generation holds its own lease until it is
+   dropped, so the model is never unloaded under a stream;
 2. every sequence is prepared (tokenised, checked, given a place) before any is started, and a
    request needing more sequences than the server can ever hold is a 400 naming the field that
    asked for them; an engine refusal becomes a 400 naming the endpoint's own field
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import aclosing, suppress
 from typing import Annotated, TypeVar
@@ -27,11 +31,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from server.api.deps import EngineDep, Runtime, RuntimeDep, SettingsDep
-from server.api.errors import APIError, stream_failure
+from server.api.deps import Runtime, RuntimeDep, SettingsDep
+from server.api.errors import APIError, stream_failure, unavailable
 from server.api.refusals import openai_refusal
 from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
 from server.api.streams import interleave
+from server.cancellation import Cancelled
 from server.engine.contract import (
     Engine,
     Event,
@@ -40,6 +45,8 @@ from server.engine.contract import (
     RequestRejected,
 )
 from server.logtext import printable
+from server.models.fit import CannotFit
+from server.models.manager import KeepAlive, Lease, ModelBusy
 
 prompt_log = logging.getLogger("gemma_serve.prompts")
 
@@ -81,13 +88,55 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 class Serving:
     """The serving path for one HTTP request (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, engine: Engine, *, log_prompts: bool = False) -> None:
+    def __init__(self, runtime: Runtime, *, log_prompts: bool = False) -> None:
         self.runtime = runtime
-        self.engine = engine
         self._log_prompts = log_prompts
+        self._lease: Lease | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The chosen model's engine (after `select`)."""
+        assert self._lease is not None, "select the model first"
+        engine: Engine = self._lease.model
+        return engine
+
+    async def select(self, model: str, *, keep_alive: KeepAlive | float = -1.0) -> None:
+        """Choose the installed model `model` names and lease it, loading it first if needed.
+        `keep_alive` (seconds, None: forever; negative: unchanged) is Ollama's per request.
+        Until the model picked at start is ready: 503 `model_loading`, as before."""
+        runtime = self.runtime
+        if not runtime.ready:
+            raise runtime.not_ready_error()
+        model_id = runtime.resolve(model)
+        kind = runtime.models.state(model_id).kind
+        if kind != "chat":  # e.g. an embedding model: it generates no text
+            raise APIError(
+                400,
+                f"The model '{model}' is a model of kind '{kind}' (an embedding model, say); "
+                "it does not generate text.",
+                param="model",
+                code="model_not_supported",
+            )
+        try:
+            self._lease = await runtime.models.acquire(model_id, keep_alive=keep_alive)
+        except CannotFit as exc:
+            raise APIError(400, str(exc), param="model", code="model_too_large") from exc
+        except ModelBusy as exc:
+            raise unavailable(f"{exc}; try again later.", "server_busy", retry_after=2) from exc
+        except Cancelled as exc:
+            raise unavailable("The server is shutting down.", "shutting_down") from exc
+        except Exception as exc:  # the load failed (file gone, out of memory elsewhere)
+            raise unavailable(
+                f"The model {model_id} could not be loaded: {exc}", "model_load_failed"
+            ) from exc
 
     def check_model(self, model: str) -> None:
         self.runtime.check_model(model)
+
+    def release(self) -> None:
+        """The request is done with its model (its generations hold their own leases)."""
+        if self._lease is not None:
+            self._lease.release()
 
     async def prepare(self, generations: GenerationRequests) -> list[Generation]:
         """Prepare every generation, or none: a refusal or a full server releases the places the
@@ -110,13 +159,20 @@ class Serving:
             for index, asked in enumerate(requests):
                 self._log_prompt(asked)
                 try:
-                    prepared.append(await self.engine.prepare(asked))
+                    generation = await self.engine.prepare(asked)
+                    assert self._lease is not None
+                    # Released when the generation is dropped (ended, or never started): no
+                    # cost per token.
+                    weakref.finalize(generation, self._lease.extend().release_soon)
+                    prepared.append(generation)
                 except RequestRejected as exc:
                     fields = generations.refusal_fields[index]
                     raise openai_refusal(exc, asked, fields) from exc
         except BaseException:
             prepared.clear()  # NOTE: dropping an unstarted generation gives its place back
             raise
+        finally:
+            self.release()  # the request's own lease: its generations hold theirs
         return prepared
 
     async def respond(
@@ -196,8 +252,8 @@ async def ndjson_lines(events: AsyncIterator[ServerEvent]) -> AsyncIterator[str]
         yield payload + "\n"
 
 
-def get_serving(runtime: RuntimeDep, engine: EngineDep, settings: SettingsDep) -> Serving:
-    return Serving(runtime, engine, log_prompts=settings.log_prompts)
+def get_serving(runtime: RuntimeDep, settings: SettingsDep) -> Serving:
+    return Serving(runtime, log_prompts=settings.log_prompts)
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]

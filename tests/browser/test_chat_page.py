@@ -214,12 +214,12 @@ def test_a_page_opened_while_the_model_loads_shows_it_when_ready(
     page = chat.page
     calls = {"card": 0, "health": 0}
 
-    def card(route: Any) -> None:  # the first card is the one a loading server answers
+    def card(route: Any) -> None:  # the first list is the one a loading server answers
         calls["card"] += 1
         response = route.fetch()
         body = response.json()
         if calls["card"] == 1:
-            body.update(context_length=None, device=None)
+            body["data"][0].update(context_length=None, device=None, state="loading")
         route.fulfill(response=response, json=body)
 
     def health(route: Any) -> None:
@@ -229,7 +229,7 @@ def test_a_page_opened_while_the_model_loads_shows_it_when_ready(
         else:
             route.continue_()
 
-    page.route("**/v1/models/*", card)
+    page.route("**/v1/models", card)
     page.route("**/health", health)
     page.goto(f"{base_url}/")
     model_line_says(page, "loading the model")

@@ -154,15 +154,15 @@ def test_a_full_storage_quota_is_reported_and_nothing_on_the_page_is_lost(
 
 
 def _with_vision(page: Any) -> None:
-    """Answer the page's model card request as a server with a vision model would."""
+    """Answer the page's model list request as a server with a vision model would."""
 
     def card(route: Any) -> None:
         response = route.fetch()
         body = response.json()
-        body["capabilities"] = {"vision": True}
+        body["data"][0]["capabilities"] = {"vision": True}
         route.fulfill(response=response, json=body)
 
-    page.route("**/v1/models/*", card)
+    page.route("**/v1/models", card)
 
 
 def _noise_png(page: Any, side: int) -> bytes:

@@ -51,7 +51,7 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
             threading.Event().wait(0.1)
         health = client.get("/health").json()
         assert health.pop("parallel") in (4, 8, 16)  # measured on the CPU as the model loads
-        assert health == {"status": "ok", "active": 0, "queued": 0}
+        assert health == {"status": "ok", "active": 0, "queued": 0, "loaded": ["gemma-3-270m"]}
         completion = client.post("/v1/chat/completions", json=GOOD).json()
         assert completion["choices"][0]["message"]["content"]
 

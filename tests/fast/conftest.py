@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from server.api.shutdown import Drain
 from server.app import create_app
 from server.capability import LlamaBuild
 from server.cli import DrainingServer
+from server.models.manager import Installed
 from server.planner import Plan, PlanOptions, plan
 from server.registry import load_registry
 from server.settings import Settings
@@ -48,9 +49,16 @@ def cpu_plan() -> Plan:
     return plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
 
 
-def serve(tmp_path: Path, engine: ScriptedEngine, **settings: object) -> Iterator[FastServer]:
+def serve(
+    tmp_path: Path,
+    engine: ScriptedEngine,
+    *,
+    models: Sequence[Installed] = (),
+    **settings: object,
+) -> Iterator[FastServer]:
+    """`models`: more installed models beside the scripted start model."""
     config = Settings(ctx=1024, cache_dir=tmp_path, shutdown_grace=1, **settings)  # type: ignore[arg-type]
-    app = create_app(config, cpu_plan(), load_engine=lambda: engine)
+    app = create_app(config, cpu_plan(), load_engine=lambda: engine, models=models)
     port = free_port()
     server = DrainingServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"),

@@ -239,8 +239,8 @@ def test_an_empty_chat_loads_the_model(fast_server: FastServer) -> None:
             "messages[0].images[0]",
         ),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"keep_alive": "soon"}, "keep_alive"),
         ({"format": {"type": "object"}, "tools": [WEATHER]}, "format"),
-        ({"keep_alive": 0, "messages": []}, "keep_alive"),
     ],
 )
 def test_a_bad_chat_field_is_400_naming_it(

@@ -96,6 +96,11 @@ def test_every_line_is_true_on_this_machine(tmp_path: Path) -> None:
         for spec in registry.models[1:]
     ]
     rest = lines[at + 1 + len(registry.models) :]
+    assert rest[0].startswith("user registry file: ")  # this machine's (none, or the user's)
+    # Bundled: installed, whatever the cache (its state if a server runs on port 8000 here).
+    installed = next(i for i, line in enumerate(rest) if line.startswith("installed models ("))
+    assert rest[installed + 1].startswith("  gemma-3-270m")
+    rest = rest[rest.index("plan:") :]
     assert rest[0] == "plan:"
     assert rest[1:] == ["  " + line for line in run("plan", cache=cache)]
 
@@ -246,3 +251,28 @@ def test_a_failing_driver_and_a_cpu_the_build_is_not_for_are_shown(
         in ("\n".join(lines))
     )
     assert "  CPU instructions used: AVX AVX2 FMA SSE4.2; THIS CPU LACKS AVX2, FMA" in lines
+
+
+def test_doctor_lists_brought_and_installed_models_with_their_state_on_the_server(
+    tmp_path: Path,
+) -> None:
+    """A user registry file's models (a tiny Gemma 3 GGUF brought, a missing one refused) and
+    every installed model with the state the running server reports (issue 20)."""
+    from tests.unit.test_installed import tiny_gemma3
+
+    brought = tiny_gemma3(tmp_path / "tiny.gguf")
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        f"models:\n  - id: tiny\n    path: {brought}\n  - id: gone\n    path: gone.gguf\n"
+    )
+    settings = Settings(cache_dir=tmp_path / "cache", models_file=models_file)
+    machine = GpuProbe(FakeNvml([])).hardware()
+    states = {"gemma-3-270m": "loaded", "tiny": "unloaded"}
+    lines = render(gather(settings, machine, CPU_BUILD, server_states=states))
+    start = lines.index(f"user registry file: {models_file} (1 models)")
+    assert lines[start + 1] == f"  tiny: {brought}"
+    assert lines[start + 2].startswith(f"  refused: {models_file}: gone: ")
+    assert lines[start + 3] == "installed models (on the server at http://127.0.0.1:8000):"
+    assert lines[start + 4 : start + 6] == ["  gemma-3-270m: loaded", "  tiny: unloaded"]
+    lines = render(gather(settings, machine, CPU_BUILD))
+    assert "installed models (no server answers at http://127.0.0.1:8000):" in lines

@@ -32,12 +32,11 @@ async function getJSON(path, apiKey) {
   return response.json();
 }
 
-/** The served model's card: /v1/models lists it, /v1/models/{id} describes it. */
-export async function modelCard(apiKey) {
+/** Every installed model's card, the one picked at start first (/v1/models). */
+export async function modelCards(apiKey) {
   const list = await getJSON("/v1/models", apiKey);
-  const first = list.data?.[0];
-  if (!first) throw new ApiError(0, "the server lists no model");
-  return getJSON(`/v1/models/${encodeURIComponent(first.id)}`, apiKey);
+  if (!list.data?.length) throw new ApiError(0, "the server lists no model");
+  return list.data;
 }
 
 /** True once the model is loaded (/health answers 200; it needs no key). */

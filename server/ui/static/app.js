@@ -1,6 +1,6 @@
 // The chat page's controller: conversations, sending and streaming, settings, import/export.
 
-import { ApiError, isReady, modelCard, streamChat } from "./api.js";
+import { ApiError, isReady, modelCards, streamChat } from "./api.js";
 import { Attachments } from "./images.js";
 import { copyText, StreamingView } from "./render.js";
 import * as store from "./store.js";
@@ -10,6 +10,7 @@ import {
   drawMessages,
   drawMeta,
   drawModel,
+  drawPicker,
   isAtBottom,
   showNotice,
 } from "./view.js";
@@ -18,7 +19,8 @@ const state = {
   conversations: [],
   currentId: null,
   settings: store.loadSettings(),
-  model: null, // the served model's card, from /v1/models/{id}
+  model: null, // the current conversation's model's card, from /v1/models
+  cards: [], // every installed model's card
   streaming: null, // {controller, conversation, reply} while a reply streams
   storageFull: false,
 };
@@ -53,17 +55,40 @@ function select(id) {
   state.currentId = id;
   save();
   drawAll();
+  showModel();
   document.body.classList.remove("sidebar-open");
+}
+
+/** The model a conversation uses: its own pick if still installed, else the first listed. */
+function modelOf(conversation) {
+  return state.cards.find((card) => card.id === conversation.model) ?? state.cards[0] ?? null;
+}
+
+function showModel() {
+  state.model = modelOf(current());
+  if (!state.model) return;
+  drawPicker(state.cards, state.model.id);
+  drawModel(state.model);
+  attachments.enable(state.model.capabilities?.vision === true);
+}
+
+function pickModel() {
+  const conversation = current();
+  conversation.model = $("model-picker").value;
+  save();
+  showModel();
 }
 
 function newChat() {
   if (state.streaming) return;
   if (current().messages.length) {
     const conversation = store.newConversation();
+    if (current().model) conversation.model = current().model; // the model picked last
     state.conversations.push(conversation);
     state.currentId = conversation.id;
     save();
     drawAll();
+    showModel();
   }
   document.body.classList.remove("sidebar-open");
   $("prompt").focus();
@@ -78,6 +103,7 @@ function deleteChat() {
   state.currentId = newest().id;
   save();
   drawAll();
+  showModel();
 }
 
 function rename() {
@@ -92,10 +118,11 @@ function rename() {
 
 async function refreshModel() {
   try {
-    state.model = await modelCard(state.settings.api_key);
-    drawModel(state.model);
-    attachments.enable(state.model.capabilities?.vision === true);
-    if (!state.model.context_length) setTimeout(waitUntilLoaded, 2000);
+    state.cards = await modelCards(state.settings.api_key);
+    showModel();
+    if (!state.model.context_length && state.model.state !== "unloaded") {
+      setTimeout(waitUntilLoaded, 2000);
+    }
   } catch (error) {
     state.model = null;
     attachments.enable(false);
@@ -194,6 +221,7 @@ async function stream(conversation, reply, body, article) {
     if (first !== null) reply.seconds = (performance.now() - first) / 1000;
     state.streaming = null;
     setBusy(false);
+    refreshModel(); // the model is loaded now (and another may have been unloaded for it)
     conversation.updated = Date.now();
     save();
     drawMeta(article, reply);
@@ -210,7 +238,9 @@ function setBusy(busy) {
   document.body.classList.toggle("busy", busy);
   $("send").hidden = busy;
   $("stop").hidden = !busy;
-  for (const id of ["new-chat", "delete-chat", "import-file", "title"]) $(id).disabled = busy;
+  for (const id of ["new-chat", "delete-chat", "import-file", "title", "model-picker"]) {
+    $(id).disabled = busy;
+  }
 }
 
 function openSettings() {
@@ -306,6 +336,7 @@ function start() {
   $("new-chat").addEventListener("click", newChat);
   $("delete-chat").addEventListener("click", deleteChat);
   $("title").addEventListener("change", rename);
+  $("model-picker").addEventListener("change", pickModel);
   $("open-settings").addEventListener("click", openSettings);
   $("settings").addEventListener("close", closeSettings);
   $("export").addEventListener("click", exportAll);

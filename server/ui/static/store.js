@@ -132,6 +132,7 @@ function validConversations(list) {
     created: c.created,
     updated: c.updated,
     messages: c.messages.map(copyMessage),
+    ...(typeof c.model === "string" ? { model: c.model } : {}),
   }));
 }
 

@@ -106,11 +106,27 @@ export function drawMessages(conversation) {
   container.scrollTop = container.scrollHeight;
 }
 
+/** The model picker: every installed model, with whether it is in memory now. */
+export function drawPicker(cards, chosen) {
+  const picker = $("model-picker");
+  picker.replaceChildren(
+    ...cards.map((card) => {
+      const option = document.createElement("option");
+      option.value = card.id;
+      option.textContent = card.state === "loaded" ? card.id : `${card.id} (${card.state})`;
+      return option;
+    }),
+  );
+  picker.value = chosen;
+  picker.hidden = cards.length < 2;
+}
+
 export function drawModel(card) {
   const facts = [card.id];
   if (card.parameters) facts.push(`${card.parameters} parameters`);
   if (card.quantization) facts.push(card.quantization);
-  facts.push(card.context_length ? `context ${card.context_length} tokens` : "loading the model…");
+  if (card.context_length) facts.push(`context ${card.context_length} tokens`);
+  else facts.push(card.state === "unloaded" ? "not loaded: sending loads it" : "loading the model…");
   if (card.device) facts.push(`on the ${card.device.toUpperCase()}`);
   $("model-info").textContent = facts.join(" · ");
 }
