@@ -69,6 +69,9 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
         short.start()
         long.start()  # with one sequence at a time this one waits behind `short`
         assert short.first_text.wait(120) and short.failure is None
+        # SIGTERM only once the server holds both: on a loaded machine the long request could
+        # still be on its way and meet the drain's 503 instead.
+        _wait_until_held(server, 2)
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
 
@@ -105,6 +108,17 @@ def test_sigterm_drains_then_ends_streams_and_exits_0(tmp_path: Path) -> None:
     finally:
         if server.process.poll() is None:
             stop_server(server)
+
+
+def _wait_until_held(server: RunningServer, requests: int) -> None:
+    """Until the server counts `requests` running or queued (a hang guard, not a speed bound)."""
+    deadline = time.monotonic() + 120
+    while True:
+        health = httpx.get(f"{server.base_url}/health", timeout=30).json()
+        if health["active"] + health["queued"] >= requests:
+            return
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
 
 
 def _text_of(payload: dict[str, object]) -> str:
