@@ -110,10 +110,14 @@ class Serving:
         model_id = runtime.resolve(model)
         kind = runtime.models.state(model_id).kind
         if kind != "chat":  # e.g. an embedding model: it generates no text
+            what = (
+                "an embedding model: it answers /v1/embeddings (and Ollama's /api/embed)"
+                if kind == "embedding"
+                else f"a model of kind '{kind}'"
+            )
             raise APIError(
                 400,
-                f"The model '{model}' is a model of kind '{kind}' (an embedding model, say); "
-                "it does not generate text.",
+                f"'{model}' is {what}, not chat; the chat model is '{runtime.model_id}'.",
                 param="model",
                 code="model_not_supported",
             )
