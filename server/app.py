@@ -154,6 +154,11 @@ def _register_models(
     for spec in installed_embedding_specs(registry, settings.cache_dir, settings.embedding_model):
         path = settings.embedding_model_file if spec.id == settings.embedding_model else None
         manager.register(embedding_model(spec, settings, plan.on_gpu, path))
+    named = settings.embedding_model
+    if named is not None and named not in manager.ids():
+        log.error("--embedding-model %s is not an embedding model of the registry", named)
+    elif named is not None and manager.state(named).kind != "embedding":
+        log.error("--embedding-model %s is a chat model, not an embedding model", named)
 
 
 def create_app(
