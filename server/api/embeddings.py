@@ -20,10 +20,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from server.api.deps import Runtime, RuntimeDep
-from server.api.errors import APIError, unavailable
+from server.api.errors import APIError
 from server.api.protocol import WireModel
-from server.api.serving import ClientGone, unless_disconnected
-from server.cancellation import Cancelled
+from server.api.serving import ClientGone, lease_model, unless_disconnected
 from server.engine.embedding_contract import (
     TASK_PROMPTS,
     EmbeddingEngine,
@@ -32,8 +31,7 @@ from server.engine.embedding_contract import (
     shorten,
     with_task,
 )
-from server.models.fit import CannotFit
-from server.models.manager import KeepAlive, Lease, ModelBusy
+from server.models.manager import KeepAlive, Lease
 
 Task = Literal[
     "query",
@@ -180,18 +178,7 @@ async def lease_embedder(
     manager unloads it once idle for its keep-alive; `keep_alive` as `ModelManager.acquire`).
     The route releases it when its work ends, a client that hangs up included."""
     runtime.check_embedding_model(model)
-    try:
-        return await runtime.models.acquire(model, keep_alive=keep_alive)
-    except CannotFit as exc:
-        raise APIError(400, str(exc), param="model", code="model_too_large") from exc
-    except ModelBusy as exc:
-        raise unavailable(f"{exc}; try again later.", "server_busy", retry_after=2) from exc
-    except Cancelled as exc:
-        raise unavailable("The server is shutting down.", "shutting_down") from exc
-    except Exception as exc:  # the load failed (file gone, out of memory elsewhere)
-        raise unavailable(
-            f"The embedding model {model} could not be loaded: {exc}", "model_load_failed"
-        ) from exc
+    return await lease_model(runtime, model, keep_alive)
 
 
 async def answer_unless_gone(request: Request, work: Awaitable[T]) -> T | Response:
