@@ -44,9 +44,8 @@ from server.api.shutdown import Drain, DrainMiddleware
 from server.cancellation import Cancelled
 from server.download import DownloadCancelled
 from server.engine.contract import Engine
-from server.engine.embedding_contract import EmbeddingEngine
-from server.fetch import ensure_model_file
 from server.hardware import Device, GpuProbe, as_cuda_sees_them
+from server.models.embedding import embedding_model, installed_embedding_specs
 from server.models.installed import default_models_file, installed_specs, load_user_models
 from server.models.loading import (
     EngineLoader,
@@ -66,44 +65,17 @@ log = logging.getLogger("gemma_serve")
 
 __all__ = ["EngineLoader", "create_app", "default_engine_loader"]
 
-EmbedderLoader = Callable[[], EmbeddingEngine]
 
-
-def default_embedder_loader(
-    settings: Settings, plan: Plan, cancel: threading.Event | None = None
-) -> EmbedderLoader:
-    """Fetch and verify the embedding model (or take --embedding-model-file), then load it in
-    its own llama.cpp context (runs in a worker thread). On a GPU plan it goes on the GPU whole:
-    300M parameters, about 0.4 GB with its compute buffer, beside the planner's margin."""
-
-    def load() -> EmbeddingEngine:
-        from server.engine.embedding_engine import LlamaEmbeddingEngine
-
-        assert settings.embedding_model is not None
-        spec = load_registry(settings.registry_file).get(settings.embedding_model)
-        if not spec.capabilities.embeddings:
-            raise RegistryError(f"'{spec.id}' is a chat model, not an embedding model")
-        path = settings.embedding_model_file or ensure_model_file(spec, settings.cache_dir, cancel)
-        return LlamaEmbeddingEngine(
-            model_path=path,
-            model_id=spec.id,
-            n_threads=settings.threads,
-            n_gpu_layers=999 if plan.on_gpu else 0,
-            matryoshka=spec.capabilities.matryoshka_dimensions,
-        )
-
-    return load
-
-
-async def _load_embedder(runtime: Runtime, load: EmbedderLoader) -> None:
-    """Load the embedding model beside the chat model; a failure is logged and answered as a
-    503 on /v1/embeddings, and chat goes on."""
+async def _load_embedding_model(runtime: Runtime) -> None:
+    """Load the embedding model named by --embedding-model at start, beside the chat model; a
+    failure is logged (a request naming it tries the load again and answers 503 with the reason),
+    and chat goes on."""
+    assert runtime.embedding_id is not None
     try:
-        runtime.embedder = await asyncio.to_thread(load)
+        await runtime.models.start_loading(runtime.embedding_id)
     except (DownloadCancelled, Cancelled):
         return
     except Exception as exc:
-        runtime.embedding_error = str(exc)
         log.error("cannot serve the embedding model %s: %s", runtime.embedding_id, exc)
 
 
@@ -179,13 +151,20 @@ def _register_models(
                 else "registry"
             )
             manager.register(chat_model(spec, settings, everything, devices, install, source))
+    for spec in installed_embedding_specs(registry, settings.cache_dir, settings.embedding_model):
+        path = settings.embedding_model_file if spec.id == settings.embedding_model else None
+        manager.register(embedding_model(spec, settings, plan.on_gpu, path))
+    named = settings.embedding_model
+    if named is not None and named not in manager.ids():
+        log.error("--embedding-model %s is not an embedding model of the registry", named)
+    elif named is not None and manager.state(named).kind != "embedding":
+        log.error("--embedding-model %s is a chat model, not an embedding model", named)
 
 
 def create_app(
     settings: Settings,
     plan: Plan,
     load_engine: EngineLoader | None = None,
-    load_embedder: EmbedderLoader | None = None,
     on_fatal: Callable[[str], None] | None = None,
     gpu_probe: GpuProbe | None = None,
     models: Sequence[Installed] = (),
@@ -214,8 +193,6 @@ def create_app(
         embedding_id=settings.embedding_model,
     )
     load = load_engine or default_engine_loader(settings, plan, manager.stopping, progress)
-    if load_embedder is None and settings.embedding_model is not None:
-        load_embedder = default_embedder_loader(settings, plan, manager.stopping)
     report = on_fatal or (lambda message: log.error("%s", message))
     api_keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     metrics = Metrics(
@@ -255,7 +232,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_load(runtime, plan.fallback, report))
         embedding = (
-            asyncio.create_task(_load_embedder(runtime, load_embedder)) if load_embedder else None
+            asyncio.create_task(_load_embedding_model(runtime))
+            if manager.installed(runtime.embedding_id or "")
+            else None
         )
         try:
             yield
@@ -268,8 +247,6 @@ def create_app(
                 await embedding
             progress.close()
             await manager.close()
-            if runtime.embedder is not None:
-                await asyncio.to_thread(runtime.embedder.close)
             probe.close()
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN (blank offline,

@@ -140,3 +140,12 @@ def estimate(
         compute=compute_buffer(spec.architecture, n_ubatch) * max(1, n_gpus),
         vision=projector_memory(spec) if vision else 0,
     )
+
+
+def embedding_memory(file_size: int, arch: Architecture) -> int:
+    """Bytes an embedding model holds once loaded (server/engine/embedding_engine.py): its
+    weights (the file), no KV cache (it keeps none), and its compute buffer. A bidirectional model
+    sees a whole input in one micro-batch of its full context, so the buffer is dominated by the
+    attention scores (heads x context x context float32), plus the activations allowance."""
+    scores = arch.head_count * arch.context_length * arch.context_length * 4
+    return file_size + scores + ACTIVATIONS_ALLOWANCE

@@ -10,7 +10,6 @@ from fastapi import Depends, Request
 
 from server.api.errors import APIError, unavailable
 from server.engine.contract import Engine, EngineStats
-from server.engine.embedding_contract import EmbeddingEngine
 from server.models.manager import ModelManager, ModelState
 from server.progress import Progress
 from server.registry import ModelSpec
@@ -29,11 +28,8 @@ class Runtime:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     progress: Progress | None = None  # the download, verification or load under way
-    # The embedding model served beside the chat model (--embedding-model): its id, and its
-    # engine once loaded.
+    # The embedding model named by --embedding-model (loaded at start; others load on demand).
     embedding_id: str | None = None
-    embedder: EmbeddingEngine | None = None
-    embedding_error: str | None = None
     ready: bool = False
     start_id: str = ""  # the manager's id of the model picked at start (the plan's)
 
@@ -78,16 +74,8 @@ class Runtime:
 
     def resolve(self, asked: str) -> str:
         """The installed model `asked` names (an id, or an alias of the start model); 404
-        `model_not_found` otherwise, naming how to install it: never a silent other model. The
-        embedding model served beside (--embedding-model) is a 400: it does not chat."""
-        if asked == self.embedding_id:
-            raise APIError(
-                400,
-                f"'{asked}' is an embedding model: it answers /v1/embeddings (and Ollama's "
-                f"/api/embed), not chat; the chat model is '{self.model_id}'.",
-                param="model",
-                code="model_not_chat",
-            )
+        `model_not_found` otherwise, naming how to install it: never a silent other model. A
+        model of any kind: the chat routes refuse other kinds (`Serving.select`)."""
         if asked == self.model_id or asked in self.aliases:
             return self.start_id
         if self.models.installed(asked):
@@ -117,22 +105,32 @@ class Runtime:
         """404 unless `asked` names an installed model (see `resolve`)."""
         self.resolve(asked)
 
+    def embedding_ids(self) -> list[str]:
+        """The installed embedding models (--embedding-model's, then those in the cache)."""
+        return [state.model_id for state in self.models.states() if state.kind == "embedding"]
+
     def check_embedding_model(self, asked: str) -> None:
-        """400 unless `asked` names the embedding model: a chat model is named as such."""
-        if asked == self.embedding_id:
+        """400 unless `asked` names an installed embedding model: a chat model is named as such,
+        and so is the lack of any embedding model; 404 for a name nothing has."""
+        served = ", ".join(self.embedding_ids())
+        if asked in self.embedding_ids():
             return
         if asked == self.model_id or asked in self.aliases or self.models.installed(asked):
+            now = (
+                f"the embedding models are {served}"
+                if served
+                else "this server serves no embedding model (start it with --embedding-model)"
+            )
             raise APIError(
                 400,
-                f"'{asked}' is a chat model and makes no embeddings; the embedding model is "
-                f"'{self.embedding_id}'.",
+                f"'{asked}' is a chat model and makes no embeddings; {now}.",
                 param="model",
                 code="model_not_embedding",
             )
         raise APIError(
             404,
-            f"The model '{asked}' does not exist. This server's embedding model is "
-            f"'{self.embedding_id}'.",
+            f"The model '{asked}' does not exist. This server's embedding models: "
+            f"{served or 'none (start it with --embedding-model)'}.",
             type="invalid_request_error",
             param="model",
             code="model_not_found",

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Sequence
-from typing import Annotated, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from server.api.deps import RuntimeDep
-from server.api.errors import APIError, unavailable
+from server.api.deps import Runtime, RuntimeDep
+from server.api.errors import APIError
 from server.api.protocol import WireModel
-from server.api.serving import ClientGone, unless_disconnected
+from server.api.serving import ClientGone, lease_model, unless_disconnected
 from server.engine.embedding_contract import (
     TASK_PROMPTS,
     EmbeddingEngine,
@@ -31,6 +31,7 @@ from server.engine.embedding_contract import (
     shorten,
     with_task,
 )
+from server.models.manager import KeepAlive, Lease
 
 Task = Literal[
     "query",
@@ -170,31 +171,14 @@ def encode(vector: list[float], encoding_format: str) -> list[float] | str:
     return vector
 
 
-def get_embedder(runtime: RuntimeDep) -> EmbeddingEngine:
-    if runtime.embedder is not None:
-        return runtime.embedder
-    if runtime.embedding_error is not None:
-        raise unavailable(
-            f"The embedding model failed to load: {runtime.embedding_error}", "model_load_failed"
-        )
-    if runtime.embedding_id is not None:
-        raise unavailable(
-            f"The embedding model {runtime.embedding_id} is not ready yet; try again later.",
-            "model_loading",
-            retry_after=2,
-        )
-    if runtime.embedder is None:
-        raise APIError(
-            400,
-            f"This server serves no embedding model; '{runtime.model_id}' is a chat model. "
-            "Start it with --embedding-model to serve /v1/embeddings.",
-            param="model",
-            code="model_not_embedding",
-        )
-    return runtime.embedder
-
-
-EmbedderDep = Annotated[EmbeddingEngine, Depends(get_embedder)]
+async def lease_embedder(
+    runtime: Runtime, model: str, keep_alive: KeepAlive | float = -1.0
+) -> Lease:
+    """A lease on the installed embedding model `model` names, loaded first if needed (the
+    manager unloads it once idle for its keep-alive; `keep_alive` as `ModelManager.acquire`).
+    The route releases it when its work ends, a client that hangs up included."""
+    runtime.check_embedding_model(model)
+    return await lease_model(runtime, model, keep_alive)
 
 
 async def answer_unless_gone(request: Request, work: Awaitable[T]) -> T | Response:
@@ -208,10 +192,19 @@ async def answer_unless_gone(request: Request, work: Awaitable[T]) -> T | Respon
 
 @router.post("/v1/embeddings", response_model=EmbeddingList)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, runtime: RuntimeDep, embedder: EmbedderDep
+    body: EmbeddingRequest, request: Request, runtime: RuntimeDep
 ) -> EmbeddingList | Response:
     model, task = split_model(body.model, body.task)
-    runtime.check_embedding_model(model)
+    lease = await lease_embedder(runtime, model)
+    try:
+        return await _create_embeddings(body, request, lease.model, task)
+    finally:
+        lease.release()
+
+
+async def _create_embeddings(
+    body: EmbeddingRequest, request: Request, embedder: EmbeddingEngine, task: str | None
+) -> EmbeddingList | Response:
     dimensions = check_dimensions(embedder, body.dimensions)
     lists = to_token_lists(embedder, body.input, task)
 

@@ -17,17 +17,19 @@ from pydantic import BaseModel, Field
 
 from server.api.deps import RuntimeDep
 from server.api.embeddings import (
-    EmbedderDep,
     Task,
     answer_unless_gone,
     check_dimensions,
     embed_lists,
+    lease_embedder,
     split_model,
     to_token_lists,
 )
 from server.api.errors import OllamaErrorResponse
 from server.api.ollama_protocol import OllamaOptions
+from server.api.ollama_routes import keep_alive_of
 from server.api.protocol import WireModel
+from server.engine.embedding_contract import EmbeddingEngine
 
 router = APIRouter(prefix="/api")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -42,7 +44,9 @@ class OllamaEmbedRequest(WireModel):
     truncate: bool = True
     dimensions: int | None = None
     options: OllamaOptions | None = Field(None, description="Accepted; nothing in it applies.")
-    keep_alive: str | int | float | None = Field(None, description="Accepted; ignored.")
+    keep_alive: str | int | float | None = Field(
+        None, description="How long the model stays loaded once idle, as on /api/generate."
+    )
     task: Task | None = None
 
 
@@ -58,7 +62,7 @@ class OllamaEmbeddingsRequest(WireModel):
     model: str
     prompt: str
     options: OllamaOptions | None = None
-    keep_alive: str | int | float | None = None
+    keep_alive: str | int | float | None = None  # as on /api/embed
     task: Task | None = None
 
 
@@ -68,11 +72,24 @@ class OllamaEmbeddingsAnswer(BaseModel):
 
 @router.post("/embed", response_model=OllamaEmbedAnswer, responses=ERRORS)
 async def embed(
-    body: OllamaEmbedRequest, request: Request, runtime: RuntimeDep, embedder: EmbedderDep
+    body: OllamaEmbedRequest, request: Request, runtime: RuntimeDep
 ) -> OllamaEmbedAnswer | Response:
     started = time.perf_counter_ns()
     model, task = split_model(body.model.removesuffix(":latest"), body.task)
-    runtime.check_embedding_model(model)
+    lease = await lease_embedder(runtime, model, keep_alive_of(body.keep_alive))
+    try:
+        return await _embed(body, request, lease.model, task, started)
+    finally:
+        lease.release()
+
+
+async def _embed(
+    body: OllamaEmbedRequest,
+    request: Request,
+    embedder: EmbeddingEngine,
+    task: str | None,
+    started: int,
+) -> OllamaEmbedAnswer | Response:
     dimensions = check_dimensions(embedder, body.dimensions)
     lists = to_token_lists(embedder, body.input, task)
     if body.truncate:
@@ -91,11 +108,13 @@ async def embed(
 
 
 @router.post("/embeddings", response_model=OllamaEmbeddingsAnswer, responses=ERRORS)
-async def embeddings(
-    body: OllamaEmbeddingsRequest, runtime: RuntimeDep, embedder: EmbedderDep
-) -> OllamaEmbeddingsAnswer:
+async def embeddings(body: OllamaEmbeddingsRequest, runtime: RuntimeDep) -> OllamaEmbeddingsAnswer:
     model, task = split_model(body.model.removesuffix(":latest"), body.task)
-    runtime.check_embedding_model(model)
-    lists = to_token_lists(embedder, body.prompt, task, field="prompt")
-    [vector] = await embed_lists(embedder, lists, embedder.info.width, field="prompt")
-    return OllamaEmbeddingsAnswer(embedding=vector)
+    lease = await lease_embedder(runtime, model, keep_alive_of(body.keep_alive))
+    try:
+        embedder: EmbeddingEngine = lease.model
+        lists = to_token_lists(embedder, body.prompt, task, field="prompt")
+        [vector] = await embed_lists(embedder, lists, embedder.info.width, field="prompt")
+        return OllamaEmbeddingsAnswer(embedding=vector)
+    finally:
+        lease.release()

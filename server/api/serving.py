@@ -85,6 +85,24 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def lease_model(runtime: Runtime, model_id: str, keep_alive: KeepAlive | float) -> Lease:
+    """A lease on the installed model `model_id` (of any kind), loaded first if needed; what
+    keeps it from being served is an API error: too large (400), too many waiting, shutting down
+    or a failed load (503)."""
+    try:
+        return await runtime.models.acquire(model_id, keep_alive=keep_alive)
+    except CannotFit as exc:
+        raise APIError(400, str(exc), param="model", code="model_too_large") from exc
+    except ModelBusy as exc:
+        raise unavailable(f"{exc}; try again later.", "server_busy", retry_after=2) from exc
+    except Cancelled as exc:
+        raise unavailable("The server is shutting down.", "shutting_down") from exc
+    except Exception as exc:  # the load failed (file gone, out of memory elsewhere)
+        raise unavailable(
+            f"The model {model_id} could not be loaded: {exc}", "model_load_failed"
+        ) from exc
+
+
 class Serving:
     """The serving path for one HTTP request (see the module docstring)."""
 
@@ -110,25 +128,18 @@ class Serving:
         model_id = runtime.resolve(model)
         kind = runtime.models.state(model_id).kind
         if kind != "chat":  # e.g. an embedding model: it generates no text
+            what = (
+                "an embedding model: it answers /v1/embeddings (and Ollama's /api/embed)"
+                if kind == "embedding"
+                else f"a model of kind '{kind}'"
+            )
             raise APIError(
                 400,
-                f"The model '{model}' is a model of kind '{kind}' (an embedding model, say); "
-                "it does not generate text.",
+                f"'{model}' is {what}, not chat; the chat model is '{runtime.model_id}'.",
                 param="model",
                 code="model_not_supported",
             )
-        try:
-            self._lease = await runtime.models.acquire(model_id, keep_alive=keep_alive)
-        except CannotFit as exc:
-            raise APIError(400, str(exc), param="model", code="model_too_large") from exc
-        except ModelBusy as exc:
-            raise unavailable(f"{exc}; try again later.", "server_busy", retry_after=2) from exc
-        except Cancelled as exc:
-            raise unavailable("The server is shutting down.", "shutting_down") from exc
-        except Exception as exc:  # the load failed (file gone, out of memory elsewhere)
-            raise unavailable(
-                f"The model {model_id} could not be loaded: {exc}", "model_load_failed"
-            ) from exc
+        self._lease = await lease_model(runtime, model_id, keep_alive)
 
     def check_model(self, model: str) -> None:
         self.runtime.check_model(model)

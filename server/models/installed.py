@@ -198,7 +198,7 @@ def _bundled(spec: ModelSpec) -> bool:
 
 def installed_specs(registry: Registry, cache_dir: Path, brought: UserModels) -> list[ModelSpec]:
     """Chat models of the registry whose file is in the cache (or bundled), then the brought
-    ones. (The embedding model is served beside them, --embedding-model.)"""
+    ones. (Embedding models are installed as their own kind: server/models/embedding.py.)"""
     cached = [
         spec
         for spec in registry.models

@@ -236,3 +236,40 @@ def test_chat_streams_while_a_large_embedding_request_runs(url: str, sdk) -> Non
     assert finish[-1] == "length"
     assert answers[0].status_code == 200 and len(answers[0].json()["data"]) == 2048
     assert chat_ended_during_embedding
+
+
+def test_the_embedding_model_unloads_when_idle_and_the_next_request_reloads_it(
+    tmp_path: Path, embedding_model_path: Path
+) -> None:
+    """It is an installed model like the chat models: loaded at start by --embedding-model,
+    unloaded after --keep-alive idle (its state in /v1/models), loaded again by a request."""
+    running = start_server(
+        tmp_path, "--ctx", "1024", "--keep-alive", "3s",
+        "--embedding-model", EMBEDDER, "--embedding-model-file", str(embedding_model_path),
+    )  # fmt: skip
+    try:
+        wait_healthy(running)
+        url = running.base_url
+
+        def state() -> object:
+            cards = httpx.get(f"{url}/v1/models").json()["data"]
+            return next(card["state"] for card in cards if card["id"] == EMBEDDER)
+
+        first = post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "before"})
+        assert first.status_code == 200, first.text
+        deadline = time.monotonic() + 60  # a guard against a hang, not a bound on speed
+        while state() != "unloaded":
+            assert time.monotonic() < deadline, "the embedding model never unloaded"
+            time.sleep(0.2)
+        assert f"{EMBEDDER} unloaded (idle for 3 s)" in running.log()
+        tags = [m["name"] for m in httpx.get(f"{url}/api/tags").json()["models"]]
+        assert f"{EMBEDDER}:latest" not in tags and f"{MODEL_ID}:latest" in tags  # chat only
+
+        again = httpx.post(
+            f"{url}/v1/embeddings", json={"model": EMBEDDER, "input": "after"}, timeout=120
+        )
+        assert again.status_code == 200, again.text
+        assert len(again.json()["data"][0]["embedding"]) == WIDTH
+        assert f"{EMBEDDER} loaded in" in running.log()  # on demand, the request waiting
+    finally:
+        stop_server(running)

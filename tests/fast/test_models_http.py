@@ -5,7 +5,7 @@ idle unload and Ollama's keep_alive, unknown models and models that cannot fit."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 
 from server.cancellation import Cancelled
 from server.engine.contract import Finished, TextDelta, Usage
+from server.engine.embedding_contract import EmbeddingInfo
 from server.memory import GiB
 from server.models.manager import Installed
 from server.registry import load_registry
@@ -46,11 +47,31 @@ class SecondLoader:
         return engine
 
 
-class Closable:
-    """A loaded model of another kind (what an embedding engine registers)."""
+class ScriptedEmbedder:
+    """A loaded embedding model: a token per character, the vector counts them; `closed` says
+    whether the manager unloaded it."""
+
+    def __init__(self) -> None:
+        self.info = EmbeddingInfo(model_id="embedder", n_ctx=64, width=2, vocab_size=256)
+        self.closed = False
+
+    def tokenize(self, text: str) -> list[int]:
+        return [ord(char) % 256 for char in text]
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        return [[1.0, 0.0] if len(tokens) % 2 else [0.0, 1.0] for tokens in inputs]
 
     def close(self) -> None:
-        pass
+        self.closed = True
+
+
+class EmbedderLoader:
+    def __init__(self) -> None:
+        self.loaded: list[ScriptedEmbedder] = []
+
+    def __call__(self, stopping: threading.Event, free: int | None) -> ScriptedEmbedder:
+        self.loaded.append(ScriptedEmbedder())
+        return self.loaded[-1]
 
 
 @pytest.fixture
@@ -63,11 +84,16 @@ def about(model_id: str) -> object:
 
 
 @pytest.fixture
-def server(tmp_path: Path, second: SecondLoader) -> Iterator[FastServer]:
+def embedder() -> EmbedderLoader:
+    return EmbedderLoader()
+
+
+@pytest.fixture
+def server(tmp_path: Path, second: SecondLoader, embedder: EmbedderLoader) -> Iterator[FastServer]:
     models = [
         Installed(SECOND, second, need=GiB, file_size=1234, about=about(SECOND)),
         Installed("too-large", second, need=10**18, file_size=10**18, about=about("too-large")),
-        Installed("embedder", lambda stopping, free: Closable(), need=1, kind="embedding"),
+        Installed("embedder", embedder, need=1, kind="embedding"),
     ]
     yield from serve(tmp_path, ScriptedEngine(), models=models, keep_alive="forever")
 
@@ -194,6 +220,41 @@ def test_a_model_of_another_kind_is_listed_but_generates_no_text(server: FastSer
         )
         assert states(http)["embedder"] == "unloaded"  # refused before loading it
         assert "embedder:latest" not in [m["name"] for m in http.get("/api/tags").json()["models"]]
+
+
+def test_the_embedding_model_loads_on_the_first_request_naming_it_and_unloads_when_idle(
+    server: FastServer, embedder: EmbedderLoader
+) -> None:
+    with server.client() as http:
+        assert states(http)["embedder"] == "unloaded" and not embedder.loaded
+        answer = http.post("/v1/embeddings", json={"model": "embedder", "input": ["a", "ab"]})
+        assert answer.status_code == 200, answer.text
+        assert [item["embedding"] for item in answer.json()["data"]] == [[1.0, 0.0], [0.0, 1.0]]
+        card = http.get("/v1/models/embedder").json()
+        assert card["state"] == "loaded" and card["memory"] == 1
+        ollama = http.post("/api/embed", json={"model": "embedder", "input": "abc"})
+        assert ollama.json()["embeddings"] == [[1.0, 0.0]]
+        assert len(embedder.loaded) == 1  # the second request used the loaded model
+        # Its lease is released after each request: with Ollama's keep_alive 0 it unloads once
+        # the request is answered, and the next request loads it again.
+        unload = {"model": "embedder", "input": "a", "keep_alive": 0}
+        assert http.post("/api/embed", json=unload).status_code == 200
+        wait_for(lambda: states(http)["embedder"] == "unloaded")
+        assert embedder.loaded[0].closed
+        again = http.post("/v1/embeddings", json={"model": "embedder", "input": "a"})
+        assert again.status_code == 200 and len(embedder.loaded) == 2
+
+
+def test_a_chat_model_on_the_embeddings_endpoint_is_a_400_naming_the_embedding_models(
+    server: FastServer,
+) -> None:
+    with server.client() as http:
+        answer = http.post("/v1/embeddings", json={"model": SECOND, "input": "a"})
+        error = error_of(answer, 400)
+        assert error["code"] == "model_not_embedding" and "embedder" in error["message"]
+        assert states(http)[SECOND] == "unloaded"  # refused before loading it
+        missing = error_of(http.post("/v1/embeddings", json={"model": "nope", "input": "a"}), 404)
+        assert missing["param"] == "model" and "embedder" in missing["message"]
 
 
 def test_an_unknown_model_is_404_naming_how_to_install_it(server: FastServer) -> None:

@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
+from server.models.embedding import installed_embedding_specs
 from server.models.installed import installed_specs, load_user_models
 from server.registry import LocalSource, load_registry
 
@@ -119,3 +120,29 @@ def test_without_a_user_registry_file_nothing_is_added(
     assert load_user_models(None, set()).specs == ()
     refused = load_user_models(tmp_path / "absent.yaml", set()).refused
     assert "cannot be read" in refused[0]
+
+
+def cache_embeddinggemma(cache: Path) -> None:
+    """Put the registry's embedding model file in a Hugging Face cache as a download leaves it."""
+    repo = cache / "hub" / "models--ggml-org--embeddinggemma-300M-GGUF"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "embeddinggemma-300M-Q8_0.gguf").write_bytes(b"GGUF")
+
+
+def test_a_cached_embedding_model_is_installed_as_an_embedding_model_not_a_chat_model(
+    tmp_path: Path,
+) -> None:
+    registry = load_registry()
+    cache = tmp_path / "cache"
+    assert [s.id for s in installed_embedding_specs(registry, cache, None)] == []
+    named = installed_embedding_specs(registry, cache, "embeddinggemma-300m")
+    assert [s.id for s in named] == ["embeddinggemma-300m"]  # fetched at its first load
+    cache_embeddinggemma(cache)
+    assert [s.id for s in installed_embedding_specs(registry, cache, None)] == [
+        "embeddinggemma-300m"
+    ]
+    chat = [s.id for s in installed_specs(registry, cache, load_user_models(None, set()))]
+    assert "embeddinggemma-300m" not in chat and "gemma-3-270m" in chat

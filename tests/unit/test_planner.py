@@ -14,7 +14,16 @@ from server.capability import (
     parse_architectures,
 )
 from server.hardware import Device
-from server.memory import GiB, MiB, compute_buffer, estimate, gib, global_layers, kv_cache
+from server.memory import (
+    GiB,
+    MiB,
+    compute_buffer,
+    embedding_memory,
+    estimate,
+    gib,
+    global_layers,
+    kv_cache,
+)
 from server.planner import Plan, PlanOptions
 from server.planner import plan as make_plan
 from server.registry import Registry, RegistryError, load_registry
@@ -436,3 +445,21 @@ def test_the_embedding_model_is_never_planned_for_chat(
     assert "embeddinggemma-300m" not in [row.model_id for row in chosen.candidates]
     with pytest.raises(RegistryError, match="--embedding-model embeddinggemma-300m"):
         plan(devices, registry, PlanOptions(model="embeddinggemma-300m"))
+
+
+@pytest.mark.parametrize(
+    ("file_size", "heads", "context", "want"),
+    [
+        # EmbeddingGemma 300M Q8_0: 318 MiB of weights, 3 heads x 2048^2 scores (48 MiB), 64 MiB.
+        (333_590_944, 3, 2048, 333_590_944 + 48 * MiB + 64 * MiB),
+        (100 * MiB, 1, 1024, 100 * MiB + 4 * MiB + 64 * MiB),  # a quarter of the scores
+        (100 * MiB, 4, 512, 100 * MiB + 4 * MiB + 64 * MiB),
+    ],
+)
+def test_an_embedding_model_holds_its_file_and_its_compute_buffer_no_kv_cache(
+    registry: Registry, file_size: int, heads: int, context: int, want: int
+) -> None:
+    arch = registry.get("embeddinggemma-300m").architecture.model_copy(
+        update={"head_count": heads, "context_length": context}
+    )
+    assert embedding_memory(file_size, arch) == want
