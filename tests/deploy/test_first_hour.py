@@ -23,10 +23,11 @@ from starlette.routing import Route
 
 from server import build_record, cli
 from server.api.security import HostCheckMiddleware, HostPolicy
-from server.app import create_app, model_to_serve
+from server.app import create_app
 from server.engine.contract import Engine
 from server.fetch import FetchError, unwritable_cache
 from server.hardware import GpuProbe
+from server.models.loading import model_to_serve
 from server.planner import Plan
 from server.registry import load_registry
 from server.settings import Settings, unknown_variable
