@@ -77,7 +77,7 @@ def test_eight_concurrent_streams_all_complete(base_url: str) -> None:
         health = client.get("/health").json()
     # on the CPU the count is measured at load: 4, or more where the cores gain from it
     assert health.pop("parallel") in (4, 8, 16)
-    assert health == {"status": "ok", "active": 0, "queued": 0}
+    assert health == {"status": "ok", "active": 0, "queued": 0, "loaded": [MODEL_ID]}
 
 
 def test_multibyte_characters_stream_intact(http: httpx.Client) -> None:
@@ -151,7 +151,7 @@ def test_a_full_queue_answers_503_and_the_server_recovers(small_server: RunningS
         running_lines = first_tokens(running, 1)
         waiting = streams.enter_context(client.stream("POST", "/v1/chat/completions", json=long))
         assert waiting.status_code == 200  # accepted: it waits for the one sequence
-        expected = {"status": "ok", "active": 1, "queued": 1, "parallel": 1}
+        expected = {"status": "ok", "active": 1, "queued": 1, "parallel": 1, "loaded": [MODEL_ID]}
         deadline = time.monotonic() + BUSY_MACHINE
         while (health := client.get("/health").json()) != expected:
             assert time.monotonic() < deadline, health
