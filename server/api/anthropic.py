@@ -23,7 +23,7 @@ from server.api.anthropic_protocol import (
     MessagesRequest,
     ToolChoice,
 )
-from server.api.chat_choices import OutputOptions
+from server.api.chat_choices import DialectPlan, OutputOptions
 from server.api.chat_protocol import (
     FUNCTION_NAME,
     FunctionCallIn,
@@ -57,12 +57,6 @@ _REFUSED_BLOCKS = {
 }
 ChatChoice = Literal["none", "auto", "required"]
 _CHOICES: dict[str, ChatChoice] = {"auto": "auto", "any": "required", "none": "none"}
-
-
-@dataclass(frozen=True)
-class AnthropicPlan:
-    generations: GenerationRequests
-    options: OutputOptions
 
 
 @dataclass(frozen=True)
@@ -285,7 +279,7 @@ def _json_format(request: MessagesRequest, plan: ToolPlan | None) -> JsonFormat 
     return JsonFormat(schema=output.schema_)
 
 
-def to_anthropic_plan(request: CountTokensRequest) -> AnthropicPlan:
+def to_anthropic_plan(request: CountTokensRequest) -> DialectPlan:
     """Map a Messages (or count_tokens) request onto the engine, or raise `APIError` naming the
     field."""
     _refuse_unsupported(request)
@@ -313,4 +307,4 @@ def to_anthropic_plan(request: CountTokensRequest) -> AnthropicPlan:
     generations = GenerationRequests(
         (generation,), "messages", (refusal_fields(forced_call=forced),)
     )
-    return AnthropicPlan(generations, OutputOptions(tools=plan))
+    return DialectPlan(generations, OutputOptions(tools=plan))

@@ -23,6 +23,7 @@ from server.api.chat_protocol import (
     ToolCallDelta,
     TopLogprob,
 )
+from server.api.serving_types import GenerationRequests
 from server.api.tool_call_parser import (
     ArgumentsPiece,
     CallStart,
@@ -40,6 +41,15 @@ class OutputOptions:
 
     tools: ToolPlan | None = None  # tools offered: the output may be tool calls
     logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class DialectPlan:
+    """What an Ollama or Anthropic chat request asks of the engine, and of its answer's choices
+    (chat's own ChatPlan adds include_usage, which those dialects do not have)."""
+
+    generations: GenerationRequests
+    options: OutputOptions
 
 
 @dataclass(frozen=True)

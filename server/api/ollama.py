@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from server.api import validators
-from server.api.chat_choices import ChoiceBuilder, OutputOptions
+from server.api.chat_choices import ChoiceBuilder, DialectPlan, OutputOptions
 from server.api.chat_protocol import FunctionCallIn, ToolCallIn, ToolDefinition
 from server.api.images import ImageCollector, clean_text
 from server.api.ollama_protocol import (
@@ -61,12 +61,6 @@ from server.engine.contract import (
 
 # Options with no sampler here: accepted at the value that turns them off, refused otherwise.
 _NEUTRAL_OPTIONS = {"repeat_penalty": 1.0, "typical_p": 1.0, "tfs_z": 1.0, "mirostat": 0}
-
-
-@dataclass(frozen=True)
-class OllamaPlan:
-    generations: GenerationRequests
-    options: OutputOptions
 
 
 @dataclass(frozen=True)
@@ -190,7 +184,7 @@ def _chat_messages(
     return with_tools_instruction(messages, plan)
 
 
-def to_ollama_chat_plan(request: OllamaChatRequest) -> OllamaPlan:
+def to_ollama_chat_plan(request: OllamaChatRequest) -> DialectPlan:
     """Map `/api/chat` onto the engine, or raise `APIError` naming the field."""
     _refuse_unsupported(request)
     plan = plan_tools(_ChatTools(tools=request.tools))
@@ -205,10 +199,10 @@ def to_ollama_chat_plan(request: OllamaChatRequest) -> OllamaPlan:
         json_format=_json_format(request.format, plan),
     )
     generations = GenerationRequests((generation,), "messages", (refusal_fields(generate=False),))
-    return OllamaPlan(generations, OutputOptions(tools=plan))
+    return DialectPlan(generations, OutputOptions(tools=plan))
 
 
-def to_ollama_generate_plan(request: OllamaGenerateRequest) -> OllamaPlan:
+def to_ollama_generate_plan(request: OllamaGenerateRequest) -> DialectPlan:
     """Map `/api/generate` onto the engine: the prompt as a user turn of the chat template (with
     `system` before it), or as it is with `raw: true`."""
     _refuse_unsupported(request)
@@ -255,7 +249,7 @@ def to_ollama_generate_plan(request: OllamaGenerateRequest) -> OllamaPlan:
             json_format=_json_format(request.format, None),
         )
     generations = GenerationRequests((generation,), "prompt", (refusal_fields(generate=True),))
-    return OllamaPlan(generations, OutputOptions())
+    return DialectPlan(generations, OutputOptions())
 
 
 @dataclass
