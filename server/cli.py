@@ -37,7 +37,8 @@ from server.planner import Plan, plan
 from server.progress import Progress
 from server.registry import RegistryError, load_registry
 from server.report import as_json, describe, no_gpu_line, plan_options
-from server.settings import Settings, parse_size, unknown_variable
+from server.setting_values import parse_size
+from server.settings import Settings, unknown_variable
 
 log = logging.getLogger("gemma_serve")
 

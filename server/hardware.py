@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.settings import parse_size
+from server.setting_values import parse_size
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ from server.api.serving import NDJSON, Serving, ServingDep
 from server.fetch import FetchError
 from server.models.manager import KeepAlive, ModelState
 from server.registry import ModelSpec, RegistryError, load_registry
-from server.settings import Settings, parse_duration
+from server.setting_values import parse_duration
+from server.settings import Settings
 
 # The Ollama release whose API this follows: clients compare `/api/version` with the minimum
 # they need, so it is Ollama's numbering, not gemma-serve's.

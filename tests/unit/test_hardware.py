@@ -20,7 +20,7 @@ from server.hardware import (
     hide_from_cuda,
     simulated,
 )
-from server.settings import parse_size
+from server.setting_values import parse_size
 from tests.nvml import GTX_1080, RTX_3090, RTX_4060_LAPTOP, FakeNvml
 
 MiB = 1 << 20

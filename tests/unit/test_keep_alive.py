@@ -6,7 +6,8 @@ import pytest
 
 from server.api.errors import APIError
 from server.api.ollama_routes import keep_alive_of
-from server.settings import Settings, parse_duration
+from server.setting_values import parse_duration
+from server.settings import Settings
 
 
 @pytest.mark.parametrize(
