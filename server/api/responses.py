@@ -166,9 +166,9 @@ def _sampling(request: ResponseRequest) -> SamplingParams:
     )
 
 
-# The engine's refusals of a Responses request: its conversation is `input`; the output format
-# keeps the name it has always had here (`text.format` is the field that asks for it).
-_REFUSAL_FIELDS = RefusalFields(prompt="input")
+# The engine's refusals of a Responses request: its conversation is `input`, JSON output is asked
+# for by `text.format` (Responses has no `response_format`).
+_REFUSAL_FIELDS = RefusalFields(prompt="input", output_format="text.format")
 
 
 def to_generation_request(

@@ -247,6 +247,19 @@ def test_sse_wire_format(http: httpx.Client) -> None:
             "text.format.schema",
             "missing_required_parameter",
         ),
+        (  # refused by the engine's grammar, named in Responses' own terms
+            {
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "x",
+                        "schema": {"properties": {"a": {"$ref": "#/definitions/missing"}}},
+                    }
+                }
+            },
+            "text.format",
+            "invalid_value",
+        ),
     ],
 )
 def test_invalid_requests_are_400_naming_the_field(

@@ -115,7 +115,7 @@ BIAS = {"logit_bias": {"5": 10}}
          "invalid_value"),
         (*RESPONSES, Refused.CONTEXT_LENGTH, 1, None, "input", "context_length_exceeded"),
         (*RESPONSES, Refused.CONVERSATION, 1, None, "input", "invalid_conversation"),
-        (RESPONSES[0], JSON_RESPONSES, Refused.OUTPUT_FORMAT, 1, None, "response_format",
+        (RESPONSES[0], JSON_RESPONSES, Refused.OUTPUT_FORMAT, 1, None, "text.format",
          "invalid_value"),
         (RESPONSES[0], {**RESPONSES[1], "input": IMAGE_INPUT}, Refused.IMAGE, 1, 0,
          "input[0].content[0]", "invalid_image"),
