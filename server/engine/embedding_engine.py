@@ -16,12 +16,14 @@ import ctypes
 import logging
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals, _logger
 
+from server.engine.compute_threads import on_passing_thread_async
 from server.engine.embedding_contract import EmbeddingInfo, EmbeddingRejected
 from server.engine.loading import EngineLoadError
 
@@ -147,8 +149,11 @@ class LlamaEmbeddingEngine:
         for batch in pack([len(t) for t in inputs], self._n_seq, self.info.n_ctx):
             async with self._lock:
                 # NOTE: a cancelled request stops here, between batches; the batch in flight
-                # ends in its thread (a decode cannot be interrupted) and is dropped.
-                vectors += await asyncio.to_thread(self._decode, [inputs[i] for i in batch])
+                # ends in its thread (a decode cannot be interrupted) and is dropped. A thread
+                # of its own, ended with the batch, so that no OpenMP team outlives it and slows
+                # the chat engine's steps (engine/compute_threads.py).
+                work = partial(self._decode, [inputs[i] for i in batch])
+                vectors += await on_passing_thread_async(work, "gemma-serve-embedding")
         return vectors
 
     def _decode(self, inputs: list[Sequence[int]]) -> list[list[float]]:

@@ -23,6 +23,7 @@ from llama_cpp import _internals, _logger
 # compute buffer is sized by the same constant (server/memory.py).
 from server.cancellation import Cancelled
 from server.engine.calibration import TRIAL_CTX, measure_parallel
+from server.engine.compute_threads import on_passing_thread
 from server.memory import N_BATCH
 
 _log = logging.getLogger("gemma_serve.engine")
@@ -173,8 +174,13 @@ def trial_context_params(params: LoadParams, trials: Sequence[int]) -> Any:
 
 def _measured_n_seq(model: _internals.LlamaModel, params: LoadParams, trials: Sequence[int]) -> int:
     """The sequence count worth decoding together here (server/engine/calibration.py)."""
+    trial = trial_context_params(params, trials)
     try:
-        chosen, _ = measure_parallel(model, trial_context_params(params, trials), trials)
+        # NOTE: not on this (loading) thread, which would keep an OpenMP team beside the engine
+        # thread's and slow every later decode step (engine/compute_threads.py).
+        chosen, _ = on_passing_thread(
+            lambda: measure_parallel(model, trial, trials), "gemma-serve-calibration"
+        )
     except (ValueError, RuntimeError) as exc:  # the measurement is an optimisation: serve anyway
         _log.warning(
             "could not measure the CPU's batching (%s); serving %d at once", exc, params.n_seq

@@ -6,6 +6,9 @@ that changes no vector beyond float noise, refusals before any work, and cancell
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +44,29 @@ def engine(embedding_model_path: Path) -> Iterator[LlamaEmbeddingEngine]:
 
 def embed(engine: LlamaEmbeddingEngine, texts: list[str]) -> np.ndarray:
     return np.array(asyncio.run(engine.embed([engine.tokenize(t) for t in texts])))
+
+
+def native_threads() -> int:
+    """OS threads Python did not start: llama.cpp's OpenMP workers."""
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+
+def test_embedding_batches_leave_no_compute_threads_behind(engine: LlamaEmbeddingEngine) -> None:
+    """Each batch decodes on a thread that ends with it: a thread of asyncio's pool would keep
+    its OpenMP team for the life of the server, one more than the chat engine's, and every chat
+    decode step would then sleep at its barriers (server/engine/compute_threads.py)."""
+
+    async def embed_and_count() -> tuple[int, int]:
+        before = native_threads()
+        for _ in range(3):
+            await engine.embed([engine.tokenize(t) for t in TEXTS])
+        deadline = time.monotonic() + 30  # a team's workers end shortly after its thread
+        while native_threads() != before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return before, native_threads()  # the loop, and so asyncio's worker threads, still live
+
+    before, after = asyncio.run(embed_and_count())
+    assert after == before
 
 
 def test_info_reads_the_model(engine: LlamaEmbeddingEngine) -> None:

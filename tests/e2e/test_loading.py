@@ -118,3 +118,38 @@ def test_a_load_in_llama_cpp_stops_when_cancelled(model_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["stopped"]
+
+
+CALIBRATION_THREADS = """
+import os, sys, threading, time
+from pathlib import Path
+from server.engine.loading import LoadParams, load
+
+def native_threads():  # OS threads Python did not start: llama.cpp's OpenMP workers
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+before = native_threads()
+loaded = load(Path(sys.argv[1]), LoadParams(n_ctx=512, n_threads=2, n_seq=4), parallel_trials=(8,))
+deadline = time.monotonic() + 30  # a team's workers end shortly after its thread
+while native_threads() != before and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(loaded.n_seq, before, native_threads())
+loaded.close()
+"""
+
+
+def test_timing_the_cpu_at_load_leaves_no_compute_threads_behind(model_path: Path) -> None:
+    """The calibration decodes on a thread of its own that ends with it: libgomp keeps a team of
+    workers for every thread that has run llama.cpp's compute, and one team more than the
+    engine thread's makes every later decode step sleep at its barriers
+    (server/engine/compute_threads.py)."""
+    result = subprocess.run(
+        [sys.executable, "-c", CALIBRATION_THREADS, str(model_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    n_seq, before, after = (int(word) for word in result.stdout.split())
+    assert n_seq in (4, 8)  # the measurement ran and picked one of the counts it may
+    assert after == before
