@@ -23,7 +23,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals, _logger
 
-from server.engine.compute_threads import on_passing_thread_async
+from server.engine.compute_threads import LingeringThread
 from server.engine.embedding_contract import EmbeddingInfo, EmbeddingRejected
 from server.engine.loading import EngineLoadError
 
@@ -106,6 +106,7 @@ class LlamaEmbeddingEngine:
         self._n_seq = n_seq
         self._batch = llama_cpp.llama_batch_init(n_ctx, 0, n_seq)
         self._lock = asyncio.Lock()  # one decode at a time on this context
+        self._compute = LingeringThread("gemma-serve-embedding")
         self._thread_lock = threading.Lock()  # close() against a decode in its thread
         self._closed = False
         log.info(
@@ -150,10 +151,10 @@ class LlamaEmbeddingEngine:
             async with self._lock:
                 # NOTE: a cancelled request stops here, between batches; the batch in flight
                 # ends in its thread (a decode cannot be interrupted) and is dropped. A thread
-                # of its own, ended with the batch, so that no OpenMP team outlives it and slows
-                # the chat engine's steps (engine/compute_threads.py).
+                # of its own that ends when no batch comes for a moment, so that no OpenMP team
+                # outlives an ingest and slows the chat engine's steps (compute_threads.py).
                 work = partial(self._decode, [inputs[i] for i in batch])
-                vectors += await on_passing_thread_async(work, "gemma-serve-embedding")
+                vectors += await self._compute.run(work)
         return vectors
 
     def _decode(self, inputs: list[Sequence[int]]) -> list[list[float]]:

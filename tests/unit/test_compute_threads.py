@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from server.engine.compute_threads import on_passing_thread, on_passing_thread_async
+from server.engine.compute_threads import LingeringThread, on_passing_thread
 
 
 def test_the_work_runs_on_a_new_thread_that_has_ended_when_it_returns() -> None:
@@ -31,13 +31,38 @@ def test_the_works_exception_reaches_the_caller() -> None:
         on_passing_thread(work)
 
 
-def test_the_async_form_leaves_the_loop_free_meanwhile() -> None:
-    release = threading.Event()
+def test_a_run_of_work_shares_one_thread_which_ends_once_idle() -> None:
+    worker = LingeringThread("embedding", linger=0.05)
 
-    async def main() -> tuple[str, int]:
-        waiting = asyncio.ensure_future(on_passing_thread_async(lambda: release.wait(30) and 7))
-        await asyncio.sleep(0)  # the loop runs while the work waits
-        release.set()
-        return "free", await waiting
+    async def main() -> list[threading.Thread]:
+        return [await worker.run(threading.current_thread) for _ in range(3)]
 
-    assert asyncio.run(main()) == ("free", 7)
+    threads = asyncio.run(main())
+    assert len(set(threads)) == 1 and threads[0].name == "embedding"
+    threads[0].join(30)  # ends by itself: no item came for `linger`
+    assert not threads[0].is_alive()
+    later = worker.submit(threading.current_thread).result(30)  # a new item, a new thread
+    assert later is not threads[0]
+
+
+def test_an_items_exception_reaches_its_waiter_and_the_thread_goes_on() -> None:
+    worker = LingeringThread("embedding", linger=0.05)
+
+    def fail() -> None:
+        raise RuntimeError("llama_decode failed")
+
+    with pytest.raises(RuntimeError, match="llama_decode failed"):
+        worker.submit(fail).result(30)
+    assert worker.submit(lambda: 7).result(30) == 7
+
+
+def test_a_cancelled_wait_drops_an_item_that_has_not_started() -> None:
+    worker = LingeringThread("embedding", linger=0.05)
+    release, ran = threading.Event(), []
+    first = worker.submit(lambda: release.wait(30))
+    second = worker.submit(lambda: ran.append(1))
+    assert second.cancel()  # still queued behind the first
+    release.set()
+    assert first.result(30) is True
+    assert worker.submit(lambda: 3).result(30) == 3
+    assert ran == []
