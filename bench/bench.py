@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -40,9 +42,10 @@ log = logging.getLogger("bench")
 # A 1-minute load average above this before the run means other work was running.
 BUSY_LOAD = 0.5
 
-ALL_SYSTEMS = (report.GEMMA, report.PEER, report.LLAMA_SERVER, report.CEILING)
+ALL_SYSTEMS = (report.GEMMA, report.BASELINE, report.PEER, report.LLAMA_SERVER, report.CEILING)
 LABELS = {
     report.GEMMA: "gemma-serve",
+    report.BASELINE: "gemma-serve baseline",
     report.PEER: "llama-cpp-python server (peer)",
     report.LLAMA_SERVER: "llama-server (C++)",
     report.CEILING: "raw llama.cpp loop (ceiling)",
@@ -94,6 +97,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gemma-serve-args", default="", help='extra flags for gemma-serve, e.g. "--parallel 4"'
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also run gemma-serve from this other checkout (e.g. a `git worktree` of the commit "
+        "before a change), taking turns with this one: a before/after in one run",
+    )
+    parser.add_argument(
+        "--baseline-args",
+        default=None,
+        help="the baseline's flags instead of --gemma-serve-args; with `--baseline .` an A/B of "
+        "flags on the same code",
+    )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the baseline only (repeatable); with `--baseline .` "
+        "this is an A/B of the variable on the same code",
+    )
     parser.add_argument("--peer-args", default="", help="extra flags for llama_cpp.server")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests before timing")
     parser.add_argument(
@@ -108,6 +132,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chosen = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.llama_server and report.LLAMA_SERVER not in chosen:
         chosen.append(report.LLAMA_SERVER)
+    if args.baseline is not None:
+        if not (args.baseline / "server" / "__main__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no gemma-serve checkout there")
+        args.baseline = args.baseline.resolve()
+        if report.BASELINE not in chosen:
+            chosen.append(report.BASELINE)
+    elif report.BASELINE in chosen:
+        parser.error("the baseline system needs --baseline DIR")
+    if any("=" not in item for item in args.baseline_env):
+        parser.error("--baseline-env takes NAME=VALUE")
     unknown = set(chosen) - set(ALL_SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
@@ -193,8 +227,18 @@ class Bench:
 
     def _server_spec(self, system: str, port: int) -> systems.ServerSpec:
         a = self.args
-        if system == report.GEMMA:
-            return systems.gemma_serve_spec(port, a.threads, a.ctx, shlex.split(a.gemma_serve_args))
+        if system in (report.GEMMA, report.BASELINE):
+            checkout = a.baseline if system == report.BASELINE else None
+            flags = a.gemma_serve_args
+            if checkout is not None and a.baseline_args is not None:
+                flags = a.baseline_args
+            extra = shlex.split(flags)
+            spec = systems.gemma_serve_spec(port, a.threads, a.ctx, extra, checkout)
+            if checkout is not None and a.baseline_env:
+                spec = dataclasses.replace(
+                    spec, env=dict(item.split("=", 1) for item in a.baseline_env)
+                )
+            return spec
         if system == report.PEER:
             return systems.peer_spec(
                 port, a.threads, a.ctx, self.model_path, shlex.split(a.peer_args)
@@ -322,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     ranges = report.spreads(bench.rounds, metrics)
     checks = report.targets(figures)
     labels = {**LABELS, report.LLAMA_SERVER: f"llama-server -np {args.llama_server_parallel}"}
+    if args.baseline is not None:
+        labels[report.BASELINE] = f"gemma-serve at {_commit_of(args.baseline)}" + "".join(
+            f" {item}" for item in [*args.baseline_env, args.baseline_args or ""] if item
+        )
     table = report.markdown_table(figures, metrics, labels, ranges)
     settings = (
         f"model {Path(model_path).name}, {args.threads} threads, ctx {args.ctx}, "
@@ -373,6 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     report.publish(args.out, "results", lines, record)
     log.info("wrote %s and %s", args.out / "results.md", args.out / "results.json")
     return 1 if bench.failures else 0
+
+
+def _commit_of(checkout: Path) -> str:
+    """The short commit a checkout is at (its folder name if git cannot tell)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return checkout.name
+    return done.stdout.strip()
 
 
 def _load(load: Any) -> str:

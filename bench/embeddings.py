@@ -2,10 +2,10 @@
 `llama-server --embeddings`, on the same GGUF, the same threads, over loopback.
 
 For 1, 8 and 64 inputs per request, it sends requests one after another for a few seconds and
-reports inputs embedded per second (median of --runs). Both servers pool with mean and return
-normalised vectors; llama-server gets a batch large enough for any input (`-b`/`-ub` 2048, as a
-bidirectional model needs a whole input in one ubatch) and 16 slots, as gemma-serve decodes 16
-sequences a batch.
+reports inputs embedded per second (median of --runs and their spread, the servers taking turns
+run by run). Both servers pool with mean and return normalised vectors; llama-server gets a
+batch large enough for any input (`-b`/`-ub` 2048, as a bidirectional model needs a whole input
+in one ubatch) and 16 slots, as gemma-serve decodes 16 sequences a batch.
 
 Without --model-file it uses the tiny EmbeddingGemma of the tests (tests/embedding_model.py: the
 real architecture and tokenizer, 6 layers of width 256), since the real GGUF cannot be
@@ -19,6 +19,7 @@ downloaded on every machine: the figures then compare the serving paths, not the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -85,18 +86,6 @@ def inputs_per_second(url: str, size: int, seconds: float) -> float:
         return done / elapsed
 
 
-def measure(
-    server: systems.RunningServer, sizes: list[int], a: argparse.Namespace
-) -> dict[int, float]:
-    inputs_per_second(server.base_url, 8, 0.5)  # warm up
-    figures = {}
-    for size in sizes:
-        runs = [inputs_per_second(server.base_url, size, a.seconds) for _ in range(a.runs)]
-        figures[size] = statistics.median(runs)
-        log.info("%s: %d inputs a request: %.1f inputs/s", server.spec.label, size, figures[size])
-    return figures
-
-
 def llama_server(a: argparse.Namespace, model: Path) -> tuple[systems.ServerSpec, str]:
     """llama.cpp's own server on the same file: mean pooling, 16 slots, a 2048-token batch."""
     import llama_server_build
@@ -143,35 +132,51 @@ def wait_embedder(url: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Start every server, then let them take turns run by run (for each size and run, one run
+    of each server), so that a slow spell of the machine falls on all of them."""
     a = parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
     model = a.model_file or tiny_model()
     machine = report.machine()
     specs = [gemma_serve(a, model)]
     specs += [PEERS[name](a, model) for name in a.peers.split(",") if name]
-    results: dict[str, dict[int, float]] = {}
-    for spec, url in specs:
-        server = systems.start(spec, url, a.out / "logs")
-        try:
+    runs: dict[str, dict[int, list[float]]] = {}
+    with contextlib.ExitStack() as running:
+        servers = []
+        for spec, url in specs:
+            server = systems.start(spec, url, a.out / "logs")
+            running.callback(systems.stop, server)
             systems.wait_ready(server, 300)
             if spec.key == "gemma-serve":
                 wait_embedder(url)
-            results[spec.label] = measure(server, sizes, a)
-        finally:
-            systems.stop(server)
+            inputs_per_second(url, 8, 0.5)  # warm up
+            servers.append(server)
+        for size in sizes:
+            for _ in range(a.runs):
+                for server in servers:
+                    rate = inputs_per_second(server.base_url, size, a.seconds)
+                    runs.setdefault(server.spec.label, {}).setdefault(size, []).append(rate)
+                    log.info(
+                        "%s: %d inputs a request: %.1f inputs/s", server.spec.label, size, rate
+                    )
     load_after = report.machine()["load_average"]
     lines = [
-        f"model {model.name}, {a.threads} threads, {a.runs} runs of {a.seconds:.0f}s, median",
+        f"model {model.name}, {a.threads} threads, {a.runs} runs of {a.seconds:g} s each, the "
+        "servers taking turns run by run; median (lowest-highest)",
         f"machine: {json.dumps(machine)}; load average after: {load_after}",
         "",
-        "| inputs a request | " + " | ".join(results) + " |",
-        "|---|" + "---|" * len(results),
+        "| inputs a request | " + " | ".join(runs) + " |",
+        "|---|" + "---|" * len(runs),
     ]
     for size in sizes:
-        figures = " | ".join(f"{r[size]:.1f}/s" for r in results.values())
-        lines.append(f"| {size} | {figures} |")
+        cells = [_cell(by_size[size]) for by_size in runs.values()]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "embeddings.md").write_text(f"{a.note}\n\n{text}\n" if a.note else text + "\n")
     return 0
+
+
+def _cell(rates: list[float]) -> str:
+    return f"{statistics.median(rates):.1f}/s ({min(rates):.1f}-{max(rates):.1f})"

@@ -28,11 +28,16 @@ GEMMA = "gemma-serve"
 PEER = "peer"
 CEILING = "ceiling"
 LLAMA_SERVER = "llama-server"
+# gemma-serve from another checkout (`--baseline DIR`): a before/after of a change, same run.
+BASELINE = "baseline"
 
 # Issue 5's targets, same run, same machine.
 SINGLE_STREAM_VS_PEER = 1.1
 FOUR_CLIENTS_VS_PEER = 1.6
 TTFT_4_OVER_1 = 4.0
+# Issue 25's: as fast as llama.cpp's own server built from the same llama.cpp.
+DECODE_VS_LLAMA_SERVER = 0.97
+TTFT_VS_LLAMA_SERVER = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ def noise_notes(
     """One line per ratio the spread makes uncertain (marked `~` in the table)."""
     notes = []
     for metric in metrics:
-        for other in (PEER, CEILING, LLAMA_SERVER):
+        for other in (PEER, CEILING, LLAMA_SERVER, BASELINE):
             noisy = within_noise(figures, ranges, metric.key, other)
             if noisy is not None:
                 notes.append(
@@ -171,8 +176,10 @@ def markdown_table(
 ) -> str:
     """Medians with their spread `(lowest-highest)`; a ratio inside the noise is marked `~`."""
     ranges = ranges or {}
-    systems = [s for s in (GEMMA, PEER, LLAMA_SERVER, CEILING) if s in figures]
-    ratio_to = [s for s in (PEER, CEILING, LLAMA_SERVER) if s in figures and GEMMA in figures]
+    systems = [s for s in (GEMMA, BASELINE, PEER, LLAMA_SERVER, CEILING) if s in figures]
+    ratio_to = [
+        s for s in (PEER, CEILING, LLAMA_SERVER, BASELINE) if s in figures and GEMMA in figures
+    ]
     header = ["metric", *(labels[s] for s in systems), *(f"gemma-serve / {s}" for s in ratio_to)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metrics:
@@ -188,9 +195,11 @@ def markdown_table(
 
 
 def targets(figures: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
-    """Issue 5's targets as {name, measured, bound, passed}; passed is None if not measurable."""
+    """Issues 5's and 25's targets as {name, measured, bound, passed}; passed is None if not
+    measurable (the system or the client count did not run)."""
     gemma = figures.get(GEMMA, {})
     peer = figures.get(PEER, {})
+    cpp = figures.get(LLAMA_SERVER, {})
     checks = [
         (
             f"single-stream decode >= {SINGLE_STREAM_VS_PEER}x peer",
@@ -208,6 +217,27 @@ def targets(figures: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]
             f"TTFT with 4 clients (worst) <= {TTFT_4_OVER_1}x TTFT with 1",
             _ratio(gemma.get("ttft_4_worst"), gemma.get("ttft_1")),
             TTFT_4_OVER_1,
+            False,
+        ),
+        (
+            f"single-stream decode >= {DECODE_VS_LLAMA_SERVER}x llama-server",
+            _ratio(gemma.get("decode_1"), cpp.get("decode_1")),
+            DECODE_VS_LLAMA_SERVER,
+            True,
+        ),
+        *(
+            (
+                f"{n}-client aggregate >= {DECODE_VS_LLAMA_SERVER}x llama-server",
+                _ratio(gemma.get(f"aggregate_{n}"), cpp.get(f"aggregate_{n}")),
+                DECODE_VS_LLAMA_SERVER,
+                True,
+            )
+            for n in (4, 8)
+        ),
+        (
+            f"TTFT, 1 client <= {TTFT_VS_LLAMA_SERVER}x llama-server",
+            _ratio(gemma.get("ttft_1"), cpp.get("ttft_1")),
+            TTFT_VS_LLAMA_SERVER,
             False,
         ),
     ]

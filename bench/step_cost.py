@@ -129,6 +129,8 @@ def figures(counters: dict[str, Any]) -> dict[str, float]:
         "outside_decode_ms": sum(v for k, v in per_step.items() if k != "decode"),
         "engine_cpu_outside_decode_ms": 1000 * (cpu["step"] - cpu["decode"]) / steps,
         "loop_cpu_per_token_ms": 1000 * counters["loop_cpu_s"] / tokens,
+        "loop_user_per_token_ms": 1000 * counters.get("loop_user_s", 0.0) / tokens,
+        "loop_kernel_per_token_ms": 1000 * counters.get("loop_kernel_s", 0.0) / tokens,
         "loop": counters.get("loop", "?"),
     }
 
@@ -148,6 +150,8 @@ COLUMNS = [
     ("outside_decode_ms", "outside decode (wall)"),
     ("engine_cpu_outside_decode_ms", "engine CPU outside decode"),
     ("loop_cpu_per_token_ms", "loop CPU / token"),
+    ("loop_user_per_token_ms", "of it user"),
+    ("loop_kernel_per_token_ms", "of it kernel"),
     ("loop", "loop, parser"),
 ]
 

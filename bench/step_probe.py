@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -45,6 +46,16 @@ wall: dict[str, float] = defaultdict(float)
 counts: dict[str, int] = defaultdict(int)
 engine_cpu = {"step": 0.0, "decode": 0.0}
 _loop_cpu_at = [time.thread_time()]
+
+
+def _loop_rusage() -> tuple[float, float]:
+    """The calling (event loop) thread's user and kernel CPU seconds: the kernel's share is
+    mostly the loopback TCP send of every chunk, which any server pays per chunk."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime, usage.ru_stime
+
+
+_loop_rusage_at = [_loop_rusage()]
 _pushes_in_accept = [0.0]
 
 
@@ -184,11 +195,14 @@ def dump(out: Path) -> None:
         "counts": dict(counts),
         "engine_cpu_s": dict(engine_cpu),
         "loop_cpu_s": now - _loop_cpu_at[0],
+        "loop_user_s": _loop_rusage()[0] - _loop_rusage_at[0][0],
+        "loop_kernel_s": _loop_rusage()[1] - _loop_rusage_at[0][1],
     }
     wall.clear()
     counts.clear()
     engine_cpu.update(step=0.0, decode=0.0)
     _loop_cpu_at[0] = time.thread_time()
+    _loop_rusage_at[0] = _loop_rusage()
     partial = out.with_suffix(".partial")
     partial.write_text(json.dumps(record))
     os.replace(partial, out)

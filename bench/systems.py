@@ -42,6 +42,7 @@ class ServerSpec:
     argv: list[str]
     ready_path: str  # answers 200 only once the model is loaded
     env: dict[str, str] | None = None
+    cwd: Path = REPO_ROOT  # `python -m server` imports the checkout it starts in
 
 
 @dataclass
@@ -61,7 +62,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def gemma_serve_spec(port: int, threads: int, ctx: int, extra: list[str]) -> ServerSpec:
+def gemma_serve_spec(
+    port: int, threads: int, ctx: int, extra: list[str], checkout: Path | None = None
+) -> ServerSpec:
+    """gemma-serve from this checkout, or with `checkout` from another one (a baseline: the
+    same venv, so the same llama-cpp-python, and that checkout's `server` package)."""
     argv = [
         sys.executable,
         "-m",
@@ -79,7 +84,9 @@ def gemma_serve_spec(port: int, threads: int, ctx: int, extra: list[str]) -> Ser
         str(ctx),
         *extra,
     ]
-    return ServerSpec("gemma-serve", "gemma-serve", argv, "/health")
+    if checkout is None:
+        return ServerSpec("gemma-serve", "gemma-serve", argv, "/health")
+    return ServerSpec("baseline", f"gemma-serve at {checkout.name}", argv, "/health", cwd=checkout)
 
 
 def peer_spec(port: int, threads: int, ctx: int, model_path: str, extra: list[str]) -> ServerSpec:
@@ -148,7 +155,7 @@ def start(spec: ServerSpec, base_url: str, log_dir: Path) -> RunningServer:
     log_path = log_dir / f"{spec.key}.log"
     process = subprocess.Popen(
         spec.argv,
-        cwd=REPO_ROOT,
+        cwd=spec.cwd,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, **(spec.env or {})},
