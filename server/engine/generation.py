@@ -83,6 +83,22 @@ class Reservation:
         self._on_release()
 
 
+class Announcement:
+    """A generation on its way to the engine: announced when its preparation starts, settled
+    (once; any thread) when it is submitted, refused or dropped. An idle engine gives the
+    generations announced with the first one a moment to arrive (`Scheduler._await_announced`)."""
+
+    def __init__(self, on_settle: Callable[[], None]) -> None:
+        self._on_settle: Callable[[], None] | None = on_settle
+        self._lock = threading.Lock()
+
+    def settle(self) -> None:
+        with self._lock:
+            on_settle, self._on_settle = self._on_settle, None
+        if on_settle is not None:
+            on_settle()
+
+
 class LlamaGeneration:
     """One sequence to generate: the tokenised prompt, its limits and its event queue."""
 
@@ -96,6 +112,7 @@ class LlamaGeneration:
         reservation: Reservation,
         submit: Callable[[LlamaGeneration], None],
         images: tuple[PromptImage, ...] = (),
+        announcement: Announcement | None = None,
     ) -> None:
         self.request = request
         self.tokens = tokens  # an image's positions hold its stand-in id (engine/vision.py)
@@ -110,9 +127,11 @@ class LlamaGeneration:
         self._submit = submit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self.announcement = announcement or Announcement(lambda: None)
         # A generation prepared but never iterated (a later choice of the same request was refused)
-        # gives its place back when it is garbage-collected.
+        # gives its place back, and stops being awaited, when it is garbage-collected.
         weakref.finalize(self, reservation.release)
+        weakref.finalize(self, self.announcement.settle)
 
     def push(self, item: object) -> None:
         """Called from the engine thread; held until the step ends inside

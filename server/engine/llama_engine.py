@@ -29,7 +29,7 @@ from server.engine.contract import (
     Refused,
     RequestRejected,
 )
-from server.engine.generation import LlamaGeneration, Reservation
+from server.engine.generation import Announcement, LlamaGeneration, Reservation
 from server.engine.grammar import compile_json_format
 from server.engine.loading import N_BATCH, EngineLoadError, LoadParams, load
 from server.engine.scheduler import Scheduler
@@ -131,6 +131,16 @@ class LlamaEngine:
     async def prepare(self, request: GenerationRequest) -> LlamaGeneration:
         """Tokenise, check the prompt fits, compile the grammar and take a place; nothing is
         generated until the generation's `events()` is iterated."""
+        announcement = self._scheduler.announce()
+        try:
+            return await self._prepare(request, announcement)
+        except BaseException:
+            announcement.settle()  # refused: nothing will arrive
+            raise
+
+    async def _prepare(
+        self, request: GenerationRequest, announcement: Announcement
+    ) -> LlamaGeneration:
         images: tuple[PromptImage, ...] = ()
         if request.images and self._projector is None:
             raise RequestRejected(
@@ -181,6 +191,7 @@ class LlamaEngine:
             reservation=self._reserve(),
             submit=self._scheduler.submit,
             images=images,
+            announcement=announcement,
         )
 
     def stats(self) -> EngineStats:

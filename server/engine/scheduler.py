@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -20,7 +21,12 @@ import llama_cpp
 
 from server.engine.admission import admit
 from server.engine.contract import EngineUnavailable, TokenLogprob, TopLogprob
-from server.engine.generation import DONE, LlamaGeneration, one_delivery_per_step
+from server.engine.generation import (
+    DONE,
+    Announcement,
+    LlamaGeneration,
+    one_delivery_per_step,
+)
 from server.engine.image_step import ImageSteps
 from server.engine.loading import N_BATCH, LoadedModel
 from server.engine.prompt_cache import PromptCache
@@ -34,6 +40,11 @@ log = logging.getLogger("gemma_serve.engine")
 # as a few decode steps, so streams slow down but never stall behind a long prompt.
 PREFILL_CHUNK = 256
 _PREFILL = (State.PREFILLING, State.AWAITING_IMAGE)
+# Requests that reach an idle engine together (four clients at once) are submitted a few
+# milliseconds apart, each after its own tokenisation. The first waits at most this long for
+# the others announced with it, so that their prompts share the first step instead of waiting a
+# whole prefill behind it; a request that comes alone waits for nothing.
+ARRIVAL_WINDOW = 0.025
 
 
 class Scheduler:
@@ -59,6 +70,7 @@ class Scheduler:
         cells = Cells(self._ctx)
         self._sequences = [Sequence(seq_id, cells) for seq_id in range(parallel)]
         self._queue: deque[LlamaGeneration] = deque()
+        self._announced = 0  # generations being prepared, not yet submitted
         self._wake = threading.Condition()
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
@@ -68,8 +80,21 @@ class Scheduler:
 
     # --- any thread -------------------------------------------------------------------------
 
-    def submit(self, generation: LlamaGeneration) -> None:
+    def announce(self) -> Announcement:
+        """A generation is being prepared: an idle engine that receives another meanwhile
+        gives this one a moment to arrive too (ARRIVAL_WINDOW)."""
         with self._wake:
+            self._announced += 1
+        return Announcement(self._settled)
+
+    def _settled(self) -> None:
+        with self._wake:
+            self._announced -= 1
+            self._wake.notify()
+
+    def submit(self, generation: LlamaGeneration) -> None:
+        with self._wake:  # a reentrant lock: settling takes it too
+            generation.announcement.settle()  # arrived: no longer awaited
             if self._closing:
                 raise EngineUnavailable("the server is shutting down")
             self._queue.append(generation)
@@ -99,6 +124,8 @@ class Scheduler:
                         self._wake.wait()
                     if self._closing:
                         return
+                    if not self.active:
+                        self._await_announced()
                     free = sum(not sequence.busy for sequence in self._sequences)
                     arrivals = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
                 for generation in arrivals:
@@ -113,6 +140,16 @@ class Scheduler:
         finally:
             self._end_all(EngineUnavailable("the server is shutting down"))
             llama_cpp.llama_batch_free(batch)
+
+    def _await_announced(self) -> None:
+        """Called idle, holding `_wake`, with a generation queued: wait up to ARRIVAL_WINDOW
+        for the generations still being prepared."""
+        deadline = time.monotonic() + ARRIVAL_WINDOW
+        while self._announced > 0 and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(left)
 
     def _admit(self, generation: LlamaGeneration) -> None:
         if generation.cancelled.is_set():

@@ -13,17 +13,20 @@ that this prefix covers most of the tokens, so they cannot pass vacuously.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from server.engine.contract import (
     ChatMessage,
     Finished,
     GenerationRequest,
+    RequestRejected,
     SamplingParams,
     TextDelta,
     TokenLogprob,
@@ -221,3 +224,39 @@ def test_the_time_limit_ends_a_runaway_request(model_path: Path) -> None:
     assert run.finished is not None and run.finished.reason == "length"
     assert run.finished.usage.completion_tokens < 1500  # ended by the limit, not by max_tokens
     assert elapsed >= 2.0  # not before it
+
+
+def test_requests_that_arrive_together_share_the_first_step(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four clients at once: each request is tokenised on its own, so they reach the idle engine
+    a little apart; their prompts still go into one decode step, rather than three of them
+    waiting a whole prefill behind the first."""
+    steps: list[set[int]] = []
+    real_decode = llama_cpp.llama_decode
+
+    def recording(ctx: object, batch: llama_cpp.llama_batch) -> int:
+        steps.append({batch.seq_id[i][0] for i in range(batch.n_tokens)})
+        return int(real_decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    runs = run_all(engine, [request(prompt, max_tokens=2) for prompt in PROMPTS[4:8]])
+    assert all(run.finished is not None for run in runs)
+    assert len(steps[0]) == 4, steps[:3]
+
+
+def test_a_refused_or_dropped_generation_is_not_awaited(engine: LlamaEngine) -> None:
+    """Every generation announced to the engine is settled: submitted, refused or dropped
+    unstarted; a leak would make every later first step wait out its window."""
+    too_long = request("word " * 5000)
+
+    async def main() -> None:
+        with pytest.raises(RequestRejected):
+            await engine.prepare(too_long)
+        dropped = await engine.prepare(request(PROMPTS[0]))
+        del dropped  # prepared, never iterated
+        await generate(engine, request(PROMPTS[1], max_tokens=2))
+
+    asyncio.run(main())
+    gc.collect()
+    assert engine._scheduler._announced == 0
