@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import logging
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -367,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     checks = report.targets(figures)
     labels = {**LABELS, report.LLAMA_SERVER: f"llama-server -np {args.llama_server_parallel}"}
     if args.baseline is not None:
-        labels[report.BASELINE] = f"gemma-serve at {_commit_of(args.baseline)}" + "".join(
-            f" {item}" for item in [*args.baseline_env, args.baseline_args or ""] if item
+        labels[report.BASELINE] = (
+            f"gemma-serve at {report.git_commit(args.baseline) or args.baseline.name}"
+            + "".join(f" {item}" for item in [*args.baseline_env, args.baseline_args or ""] if item)
         )
     table = report.markdown_table(figures, metrics, labels, ranges)
     settings = (
@@ -421,20 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     report.publish(args.out, "results", lines, record)
     log.info("wrote %s and %s", args.out / "results.md", args.out / "results.json")
     return 1 if bench.failures else 0
-
-
-def _commit_of(checkout: Path) -> str:
-    """The short commit a checkout is at (its folder name if git cannot tell)."""
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return checkout.name
-    return done.stdout.strip()
 
 
 def _load(load: Any) -> str:

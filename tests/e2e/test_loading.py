@@ -108,16 +108,21 @@ except LoadCancelled:
 """
 
 
-def test_a_load_in_llama_cpp_stops_when_cancelled(model_path: Path) -> None:
-    # Shutdown sets the event: llama.cpp's progress callback then ends the load of the weights.
+def run_script(script: str, model_path: Path) -> list[str]:
+    """`script` in a fresh Python process given the model's path: the words it printed."""
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_STOPPED, str(model_path)],
+        [sys.executable, "-c", script, str(model_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["stopped"]
+    return result.stdout.split()
+
+
+def test_a_load_in_llama_cpp_stops_when_cancelled(model_path: Path) -> None:
+    # Shutdown sets the event: llama.cpp's progress callback then ends the load of the weights.
+    assert run_script(LOAD_STOPPED, model_path) == ["stopped"]
 
 
 CALIBRATION_THREADS = """
@@ -143,13 +148,6 @@ def test_timing_the_cpu_at_load_leaves_no_compute_threads_behind(model_path: Pat
     workers for every thread that has run llama.cpp's compute, and one team more than the
     engine thread's makes every later decode step sleep at its barriers
     (server/engine/compute_threads.py)."""
-    result = subprocess.run(
-        [sys.executable, "-c", CALIBRATION_THREADS, str(model_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    n_seq, before, after = (int(word) for word in result.stdout.split())
+    n_seq, before, after = (int(word) for word in run_script(CALIBRATION_THREADS, model_path))
     assert n_seq in (4, 8)  # the measurement ran and picked one of the counts it may
     assert after == before
