@@ -45,6 +45,11 @@ _PREFILL = (State.PREFILLING, State.AWAITING_IMAGE)
 # the others announced with it, so that their prompts share the first step instead of waiting a
 # whole prefill behind it; a request that comes alone waits for nothing.
 ARRIVAL_WINDOW = 0.025
+# The engine thread ends after this long without work and the next request starts a new one:
+# llama.cpp's OpenMP keeps a worker team per thread that decoded, and an idle model's team
+# beside a busy one's makes the busy one's every step sleep at its barriers
+# (engine/compute_threads.py). A new thread costs a few milliseconds once.
+IDLE_EXIT = 2.0
 
 
 class Scheduler:
@@ -75,8 +80,7 @@ class Scheduler:
         self._closing = False
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.prompt_cache = PromptCache(budget=cache_bytes, n_swa=self._n_swa)
-        self._thread = threading.Thread(target=self._run, name="gemma-serve-engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first submit
 
     # --- any thread -------------------------------------------------------------------------
 
@@ -98,6 +102,11 @@ class Scheduler:
             if self._closing:
                 raise EngineUnavailable("the server is shutting down")
             self._queue.append(generation)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="gemma-serve-engine", daemon=True
+                )
+                self._thread.start()
             self._wake.notify()
 
     @property
@@ -110,18 +119,26 @@ class Scheduler:
         with self._wake:
             self._closing = True
             self._wake.notify()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+            thread = self._thread
+        if thread is None:  # idle: no thread, nothing running or queued
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     # --- the engine thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        idle = False
         try:
             while True:
                 with self._wake:
                     while not self._closing and not self._queue and not self.active:
-                        self._wake.wait()
+                        if not self._wake.wait(IDLE_EXIT) and not self._queue:
+                            idle = not self._closing
+                            if idle:  # the next submit starts a new thread
+                                self._thread = None
+                                return
                     if self._closing:
                         return
                     if not self.active:
@@ -138,7 +155,8 @@ class Scheduler:
             log.exception("the engine thread failed")
             self._end_all(exc)
         finally:
-            self._end_all(EngineUnavailable("the server is shutting down"))
+            if not idle:
+                self._end_all(EngineUnavailable("the server is shutting down"))
             llama_cpp.llama_batch_free(batch)
 
     def _await_announced(self) -> None:

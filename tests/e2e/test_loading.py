@@ -151,3 +151,40 @@ def test_timing_the_cpu_at_load_leaves_no_compute_threads_behind(model_path: Pat
     n_seq, before, after = (int(word) for word in run_script(CALIBRATION_THREADS, model_path))
     assert n_seq in (4, 8)  # the measurement ran and picked one of the counts it may
     assert after == before
+
+
+IDLE_ENGINE_THREADS = """
+import asyncio, os, sys, threading, time
+from pathlib import Path
+from server.engine.contract import ChatMessage, GenerationRequest, SamplingParams
+from server.engine.llama_engine import LlamaEngine
+
+def native_threads():  # OS threads Python did not start: llama.cpp's OpenMP workers
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+async def answer(engine):
+    hi = GenerationRequest(messages=(ChatMessage("user", "Hi"),), max_tokens=2,
+                           sampling=SamplingParams(temperature=0))
+    return [event async for event in (await engine.prepare(hi)).events()][-1].reason
+
+engine = LlamaEngine(model_path=Path(sys.argv[1]), model_id="m", n_ctx=512, n_threads=2, parallel=2)
+before = native_threads()
+first = asyncio.run(answer(engine))
+busy = native_threads()  # the engine thread lives on a while, with its team
+deadline = time.monotonic() + 30
+while native_threads() != before and time.monotonic() < deadline:
+    time.sleep(0.1)
+idle = native_threads()
+second = asyncio.run(answer(engine))  # a new engine thread serves it
+engine.close()
+print(before, busy, idle, first, second)
+"""
+
+
+def test_an_idle_engine_leaves_no_compute_threads_behind(model_path: Path) -> None:
+    """The engine thread ends after IDLE_EXIT without work, taking its OpenMP team along, so an
+    idle model does not slow a busy one's steps; the next request starts a new one."""
+    before, busy, idle, first, second = run_script(IDLE_ENGINE_THREADS, model_path)
+    assert int(busy) > int(before)  # a team stood beside the decoding thread
+    assert int(idle) == int(before)
+    assert (first, second) == ("length", "length")
