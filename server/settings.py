@@ -142,7 +142,8 @@ class Settings(BaseSettings):
         ge=0,
         le=4096,
         description=(
-            "Requests that may wait for a free sequence; beyond it the server answers 503 with "
+            "Requests that may wait for a free sequence (for each model; for an embedding model, "
+            "behind the request being embedded); beyond it the server answers 503 with "
             "Retry-After at once."
         ),
     )

@@ -24,6 +24,7 @@ import numpy as np
 from llama_cpp import _internals, _logger
 
 from server.engine.compute_threads import LingeringThread
+from server.engine.contract import EngineBusy
 from server.engine.embedding_contract import EmbeddingInfo, EmbeddingRejected
 from server.engine.loading import EngineLoadError
 
@@ -65,9 +66,14 @@ class LlamaEmbeddingEngine:
         n_gpu_layers: int = 0,
         matryoshka: tuple[int, ...] = (),
         n_seq: int = N_SEQ,
+        max_waiting: int = 64,
         verbose: bool = False,
     ) -> None:
+        """`max_waiting`: requests that may wait behind the one being embedded (the server's
+        `--queue-size`, the same bound as a chat model's queue); more are refused (503)."""
         _logger.set_verbose(verbose)
+        self._max_requests = 1 + max_waiting
+        self._requests = 0  # being embedded or waiting (read and written on the event loop)
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
         try:
@@ -146,6 +152,19 @@ class LlamaEmbeddingEngine:
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         self.check(inputs)
+        if self._requests >= self._max_requests:
+            raise EngineBusy(
+                f"{self._requests} embedding requests are being served or waiting (at most "
+                f"{self._max_requests}); try again shortly",
+                retry_after=1,
+            )
+        self._requests += 1
+        try:
+            return await self._embed(inputs)
+        finally:
+            self._requests -= 1
+
+    async def _embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         vectors: list[list[float]] = []
         for batch in pack([len(t) for t in inputs], self._n_seq, self.info.n_ctx):
             async with self._lock:

@@ -36,6 +36,7 @@ def embedding_model(
             n_threads=settings.threads,
             n_gpu_layers=999 if on_gpu else 0,
             matryoshka=spec.capabilities.matryoshka_dimensions,
+            max_waiting=settings.queue_size,
         )
 
     file_size = path.stat().st_size if path is not None else spec.file_size

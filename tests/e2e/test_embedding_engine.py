@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.engine.contract import EngineBusy
 from server.engine.embedding_contract import EmbeddingRejected, shorten
 from server.engine.embedding_engine import LlamaEmbeddingEngine
 from tests.embedding_model import WIDTH
@@ -67,6 +68,29 @@ def test_embedding_batches_leave_no_compute_threads_behind(engine: LlamaEmbeddin
 
     before, after = asyncio.run(embed_and_count())
     assert after == before
+
+
+def test_requests_beyond_the_queue_are_refused_at_once(embedding_model_path: Path) -> None:
+    """One request is embedded and `max_waiting` wait behind it; the next is refused (the API
+    answers 503 with Retry-After), never queued without bound."""
+    small = LlamaEmbeddingEngine(
+        model_path=embedding_model_path, model_id="tiny", n_threads=2, max_waiting=1
+    )
+    inputs = [small.tokenize(text) for text in TEXTS * 8]
+
+    async def three_at_once() -> list[object]:
+        return await asyncio.gather(
+            *(small.embed(inputs) for _ in range(3)), return_exceptions=True
+        )
+
+    try:
+        first, second, third = asyncio.run(three_at_once())
+        assert isinstance(first, list) and isinstance(second, list)
+        assert len(first) == len(second) == len(inputs)
+        assert isinstance(third, EngineBusy) and third.retry_after == 1
+        assert len(asyncio.run(small.embed(inputs[:1]))) == 1  # the places come back
+    finally:
+        small.close()
 
 
 def test_info_reads_the_model(engine: LlamaEmbeddingEngine) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from server.cancellation import Cancelled
-from server.engine.contract import Finished, TextDelta, Usage
+from server.engine.contract import EngineBusy, Finished, TextDelta, Usage
 from server.engine.embedding_contract import EmbeddingInfo
 from server.memory import GiB
 from server.models.manager import Installed
@@ -54,11 +54,14 @@ class ScriptedEmbedder:
     def __init__(self) -> None:
         self.info = EmbeddingInfo(model_id="embedder", n_ctx=64, width=2, vocab_size=256)
         self.closed = False
+        self.full = False  # its queue is full: refuse as the real engine does
 
     def tokenize(self, text: str) -> list[int]:
         return [ord(char) % 256 for char in text]
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        if self.full:
+            raise EngineBusy("65 embedding requests are being served or waiting", retry_after=1)
         return [[1.0, 0.0] if len(tokens) % 2 else [0.0, 1.0] for tokens in inputs]
 
     def close(self) -> None:
@@ -243,6 +246,21 @@ def test_the_embedding_model_loads_on_the_first_request_naming_it_and_unloads_wh
         assert embedder.loaded[0].closed
         again = http.post("/v1/embeddings", json={"model": "embedder", "input": "a"})
         assert again.status_code == 200 and len(embedder.loaded) == 2
+
+
+def test_an_embedding_model_with_a_full_queue_answers_503_with_retry_after_in_each_dialect(
+    server: FastServer, embedder: EmbedderLoader
+) -> None:
+    with server.client() as http:
+        assert http.post("/v1/embeddings", json={"model": "embedder", "input": "a"}).is_success
+        embedder.loaded[0].full = True
+        openai = http.post("/v1/embeddings", json={"model": "embedder", "input": "a"})
+        assert openai.status_code == 503 and openai.headers["retry-after"] == "1"
+        assert "embedding requests" in openai.json()["error"]["message"]
+        ollama = http.post("/api/embed", json={"model": "embedder", "input": "a"})
+        assert ollama.status_code == 503 and "embedding requests" in ollama.json()["error"]
+        embedder.loaded[0].full = False
+        assert http.post("/api/embed", json={"model": "embedder", "input": "a"}).is_success
 
 
 def test_a_chat_model_on_the_embeddings_endpoint_is_a_400_naming_the_embedding_models(
