@@ -189,20 +189,21 @@ def _profile(out: Path) -> None:
 def dump(out: Path) -> None:
     _profile(out)
     now = time.thread_time()
+    user, kernel = _loop_rusage()
     record = {
         "loop": _loop_kind(),
         "wall_s": dict(wall),
         "counts": dict(counts),
         "engine_cpu_s": dict(engine_cpu),
         "loop_cpu_s": now - _loop_cpu_at[0],
-        "loop_user_s": _loop_rusage()[0] - _loop_rusage_at[0][0],
-        "loop_kernel_s": _loop_rusage()[1] - _loop_rusage_at[0][1],
+        "loop_user_s": user - _loop_rusage_at[0][0],
+        "loop_kernel_s": kernel - _loop_rusage_at[0][1],
     }
     wall.clear()
     counts.clear()
     engine_cpu.update(step=0.0, decode=0.0)
     _loop_cpu_at[0] = time.thread_time()
-    _loop_rusage_at[0] = _loop_rusage()
+    _loop_rusage_at[0] = (user, kernel)
     partial = out.with_suffix(".partial")
     partial.write_text(json.dumps(record))
     os.replace(partial, out)

@@ -10,23 +10,15 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import RunningServer, start_server, stop_server, wait_healthy
-from tests.e2e.test_models import SECOND, user_registry
+from tests.conftest import RunningServer
+from tests.e2e.test_models import SECOND, serve_two_models
 
 from .conftest import Watched, model_line_says, open_chat, send, settings
 
 
 @pytest.fixture
 def two_models(tmp_path: Path, model_path: Path) -> Iterator[RunningServer]:
-    running = start_server(
-        tmp_path, "--ctx", "1024", "--parallel", "2", "--keep-alive", "forever",
-        "--models-file", str(user_registry(tmp_path, model_path)),
-    )  # fmt: skip
-    try:
-        wait_healthy(running)
-        yield running
-    finally:
-        stop_server(running)
+    yield from serve_two_models(tmp_path, model_path, "forever")
 
 
 def test_a_conversation_uses_the_model_picked_for_it(

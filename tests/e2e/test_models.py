@@ -54,11 +54,11 @@ def wait_state(http: httpx.Client, model: str, state: str, within: float = 60) -
         time.sleep(0.2)
 
 
-@pytest.fixture
-def two_models(tmp_path: Path, model_path: Path) -> Iterator[RunningServer]:
+def serve_two_models(tmp_path: Path, model_path: Path, keep_alive: str) -> Iterator[RunningServer]:
+    """A server with the bundled model and `user_registry`'s second, until the caller is done."""
     running = start_server(
         tmp_path,
-        "--ctx", "1024", "--parallel", "2", "--keep-alive", "10s",
+        "--ctx", "1024", "--parallel", "2", "--keep-alive", keep_alive,
         "--models-file", str(user_registry(tmp_path, model_path)),
     )  # fmt: skip
     try:
@@ -66,6 +66,11 @@ def two_models(tmp_path: Path, model_path: Path) -> Iterator[RunningServer]:
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture
+def two_models(tmp_path: Path, model_path: Path) -> Iterator[RunningServer]:
+    yield from serve_two_models(tmp_path, model_path, "10s")
 
 
 def ask(http: httpx.Client, model: str, max_tokens: int = 8) -> httpx.Response:
