@@ -68,6 +68,13 @@ def post(url: str, path: str, body: dict[str, object]) -> httpx.Response:
     return answer
 
 
+def long_request() -> list[str]:
+    """2048 inputs of ~150 tokens: embedding them takes ~25 times as long as a short chat stream
+    on the same CPU (~5 s here), whatever that CPU's speed (short inputs took 0.75 s, close enough
+    to a chat's 0.2 s for a fast machine to finish the embedding first)."""
+    return [f"sentence number {i} " + "about nothing in particular " * 30 for i in range(2048)]
+
+
 def test_sdk_float_and_base64_single_and_batched(url: str, sdk) -> None:  # type: ignore[no-untyped-def]
     post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "warm"})
     texts = ["hello world", "a second, longer sentence", "three"]
@@ -194,9 +201,9 @@ def test_ollama_truncates_unless_told_not_to(url: str) -> None:
 
 
 def test_a_client_that_hangs_up_frees_its_batches(url: str) -> None:
-    """2048 inputs are 128 batches; the client leaves after a moment, and the server stops
+    """2048 long inputs are 128 batches; the client leaves after a moment, and the server stops
     after the batch in flight (/metrics counts a 499 for it, not a 200) and serves the next."""
-    many = [f"sentence number {i} about nothing in particular" for i in range(2048)]
+    many = long_request()
     post(url, "/v1/embeddings", {"model": EMBEDDER, "input": "warm"})
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/embeddings", json={"model": EMBEDDER, "input": many}, timeout=0.5)
@@ -211,10 +218,11 @@ def test_a_client_that_hangs_up_frees_its_batches(url: str) -> None:
 
 def test_chat_streams_while_a_large_embedding_request_runs(url: str, sdk) -> None:  # type: ignore[no-untyped-def]
     """The embedding model has its own llama.cpp context: a chat stream started during a
-    2048-input request flows and ends while that request is still being embedded."""
+    2048-input request flows and ends while that request is still being embedded (a chat that
+    waited for the embedding would end after it)."""
     import threading
 
-    many = [f"sentence number {i} about nothing in particular" for i in range(2048)]
+    many = long_request()
     answers: list[httpx.Response] = []
     embedding = threading.Thread(
         target=lambda: answers.append(
