@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from pydantic_core import to_json
+
 from server.api.chat_choices import ChoiceBuilder, OutputOptions
 from server.api.chat_protocol import (
     ChatCompletion,
@@ -21,6 +23,10 @@ from server.api.protocol import Usage
 from server.api.serving_types import ServerEvent, error_event, wire_usage
 from server.engine.contract import Event, Finished, TextDelta
 from server.engine.contract import Usage as EngineUsage
+
+# Stands for a delta's text in a chunk serialised once per stream (no token decodes to it).
+_TEXT_MARK = "\x00gemma-serve-text\x00"
+_TEXT_MARK_JSON = to_json(_TEXT_MARK).decode()
 
 
 def total_usage(usages: Sequence[EngineUsage]) -> Usage:
@@ -71,6 +77,14 @@ class ChatAnswer:
             usage=total_usage(usages),
         )
 
+    def _text_chunk_parts(self, index: int) -> tuple[str, str]:
+        """A chunk whose one delta is content alone, split around that content's JSON string:
+        a token's chunk is then `before + to_json(text) + after`, the same text as `_chunk`
+        makes, without building and serialising three models a token."""
+        whole = self._chunk([ChunkChoice(index=index, delta=Delta(content=_TEXT_MARK))])
+        before, after = whole.split(_TEXT_MARK_JSON)
+        return before, after
+
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         body = ChatCompletionChunk(
             id=self.completion_id,
@@ -90,6 +104,7 @@ class ChatAnswer:
         `server.api.chat_choices`).
         """
         builders = [ChoiceBuilder(self.options) for _ in range(self.n)]
+        text_chunks = [self._text_chunk_parts(index) for index in range(self.n)]
         usages: list[EngineUsage] = []
         for index in range(self.n):
             yield self._chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
@@ -102,6 +117,16 @@ class ChatAnswer:
                 usages.append(event.usage)
             for position, part in enumerate(ready):
                 last = isinstance(event, Finished) and position == len(ready) - 1
+                text = part.delta.content
+                if (
+                    text is not None
+                    and part.delta.is_text_only()
+                    and not last
+                    and not part.logprobs
+                ):
+                    before, after = text_chunks[index]
+                    yield before + to_json(text).decode() + after
+                    continue
                 choice = ChunkChoice(
                     index=index,
                     delta=part.delta,

@@ -22,19 +22,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, suppress
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
 from server.api.deps import Runtime, RuntimeDep, SettingsDep
 from server.api.errors import APIError, stream_failure, unavailable
 from server.api.refusals import openai_refusal
 from server.api.serving_types import SSE_DONE, Answer, GenerationRequests, ServerEvent
+from server.api.sse import SEPARATOR, EventStream, sse_frame
 from server.api.streams import interleave
 from server.cancellation import Cancelled
 from server.engine.contract import (
@@ -55,6 +55,7 @@ NDJSON = "application/x-ndjson"
 PING_SECONDS = 15
 
 T = TypeVar("T", bound=BaseModel)
+E = TypeVar("E")
 
 
 class ClientGone(Exception):
@@ -199,10 +200,12 @@ class Serving:
         JSON object a line, as Ollama streams), or the whole answer (499 when the client hangs up
         first)."""
         if stream:
-            events = sse_events(answer, [generation.events() for generation in prepared])
+            generations = [generation.events() for generation in prepared]
             if ndjson:
-                return StreamingResponse(ndjson_lines(events), media_type=NDJSON)
-            return EventSourceResponse(events, sep="\n", ping=PING_SECONDS)
+                lines = sse_events(answer, generations, encode=ndjson_line)
+                return StreamingResponse(lines, media_type=NDJSON)
+            frames = sse_events(answer, generations, encode=sse_frame)
+            return EventStream(frames, sep=SEPARATOR, ping=PING_SECONDS)
 
         async def collect() -> T:
             generations = [generation.events() for generation in prepared]
@@ -236,31 +239,37 @@ class Serving:
         prompt_log.info("prompt: %s", printable(text, limit=10_000))
 
 
+def _as_is(payload: ServerEvent) -> ServerEvent:
+    return payload
+
+
 async def sse_events(
-    answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]]
-) -> AsyncIterator[ServerEvent]:
+    answer: Answer[T],
+    generations: Sequence[AsyncGenerator[Event, None]],
+    encode: Callable[[ServerEvent], E] = _as_is,  # type: ignore[assignment]
+) -> AsyncIterator[E]:
     """The events of a streamed answer: the endpoint's own, then its error events if the
-    generation fails after the start (the status is sent by then), then `[DONE]` if it ends so.
-    """
+    generation fails after the start (the status is sent by then), then `[DONE]` if it ends so;
+    each one through `encode` (into its bytes on the wire: here, not in one more generator
+    around this one, as that would cost a step a token)."""
     # NOTE: when the client goes, sse-starlette cancels this generator's task; the cancellation
     # reaches `interleave`, which stops every generation.
     try:
         async with aclosing(interleave(generations)) as events:
             async for payload in answer.stream(events):
-                yield payload
+                yield encode(payload)
     except Exception as exc:
         message, code = stream_failure(exc)
         for payload in answer.failed(message, code):
-            yield payload
+            yield encode(payload)
     if answer.ends_with_done:
-        yield SSE_DONE
+        yield encode(SSE_DONE)
 
 
-async def ndjson_lines(events: AsyncIterator[ServerEvent]) -> AsyncIterator[str]:
-    """A stream's payloads (JSON strings) as newline-delimited JSON."""
-    async for payload in events:
-        assert isinstance(payload, str), "an NDJSON stream has no named events"
-        yield payload + "\n"
+def ndjson_line(payload: ServerEvent) -> str:
+    """A stream's payload (a JSON string) as one line of newline-delimited JSON."""
+    assert isinstance(payload, str), "an NDJSON stream has no named events"
+    return payload + "\n"
 
 
 def get_serving(runtime: RuntimeDep, settings: SettingsDep) -> Serving:
