@@ -27,6 +27,7 @@ from .conftest import (
 )
 
 LONG_PROMPT = "Write a very long story about a dragon and a lighthouse keeper, in ten chapters."
+LONG_REPLY_TOKENS = 100
 
 
 def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
@@ -46,7 +47,11 @@ def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
                                                      characterData: true});
     }"""
     )
-    settings(page, max_tokens="16")  # the small model may otherwise ramble for minutes
+    # Long enough for both rates at any speed the model reaches (25-75 tokens/s, faster later):
+    # the live one shows once a delta comes 0.2 s after the first, the one under the reply needs
+    # 0.25 s of stream. Greedy, so the reply is the same each run (here it runs to the limit);
+    # bounded, since the small model may otherwise ramble for minutes.
+    settings(page, temperature="0", max_tokens=str(LONG_REPLY_TOKENS))
     reply = send(page, "Tell me a long story about the sea.")
     body = reply.locator(".body")
     assert body.inner_text().strip(), "the reply is empty"
@@ -54,9 +59,12 @@ def test_a_message_streams_in_and_renders_with_live_speed_and_usage(
     seen = page.evaluate("window.statsSeen")
     assert any("tokens/s" in text and "completion" not in text for text in seen), seen
     usage = reply.locator(".meta").inner_text()
-    assert re.fullmatch(
-        r"\d+ prompt tokens( \(\d+ cached\))? · \d+ completion tokens · [\d.]+ tokens/s", usage
+    shown = re.fullmatch(
+        r"\d+ prompt tokens( \(\d+ cached\))? · (\d+) completion tokens · [\d.]+ tokens/s", usage
     )
+    assert shown, usage
+    # The premise of the rate checks: a reply this long lasts over 0.85 s even at 75 tokens/s.
+    assert int(shown[2]) >= 64, f"the reply is too short to time at every speed: {usage}"
     assert page.text_content("#stats") == ""  # the live figures are gone with the stream
     assert page.title() == "gemma-serve chat"
     assert page.locator(".conversation").first.inner_text().startswith("Tell me a long story")
@@ -135,8 +143,24 @@ def test_markdown_code_is_highlighted_and_copied_and_rendering_is_throttled(
     assert code.locator("span.hljs-keyword").first.inner_text() == "def"
     renders = page.evaluate("window.renders")
     assert 1 <= renders <= 10, f"{renders} renders for {len(text)} deltas: not throttled"
-    reply.locator("button.copy-code").click()
-    expect(reply.locator("button.copy-code")).to_have_text("Copied")  # for 1.5 s
+    button = reply.locator("button.copy-code")
+    # "Copied" shows for 1.5 s: a stall between the click and a poll could miss it, so every
+    # label the button shows is recorded from before the click until it reverts (or a guard).
+    button.evaluate(
+        """(button) => {
+        window.copyLabels = [];
+        window.copyReverted = new Promise((resolve) => {
+            new MutationObserver(() => {
+                window.copyLabels.push(button.textContent);
+                if (button.textContent === 'Copy') resolve();
+            }).observe(button, {childList: true, characterData: true, subtree: true});
+            setTimeout(resolve, 30000);
+        });
+    }"""
+    )
+    button.click()
+    labels = page.evaluate("window.copyReverted.then(() => window.copyLabels)")
+    assert labels == ["Copied", "Copy"], labels
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == "def add(a, b):\n    return a + b\n"
 
@@ -172,26 +196,24 @@ def test_phone_and_desktop_in_light_and_dark(chat: Watched, base_url: str) -> No
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(255, 255, 255)"
 
     page.set_viewport_size(PHONE)
-    page.wait_for_timeout(300)  # the drawer slides away
-    assert _offscreen(page, "#sidebar")
+    sidebar = page.locator("#sidebar")
+    expect(sidebar).not_to_be_in_viewport()  # the drawer slides away (0.15 s)
     assert page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
     send_box = page.locator("#send").bounding_box()
     assert send_box is not None and send_box["x"] + send_box["width"] <= PHONE["width"]
     saved.append(screenshot(page, "phone-light"))
     page.click("#open-sidebar")
-    page.wait_for_timeout(300)  # the drawer's transition
-    assert not _offscreen(page, "#sidebar")
+    expect(sidebar).to_be_in_viewport(ratio=1)  # wholly on screen once it has slid in
     saved.append(screenshot(page, "phone-conversations"))
     page.click("#close-sidebar")
-    page.wait_for_timeout(300)
-    assert _offscreen(page, "#sidebar")
+    expect(sidebar).not_to_be_in_viewport()
     page.click("#open-settings")
     dialog = page.locator("#settings").bounding_box()
     assert dialog is not None and dialog["x"] >= 0
     assert dialog["x"] + dialog["width"] <= PHONE["width"]
     saved.append(screenshot(page, "phone-settings"))
     page.keyboard.press("Escape")  # closes the dialog, saves nothing
-    assert not page.is_visible("#settings")
+    expect(page.locator("#settings")).to_be_hidden()
     page.emulate_media(color_scheme="dark")
     saved.append(screenshot(page, "phone-dark"))
     assert all(path.stat().st_size > 5_000 for path in saved)
@@ -201,11 +223,6 @@ def test_phone_and_desktop_in_light_and_dark(chat: Watched, base_url: str) -> No
         page.set_viewport_size(DESKTOP)
         page.emulate_media(color_scheme="light")
         page.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "chat-page.png"))
-
-
-def _offscreen(page: Any, selector: str) -> bool:
-    box = page.locator(selector).bounding_box()
-    return box is None or box["x"] + box["width"] <= 0
 
 
 def test_a_page_opened_while_the_model_loads_shows_it_when_ready(

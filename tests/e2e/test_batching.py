@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -22,6 +22,8 @@ from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, w
 # A decode step takes ~20 ms on an idle 2-core machine, seconds when it is shared by many
 # llama.cpp processes: bounds on "soon" are generous, never tight.
 BUSY_MACHINE = 30.0
+# <eos> and <end_of_turn> banned: a stream runs to its max_tokens.
+NEVER_END = {"1": -100, "106": -100}
 
 
 def chat(text: str, max_tokens: int, **extra: object) -> dict[str, object]:
@@ -34,7 +36,11 @@ def chat(text: str, max_tokens: int, **extra: object) -> dict[str, object]:
     }
 
 
-def stream_text(client: httpx.Client, body: dict[str, object]) -> tuple[str, str | None]:
+def stream_text(
+    client: httpx.Client,
+    body: dict[str, object],
+    on_first_text: Callable[[], object] = lambda: None,
+) -> tuple[str, str | None]:
     text, reason = "", None
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
         assert reply.status_code == 200
@@ -42,37 +48,33 @@ def stream_text(client: httpx.Client, body: dict[str, object]) -> tuple[str, str
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             for choice in json.loads(line[6:])["choices"]:
+                had_text = bool(text)
                 text += choice["delta"].get("content") or ""
                 reason = choice.get("finish_reason") or reason
+                if text and not had_text:
+                    on_first_text()
     return text, reason
 
 
 def test_eight_concurrent_streams_all_complete(base_url: str) -> None:
-    peak = {"active": 0}
-    done = threading.Event()
-
-    def watch() -> None:
-        with httpx.Client(base_url=base_url, timeout=10) as client:
-            while not done.is_set():
-                health = client.get("/health").json()
-                peak["active"] = max(peak["active"], health["active"])
-                time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    started = threading.Semaphore(0)  # released once per stream, at its first text
 
     def one(i: int) -> tuple[str, str | None]:
+        # EOS banned: every stream runs its 60 tokens, so two that have begun are still
+        # generating when /health is read, at any speed.
+        body = chat(f"Count to {i + 3}.", 60, logit_bias=NEVER_END)
         with httpx.Client(base_url=base_url, timeout=120) as client:
-            return stream_text(client, chat(f"Count to {i + 3}.", 8))
+            return stream_text(client, body, on_first_text=started.release)
 
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(one, range(8)))
-    finally:
-        done.set()
-        watcher.join()
-    assert all(reason in ("length", "stop") and text for text, reason in results)
-    assert peak["active"] > 1  # decoded together, not one after another
+    with ThreadPoolExecutor(8) as pool:
+        replies = [pool.submit(one, i) for i in range(8)]
+        for _ in range(2):
+            assert started.acquire(timeout=120)
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            during = client.get("/health").json()
+        results = [reply.result() for reply in replies]
+    assert during["active"] >= 2  # decoded together, not one after another
+    assert all(reason == "length" and text for text, reason in results)
     with httpx.Client(base_url=base_url) as client:
         health = client.get("/health").json()
     # on the CPU the count is measured at load: 4, or more where the cores gain from it

@@ -84,21 +84,25 @@ def test_the_engine_serves_the_measured_count(
         # every one of them really runs at once: as many requests, all in slots together
         request = GenerationRequest(
             messages=(ChatMessage("user", "Count from one to twenty."),),
-            max_tokens=48,  # long enough that a busy machine admits them all before any ends
-            sampling=SamplingParams(temperature=0),
+            max_tokens=48,  # EOS banned: none ends before all have begun
+            sampling=SamplingParams(temperature=0, logit_bias=((1, -100.0), (106, -100.0))),
         )
 
         async def all_at_once() -> tuple[list[Finished], int]:
-            async def one() -> Finished:
-                job = await engine.prepare(request)
-                return [e async for e in job.events() if isinstance(e, Finished)][-1]
-
-            runs = asyncio.gather(*(one() for _ in range(parallel)))
             peak = 0
-            while not runs.done():
-                peak = max(peak, engine.stats().active)
-                await asyncio.sleep(0.002)
-            return list(await runs), peak
+
+            async def one() -> Finished:
+                nonlocal peak
+                job = await engine.prepare(request)
+                events = []
+                async for event in job.events():
+                    if not events:  # generating: counted by the engine as active
+                        peak = max(peak, engine.stats().active)
+                    events.append(event)
+                return [e for e in events if isinstance(e, Finished)][-1]
+
+            runs = await asyncio.gather(*(one() for _ in range(parallel)))
+            return list(runs), peak
 
         finished, peak = asyncio.run(all_at_once())
         assert peak == parallel

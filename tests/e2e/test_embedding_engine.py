@@ -173,17 +173,36 @@ def test_refusals_name_the_input(
     assert refused.value.index == index
 
 
-def test_a_cancelled_request_stops_between_batches(engine: LlamaEmbeddingEngine) -> None:
+def test_a_cancelled_request_stops_between_batches(
+    engine: LlamaEmbeddingEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     many = [engine.tokenize(f"sentence number {i}") for i in range(400)]  # 100 batches of 4
+    # The first batch is decoded, the second waits in its thread until the request is cancelled:
+    # the cancellation lands mid-request, with a batch in flight, whatever the CPU's speed.
+    decode, decoded, in_flight, gate = engine._decode, [0], threading.Event(), threading.Event()
+
+    def gated_decode(inputs: list[list[int]]) -> list[list[float]]:
+        if decoded[0] == 1:
+            in_flight.set()
+            assert gate.wait(60)
+        vectors = decode(inputs)
+        decoded[0] += 1
+        return vectors
+
+    monkeypatch.setattr(engine, "_decode", gated_decode)
 
     async def cancel_soon() -> None:
         task = asyncio.create_task(engine.embed(many))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(in_flight.wait, 60)
         task.cancel()
+        gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         # The engine serves the next request at once (nothing left queued on its lock).
         [vector] = await asyncio.wait_for(engine.embed([many[0]]), timeout=30)
         assert len(vector) == WIDTH
+        # Batches run one after another on one thread: the first, the one in flight when the
+        # request was cancelled, then the next request's. The other 98 were never decoded.
+        assert decoded[0] == 3
 
     asyncio.run(cancel_soon())

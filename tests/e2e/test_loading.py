@@ -163,19 +163,24 @@ def native_threads():  # OS threads Python did not start: llama.cpp's OpenMP wor
     return len(os.listdir("/proc/self/task")) - threading.active_count()
 
 async def answer(engine):
+    # The last event's reason, and the native threads counted at the first event (the engine
+    # thread is generating then: no stall of the machine can have let it end).
     hi = GenerationRequest(messages=(ChatMessage("user", "Hi"),), max_tokens=2,
                            sampling=SamplingParams(temperature=0))
-    return [event async for event in (await engine.prepare(hi)).events()][-1].reason
+    events, during = [], None
+    async for event in (await engine.prepare(hi)).events():
+        during = native_threads() if during is None else during
+        events.append(event)
+    return events[-1].reason, during
 
 engine = LlamaEngine(model_path=Path(sys.argv[1]), model_id="m", n_ctx=512, n_threads=2, parallel=2)
 before = native_threads()
-first = asyncio.run(answer(engine))
-busy = native_threads()  # the engine thread lives on a while, with its team
+first, busy = asyncio.run(answer(engine))  # busy: the engine thread's team beside it
 deadline = time.monotonic() + 30
 while native_threads() != before and time.monotonic() < deadline:
     time.sleep(0.1)
 idle = native_threads()
-second = asyncio.run(answer(engine))  # a new engine thread serves it
+second, _ = asyncio.run(answer(engine))  # a new engine thread serves it
 engine.close()
 print(before, busy, idle, first, second)
 """

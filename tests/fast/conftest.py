@@ -4,6 +4,8 @@ test process. No model is loaded: a test starts in milliseconds."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +46,20 @@ class FastServer:
         # verify=False: plain HTTP, and it spares loading the CA bundle for every client.
         return httpx.Client(base_url=self.base_url, timeout=timeout, verify=False)
 
+    def hang_up_once_held(self, path: str, body: dict[str, Any], held: Callable[[], bool]) -> None:
+        """POST `body` as a client that hangs up before its answer: on a connection of its own,
+        closed as soon as `held()` proves the server holds the request (its generation runs, its
+        model loads), so the hang-up never races the server's start."""
+        url = httpx.URL(self.base_url)
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        with socket.create_connection((url.host, url.port or 80), timeout=60) as connection:
+            connection.sendall(head.encode() + payload)
+            wait_for(held, within=60)
+
 
 def cpu_plan() -> Plan:
     return plan([], load_registry(), PlanOptions(ctx=1024), LlamaBuild(gpu_offload=False))
@@ -56,8 +72,10 @@ def serve(
     models: Sequence[Installed] = (),
     **settings: object,
 ) -> Iterator[FastServer]:
-    """`models`: more installed models beside the scripted start model."""
-    config = Settings(ctx=1024, cache_dir=tmp_path, shutdown_grace=1, **settings)  # type: ignore[arg-type]
+    """`models`: more installed models beside the scripted start model. `settings` override the
+    defaults here, among them a 1 s `shutdown_grace`."""
+    settings = {"shutdown_grace": 1, **settings}
+    config = Settings(ctx=1024, cache_dir=tmp_path, **settings)  # type: ignore[arg-type]
     app = create_app(config, cpu_plan(), load_engine=lambda: engine, models=models)
     port = free_port()
     server = DrainingServer(
@@ -106,7 +124,8 @@ def data_lines(response: httpx.Response) -> list[str]:
     return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def wait_for(condition: Callable[[], bool], within: float = 5) -> None:
+def wait_for(condition: Callable[[], bool], within: float = 60) -> None:
+    """Until `condition` holds; `within` guards against a hang, it is no bound on speed."""
     deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"

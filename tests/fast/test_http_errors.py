@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,7 @@ def test_the_api_is_503_while_the_model_loads(tmp_path: Path) -> None:
     loaded = threading.Event()
 
     def slow() -> ScriptedEngine:
-        loaded.wait(10)
+        loaded.wait(120)  # set once the test has seen every 503; a hang guard
         return ScriptedEngine()
 
     app = create_app(Settings(ctx=1024, cache_dir=tmp_path), cpu_plan(), load_engine=slow)
@@ -285,8 +286,16 @@ def test_a_requests_prompts_and_choices_run_together(fast_server: FastServer) ->
     fast_server.engine.enqueue(
         *(Script([hold, TextDelta("x"), Finished("stop", Usage(1, 1))]) for _ in range(4))
     )
-    with fast_server.client() as client:
-        threading.Timer(0.2, hold.release).start()
+
+    def release_once_all_run() -> None:
+        # Released only once the four run at once (or, if they never do, after the guard).
+        deadline = time.monotonic() + 60
+        while fast_server.engine.running < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hold.release()
+
+    threading.Thread(target=release_once_all_run, daemon=True).start()
+    with fast_server.client(timeout=120) as client:
         completion = client.post("/v1/completions", json=body).json()
     assert fast_server.engine.peak == 4
     assert [choice["index"] for choice in completion["choices"]] == [0, 1, 2, 3]

@@ -135,7 +135,8 @@ ERROR_CHECKS: Mapping[str, Callable[[int, str], Any]] = {
 
 def assert_ollama_done(body: Any) -> None:
     assert isinstance(body, dict) and body["done"] is True, body
-    assert body["done_reason"] in ("stop", "length", "load"), body
+    # "load" and "unload": an empty prompt only loads the model, or with keep_alive 0 unloads it
+    assert body["done_reason"] in ("stop", "length", "load", "unload"), body
     assert isinstance(body["model"], str) and isinstance(body["created_at"], str), body
 
 

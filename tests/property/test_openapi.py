@@ -83,6 +83,11 @@ def prepare(case: Any, document: Mapping[str, Any]) -> None:
     cap_generation_cost(body, body_properties(document, case.path, case.method))
     if isinstance(body.get("model"), str) and body["model"]:
         body["model"] = MODEL_ID  # a random model id is a 404 before anything else is checked
+    keep_alive = body.get("keep_alive")
+    if isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool) and keep_alive >= 0:
+        # Ollama's keep_alive applies to the shared server from then on: 0 or a few seconds
+        # would unload the model between cases (a reload each, ~2.5 s). Forever is as valid.
+        body["keep_alive"] = -1
 
 
 def run_cases(operation: Any, mode: GenerationMode, document: Mapping[str, Any]) -> None:

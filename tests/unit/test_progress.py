@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -85,21 +87,32 @@ def test_a_load_has_no_bytes_only_time(caplog: pytest.LogCaptureFixture) -> None
     ]
 
 
+def eventually(condition: Callable[[], object]) -> bool:
+    """Whether `condition()` comes to hold; the 60 s is a guard against a hang, not a speed
+    bound."""
+    deadline = time.monotonic() + 60
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
 def test_off_a_terminal_a_line_comes_at_each_interval_until_the_step_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    def progress_lines() -> list[str]:
+        return [m for m in caplog.messages if m.startswith("verifying m.gguf: ")]
+
     progress = Progress(interval=0.2)
     with caplog.at_level(logging.INFO, logger="gemma_serve.fetch"):
         progress.begin("verifying", "m.gguf", 1000)
-        for _ in range(5):
-            time.sleep(0.2)
-            progress.advance(100)
+        progress.advance(100)
+        assert eventually(lambda: len(progress_lines()) >= 1), caplog.messages
+        progress.advance(100)
+        assert eventually(lambda: len(progress_lines()) >= 2), caplog.messages
         progress.end("verified m.gguf")
         lines_then = len(caplog.messages)
         time.sleep(0.5)  # nothing between steps
         progress.close()
-    progress_lines = [m for m in caplog.messages if m.startswith("verifying m.gguf: ")]
-    assert len(progress_lines) >= 2, caplog.messages
     assert len(caplog.messages) == lines_then
 
 
@@ -122,17 +135,38 @@ def test_the_health_check_passes_while_the_server_makes_progress(
     assert verdict(503, b"not json") == (False, "/health answered 503 (no status)")
 
 
+class ReporterReads:
+    """The monotonic clock, noting the latest time it gave a thread other than the test's own
+    (the reporter's)."""
+
+    def __init__(self) -> None:
+        self.test_thread = threading.current_thread()
+        self.latest = float("-inf")
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if threading.current_thread() is not self.test_thread:
+            self.latest = max(self.latest, now)
+        return now
+
+
 def test_on_a_terminal_the_download_has_its_bar_and_the_load_its_lines(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    progress = Progress(interval=0.1, terminal=True)
+    def lines_of(start: str) -> list[str]:
+        return [m for m in caplog.messages if m.startswith(start)]
+
+    clock = ReporterReads()
+    progress = Progress(interval=0.1, terminal=True, clock=clock)
     with caplog.at_level(logging.INFO, logger="gemma_serve.fetch"):
         progress.begin("downloading", "m.gguf", 1000)
-        time.sleep(0.35)
+        due = time.monotonic() + progress.interval
+        # The reporter has read the clock at or past the download's first line: the line was due,
+        # and the reporter decides under the lock that `end` takes, so any line is in by then.
+        assert eventually(lambda: clock.latest >= due), "the reporter never woke"
         progress.end("downloaded m.gguf")
         progress.begin("loading", "m", None)
-        time.sleep(0.35)
+        assert eventually(lambda: lines_of("loading m: ")), caplog.messages
         progress.end("m is loaded{took}")
         progress.close()
-    assert not [m for m in caplog.messages if m.startswith("downloading m.gguf: ")]
-    assert [m for m in caplog.messages if m.startswith("loading m: ")], caplog.messages
+    assert not lines_of("downloading m.gguf: ")
