@@ -111,22 +111,17 @@ class ChatAnswer:
         async for index, event in events:
             builder = builders[index]
             if isinstance(event, TextDelta):
+                text = builder.plain_text(event)
+                if text is not None:  # most tokens: a chunk from the template
+                    before, after = text_chunks[index]
+                    yield before + to_json(text).decode() + after
+                    continue
                 ready = builder.text(event)
             else:
                 ready = builder.finish(event)
                 usages.append(event.usage)
             for position, part in enumerate(ready):
                 last = isinstance(event, Finished) and position == len(ready) - 1
-                text = part.delta.content
-                if (
-                    text is not None
-                    and part.delta.is_text_only()
-                    and not last
-                    and not part.logprobs
-                ):
-                    before, after = text_chunks[index]
-                    yield before + to_json(text).decode() + after
-                    continue
                 choice = ChunkChoice(
                     index=index,
                     delta=part.delta,

@@ -124,6 +124,14 @@ class ChoiceBuilder:
         pieces = self._parser.feed(delta.text) if self._parser else [ContentPiece(delta.text)]
         return self._stream(pieces)
 
+    def plain_text(self, delta: engine.TextDelta) -> str | None:
+        """New text that can only be content (no tools offered, no logprobs asked), recorded and
+        returned as is: a stream's chunk for it needs no deltas built. None: use `text`."""
+        if self._parser is not None or self._options.logprobs:
+            return None
+        self._content.append(delta.text)
+        return delta.text
+
     def finish(self, finished: engine.Finished) -> list[StreamDelta]:
         """The end: deltas held back until now, then the last one with no content (its chunk
         carries `finish_reason`)."""

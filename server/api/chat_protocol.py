@@ -228,9 +228,6 @@ class Delta(BaseModel):
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
-    def is_text_only(self) -> bool:
-        return self.role is None and self.tool_calls is None
-
     @model_serializer
     def _without_unset(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -48,10 +48,14 @@ async def interleave(
     generation (`aclosing`), which tells the engine to free its sequence: nothing outlives this
     iterator.
     """
-    if len(generations) == 1:
-        async with aclosing(_checked(generations[0])) as only:
+    if len(generations) == 1:  # one generation (most requests): no queue, no task
+        finished = False
+        async with aclosing(generations[0]) as only:
             async for event in only:
+                finished = finished or isinstance(event, Finished)
                 yield 0, event
+        if not finished:
+            raise _unfinished()
         return
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
 
