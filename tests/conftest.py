@@ -26,6 +26,10 @@ import httpx
 import pytest
 
 MODEL_ID = "gemma-3-270m"
+# <eos> and <end_of_turn> banned: a generation runs to its max_tokens (the bundled model may end an
+# answer at any token otherwise). As a request's `logit_bias`, and as the engine's sampling field.
+NEVER_END = {"1": -100, "106": -100}
+NEVER_END_BIAS = ((1, -100.0), (106, -100.0))
 SERVER_CTX = 4096
 
 TESTS = Path(__file__).resolve().parent

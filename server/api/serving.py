@@ -239,14 +239,10 @@ class Serving:
         prompt_log.info("prompt: %s", printable(text, limit=10_000))
 
 
-def _as_is(payload: ServerEvent) -> ServerEvent:
-    return payload
-
-
 async def sse_events(
     answer: Answer[T],
     generations: Sequence[AsyncGenerator[Event, None]],
-    encode: Callable[[ServerEvent], E] = _as_is,  # type: ignore[assignment]
+    encode: Callable[[ServerEvent], E],
 ) -> AsyncIterator[E]:
     """The events of a streamed answer: the endpoint's own, then its error events if the
     generation fails after the start (the status is sent by then), then `[DONE]` if it ends so;

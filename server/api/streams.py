@@ -49,13 +49,9 @@ async def interleave(
     iterator.
     """
     if len(generations) == 1:  # one generation (most requests): no queue, no task
-        finished = False
-        async with aclosing(generations[0]) as only:
+        async with aclosing(_checked(generations[0])) as only:
             async for event in only:
-                finished = finished or isinstance(event, Finished)
                 yield 0, event
-        if not finished:
-            raise _unfinished()
         return
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
 

@@ -17,13 +17,18 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import (
+    MODEL_ID,
+    NEVER_END,
+    RunningServer,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 
 # A decode step takes ~20 ms on an idle 2-core machine, seconds when it is shared by many
 # llama.cpp processes: bounds on "soon" are generous, never tight.
 BUSY_MACHINE = 30.0
-# <eos> and <end_of_turn> banned: a stream runs to its max_tokens.
-NEVER_END = {"1": -100, "106": -100}
 
 
 def chat(text: str, max_tokens: int, **extra: object) -> dict[str, object]:

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID, SERVER_CTX, start_server, stop_server, wait_healthy
+from tests.conftest import (
+    MODEL_ID,
+    NEVER_END,
+    SERVER_CTX,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 from tests.e2e.test_batching import BUSY_MACHINE, wait_idle
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -62,8 +69,7 @@ def test_sse_wire_format_line_by_line(http: httpx.Client) -> None:
         "model": MODEL_ID,
         "messages": HI,
         "max_tokens": 8,
-        # <eos> and <end_of_turn> banned: the answer always runs to max_tokens ("length")
-        "logit_bias": {"1": -100, "106": -100},
+        "logit_bias": NEVER_END,  # the answer always runs to max_tokens ("length")
         "stream": True,
         "stream_options": {"include_usage": True},
     }

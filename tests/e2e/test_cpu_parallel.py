@@ -22,6 +22,7 @@ from server.engine.contract import ChatMessage, Finished, GenerationRequest, Sam
 from server.engine.llama_engine import LlamaEngine
 from server.engine.loading import LoadParams, model_params, trial_context_params
 from server.planner import CPU_PARALLEL, doubling_pays
+from tests.conftest import NEVER_END_BIAS
 
 
 def measure(model_path: Path, trials: tuple[int, ...]) -> tuple[int, list[Any]]:
@@ -85,7 +86,7 @@ def test_the_engine_serves_the_measured_count(
         request = GenerationRequest(
             messages=(ChatMessage("user", "Count from one to twenty."),),
             max_tokens=48,  # EOS banned: none ends before all have begun
-            sampling=SamplingParams(temperature=0, logit_bias=((1, -100.0), (106, -100.0))),
+            sampling=SamplingParams(temperature=0, logit_bias=NEVER_END_BIAS),
         )
 
         async def all_at_once() -> tuple[list[Finished], int]:

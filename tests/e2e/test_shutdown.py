@@ -14,14 +14,19 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import (
+    MODEL_ID,
+    NEVER_END,
+    RunningServer,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 
 from .test_errors import assert_error
 
 # Long enough for the short stream to finish on a loaded 2-core machine (seconds a token).
 GRACE = 12.0
-# <eos> and <end_of_turn> banned: each stream runs to its max_tokens, as the test needs.
-NEVER_END = {"1": -100, "106": -100}
 
 
 class Stream(threading.Thread):

@@ -30,6 +30,7 @@ from server.engine.contract import (
 )
 from server.engine.image_marker import marker as image_marker
 from server.engine.llama_engine import LlamaEngine
+from tests.conftest import NEVER_END_BIAS
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 
@@ -141,7 +142,7 @@ def test_text_streams_keep_flowing_beside_images(engine: LlamaEngine) -> None:
             GenerationRequest(
                 messages=(ChatMessage("user", "Count from one to one hundred."),),
                 # <eos> and <end_of_turn> banned: the stream outlasts the pictures.
-                sampling=SamplingParams(temperature=0.0, logit_bias=((1, -100.0), (106, -100.0))),
+                sampling=SamplingParams(temperature=0.0, logit_bias=NEVER_END_BIAS),
                 max_tokens=1000,
             )
         )

@@ -30,10 +30,15 @@ def whole(answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]])
     return asyncio.run(collect())
 
 
+def as_is(payload: ServerEvent) -> ServerEvent:
+    """The payloads themselves, as an endpoint's `Answer` makes them (no wire framing)."""
+    return payload
+
+
 def streamed(
     answer: Answer[T], generations: Sequence[AsyncGenerator[Event, None]]
 ) -> list[ServerEvent]:
     async def collect() -> list[ServerEvent]:
-        return [event async for event in sse_events(answer, generations)]
+        return [event async for event in sse_events(answer, generations, encode=as_is)]
 
     return asyncio.run(collect())
