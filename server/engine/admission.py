@@ -20,17 +20,19 @@ log = logging.getLogger("gemma_serve.engine")
 
 
 def admit(
-    free: list[Sequence], generation: LlamaGeneration, cache: PromptCache, n_swa: int
+    sequences: list[Sequence], generation: LlamaGeneration, cache: PromptCache, n_swa: int
 ) -> Sequence:
-    """The sequence among `free` for `generation`, holding the best KV there is for its prompt,
-    cut to the reusable prefix, which never ends inside one of the prompt's images
+    """The free sequence for `generation`, holding the best KV there is for its prompt, cut to
+    the reusable prefix, which never ends inside one of the prompt's images
     (`vision.safe_reuse`). What the sequence held is saved first if it is about to be lost."""
+    free = [sequence for sequence in sequences if not sequence.busy]
+    busy = {sequence.seq_id for sequence in sequences if sequence.busy}
     prompt = generation.tokens
     live = [
         Candidate(s.seq_id, s.cached, s.pos_min(), s.last_used, saved=cache.holds(s)) for s in free
     ]
     saved = cache.candidates()
-    placement = place(live, saved, prompt, n_swa)
+    placement = place(live, saved, prompt, n_swa, busy=busy)
     sequence = next(s for s in free if s.seq_id == placement.seq_id)
     restored = False
     if placement.restore is not None:

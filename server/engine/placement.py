@@ -9,12 +9,18 @@ reusable only if the cache still holds the window the next token attends to: the
 the sequence still has (`llama_memory_seq_pos_min`) must be at most `n_reuse - n_swa`. Otherwise the
 prompt is prefilled cold. (The same test as llama.cpp's server.) A saved state holds only the window
 its last position attends to, so it serves a prompt only at its full length (`restored_pos_min`).
-Pure functions: the engine thread supplies `pos_min` and the candidates.
+
+Where the prefix decides nothing, the choice keeps the busy sequences' ids consecutive: with one KV
+stream per sequence (`kv_unified=false`) llama.cpp puts into one micro-batch only sequences whose
+ids follow each other in the batch (`split_equal(..., sequential=true)`), so busy sequences 0, 5,
+10 and 15 decode each step as four micro-batches where 0-3 decode as one (bench/RESULTS.md: +38% a
+4-sequence step on the CPU; on a GPU each micro-batch costs about a whole step).
+Pure functions: the engine thread supplies `pos_min`, the candidates and the busy ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 # Shorter shared prefixes (the chat template's opening, a common system line) are prefilled cold:
@@ -96,15 +102,29 @@ class Placement:
     reuse: int
 
 
+def added_splits(seq_id: int, busy: Set[int]) -> int:
+    """How many more micro-batches a decode step takes once `seq_id` joins the busy sequences: 1
+    beside no busy neighbour, 0 beside one (it extends a run of consecutive ids), -1 between two
+    (it joins their runs)."""
+    return 1 - ((seq_id - 1) in busy) - ((seq_id + 1) in busy)
+
+
 def place(
-    free: Sequence[Candidate], saved: Sequence[Candidate], prompt: Sequence[int], n_swa: int
+    free: Sequence[Candidate],
+    saved: Sequence[Candidate],
+    prompt: Sequence[int],
+    n_swa: int,
+    *,
+    busy: Set[int],
 ) -> Placement:
     """The sequence for `prompt`, and whether to restore a saved state into it first.
 
     The longest reusable prefix wins, a free sequence's own KV before a saved state's at equal
-    length (no copy), and the least recently used among equal sequences. Without a useful live
-    prefix the prompt takes the sequence that is cheapest to lose: one whose state is already saved,
-    else the shortest, else the least recently used.
+    length (no copy); among equal sequences the one beside the `busy` ones (`added_splits`), then
+    the least recently used. Without a useful live prefix the prompt takes a sequence beside the
+    busy ones, and among those the one that is cheapest to lose: one whose state is already saved,
+    else the shortest, else the least recently used. (A state lost that way is saved first when it
+    is worth it: admission does that.)
     """
     if not free:
         raise ValueError("no free sequence")
@@ -112,14 +132,27 @@ def place(
     def reuse(candidate: Candidate) -> int:
         return reusable_prefix(candidate.tokens, prompt, candidate.pos_min, n_swa)
 
-    live = max(free, key=lambda sequence: (reuse(sequence), -sequence.last_used))
+    live = max(
+        free,
+        key=lambda sequence: (
+            reuse(sequence),
+            -added_splits(sequence.key, busy),
+            -sequence.last_used,
+        ),
+    )
     live_reuse = reuse(live)
     best_saved = max(saved, key=reuse, default=None)
     saved_reuse = reuse(best_saved) if best_saved is not None else 0
     if live_reuse >= saved_reuse and live_reuse > 0:
         return Placement(live.key, None, live_reuse)
     victim = min(
-        free, key=lambda sequence: (not sequence.saved, len(sequence.tokens), sequence.last_used)
+        free,
+        key=lambda sequence: (
+            added_splits(sequence.key, busy),
+            not sequence.saved,
+            len(sequence.tokens),
+            sequence.last_used,
+        ),
     )
     if best_saved is not None and saved_reuse > 0:
         return Placement(victim.key, best_saved.key, saved_reuse)

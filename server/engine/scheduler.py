@@ -174,8 +174,7 @@ class Scheduler:
             generation.push(DONE)
             generation.reservation.release()
             return
-        free = [sequence for sequence in self._sequences if not sequence.busy]
-        sequence = admit(free, generation, self.prompt_cache, self._n_swa)
+        sequence = admit(self._sequences, generation, self.prompt_cache, self._n_swa)
         try:
             seed = generation.request.sampling.seed
             sampler = SamplerChain(
@@ -230,7 +229,8 @@ class Scheduler:
             (sequence for sequence in self._sequences if sequence.state in _PREFILL),
             key=lambda sequence: sequence.generation.submitted_at if sequence.generation else 0.0,
         )
-        for sequence in prefilling:
+        chunks: list[tuple[Sequence, int, list[int]]] = []
+        for sequence in prefilling:  # the budget goes first come, first served
             if budget <= 0:
                 break
             if not sequence.prefilling:
@@ -238,6 +238,11 @@ class Scheduler:
             start = len(sequence.cached)
             chunk = sequence.prefill_chunk(budget)
             budget -= len(chunk)
+            chunks.append((sequence, start, chunk))
+        # NOTE: in increasing seq_id, as the decoding rows: llama.cpp puts sequences in one
+        # micro-batch only while their ids follow each other in the batch (placement.py).
+        chunks.sort(key=lambda taken: taken[0].seq_id)
+        for sequence, start, chunk in chunks:
             for offset, token in enumerate(chunk):
                 put(token, start + offset, sequence.seq_id, False)
             if chunk and sequence.prefilled:  # the prompt's last token: its logits start the answer

@@ -33,6 +33,7 @@ from server.engine.contract import (
     TokenLogprob,
 )
 from server.engine.llama_engine import LlamaEngine
+from tests.conftest import NEVER_END_BIAS
 
 TIE = 0.5
 MAX_TOKENS = 12
@@ -264,3 +265,40 @@ def test_a_refused_or_dropped_generation_is_not_awaited(engine: LlamaEngine) -> 
     asyncio.run(main())
     gc.collect()
     assert engine._scheduler._announced == 0
+
+
+def test_requests_that_run_together_take_neighbouring_sequences(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one KV stream per sequence llama.cpp decodes in one micro-batch only sequences whose
+    ids follow each other in the batch. Eight solo requests leave the shortest histories in
+    sequences 0, 2, 5 and 7 (the cheapest to lose); four requests that then run together still
+    take four neighbouring sequences, and every step lists its sequences in increasing id."""
+    engine = LlamaEngine(
+        model_path=model_path, model_id="gemma-3-270m", n_ctx=512, n_threads=2, parallel=8
+    )
+    steps: list[list[int]] = []
+    real_decode = llama_cpp.llama_decode
+
+    def recording(ctx: object, batch: llama_cpp.llama_batch) -> int:
+        ids = [batch.seq_id[i][0] for i in range(batch.n_tokens)]
+        steps.append([seq_id for i, seq_id in enumerate(ids) if i == 0 or ids[i - 1] != seq_id])
+        return int(real_decode(ctx, batch))
+
+    def banned_end(words: int, word: str, max_tokens: int) -> GenerationRequest:
+        sampling = SamplingParams(temperature=0, logit_bias=NEVER_END_BIAS)
+        return request(f"{word} " * words, max_tokens=max_tokens, logprobs=None, sampling=sampling)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    monkeypatch.setattr(scheduler, "ARRIVAL_WINDOW", 60.0)  # the four share their first step
+    try:
+        for slot, words in enumerate([3, 40, 3, 40, 40, 3, 40, 3]):  # one at a time: slots 0-7
+            run_all(engine, [banned_end(words, f"w{slot}", 2)])
+        steps.clear()
+        runs = run_all(engine, [banned_end(5, f"x{i}", 6) for i in range(4)])
+    finally:
+        engine.close()
+    assert all(run.finished and run.finished.usage.completion_tokens == 6 for run in runs)
+    assert len(steps[0]) == 4 and len(steps) >= 6, steps
+    for ids in steps:  # each sequence once, the ids consecutive and increasing
+        assert ids == list(range(ids[0], ids[0] + len(ids))), steps

@@ -9,6 +9,7 @@ import pytest
 from server.engine.placement import (
     Candidate,
     Placement,
+    added_splits,
     common_prefix,
     evictions,
     place,
@@ -136,12 +137,47 @@ def stored(key: int, tokens: list[int]) -> Candidate:
 def test_place(
     free: list[Candidate], saved: list[Candidate], prompt: list[int], placement: Placement
 ) -> None:
-    assert place(free, saved, prompt, 512) == placement
+    assert place(free, saved, prompt, 512, busy=frozenset()) == placement
+
+
+@pytest.mark.parametrize(
+    ("free", "busy", "prompt", "placement"),
+    [
+        # nothing reusable: beside a busy sequence, even before an empty one or a saved one
+        ([slot(0, []), slot(2, B), slot(5, C, saved=True)], {3}, [5], Placement(2, None, 0)),
+        # between two busy ones (their runs join) before beside one
+        ([slot(1, []), slot(4, [])], {0, 3, 5}, [5], Placement(4, None, 0)),
+        # beside busy ones on both sides, the cheapest to lose: saved, then shortest
+        ([slot(2, A), slot(4, C), slot(7, [])], {3}, [5], Placement(4, None, 0)),
+        ([slot(2, A, saved=True), slot(4, C), slot(7, [])], {3}, [5], Placement(2, None, 0)),
+        # none busy: no neighbour to keep, the cheapest to lose as before
+        ([slot(2, A), slot(4, C), slot(7, [])], set(), [5], Placement(7, None, 0)),
+        # equal live prefixes: beside the busy one before the least recently used
+        ([slot(0, A, 1.0), slot(6, A, 5.0)], {5}, [*A, 7], Placement(6, None, 900)),
+        # a longer live prefix wins over a neighbour (the next turn keeps its KV)
+        ([slot(0, A), slot(6, A[:300])], {5}, [*A, 7], Placement(0, None, 900)),
+        # a saved state is restored into a sequence beside the busy ones
+        ([slot(0, []), slot(6, B)], {7}, [*A, 7], Placement(6, 0, 900)),
+    ],
+)
+def test_place_keeps_busy_sequences_consecutive(
+    free: list[Candidate], busy: set[int], prompt: list[int], placement: Placement
+) -> None:
+    """llama.cpp decodes in one micro-batch only sequences whose ids follow each other."""
+    assert place(free, [stored(0, A)], prompt, 512, busy=busy) == placement
+
+
+@pytest.mark.parametrize(
+    ("seq_id", "busy", "added"),
+    [(3, set(), 1), (3, {2}, 0), (3, {4}, 0), (3, {2, 4}, -1), (3, {1, 5}, 1), (0, {1}, 0)],
+)
+def test_added_splits(seq_id: int, busy: set[int], added: int) -> None:
+    assert added_splits(seq_id, busy) == added
 
 
 def test_place_needs_a_free_sequence() -> None:
     with pytest.raises(ValueError, match="no free sequence"):
-        place([], [stored(0, A)], A, 512)
+        place([], [stored(0, A)], A, 512, busy=frozenset())
 
 
 @pytest.mark.parametrize(
