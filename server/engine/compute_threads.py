@@ -10,8 +10,13 @@ step instead of 14-15 on 2 cores, after the start-up calibration had timed its s
 loading thread (bench/RESULTS.md). A thread that ends takes its team with it, so work that is
 not the engine thread's own runs on a thread of its own that ends when the work does: the
 one-off timing of the CPU at load on a passing thread, embedding batches on a thread that
-serves a run of them and ends once none has come for a moment (a new thread and team for every
-batch cost 4.4 ms a batch here, against 1.6 ms for the decode itself).
+serves a run of them (a new thread and team for every batch cost 4.4 ms a batch here, against
+1.6 ms for the decode itself).
+
+An idle team is harmless alone, and a thread that keeps one starts its next work at once (a new
+engine thread's first prefill took ~10 ms longer here: a request after 2 s idle, 61 ms against
+50). So a thread with no work lingers, keeping its team, while no other thread computes, and
+ends as soon as one starts (`TEAMS`: every such thread says when it works, lingers and ends).
 """
 
 from __future__ import annotations
@@ -26,16 +31,62 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class Teams:
+    """The threads of this process that run llama.cpp's compute, working or lingering."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._working: set[int] = set()
+        self._lingering: dict[int, Callable[[], None]] = {}
+
+    def work(self) -> None:
+        """The calling thread is about to compute: every other lingering thread is told to end.
+
+        NOTE: call it holding none of the caller's own locks: the `dismiss` callbacks take theirs.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            self._working.add(me)
+            self._lingering.pop(me, None)
+            dismissed = list(self._lingering.values())
+            self._lingering.clear()
+        for dismiss in dismissed:
+            dismiss()
+
+    def linger(self, dismiss: Callable[[], None]) -> bool:
+        """The calling thread has no work and waits for some, keeping its team until it works
+        again or ends; `dismiss()` is called (from that thread) when another thread starts
+        computing. True: no other thread computes now, so lingering costs nothing."""
+        me = threading.get_ident()
+        with self._lock:
+            self._working.discard(me)
+            self._lingering[me] = dismiss
+            return not self._working
+
+    def leave(self) -> None:
+        """The calling thread ends, and its team with it."""
+        me = threading.get_ident()
+        with self._lock:
+            self._working.discard(me)
+            self._lingering.pop(me, None)
+
+
+TEAMS = Teams()  # process-wide, as libgomp's teams are
+
+
 def on_passing_thread(work: Callable[[], T], name: str = "gemma-serve-compute") -> T:
     """`work()` on a new thread that ends with it; its result, or its exception, here."""
     outcome: list[T] = []
     failure: list[BaseException] = []
 
     def run() -> None:
+        TEAMS.work()
         try:
             outcome.append(work())
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
+        finally:
+            TEAMS.leave()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
@@ -46,8 +97,10 @@ def on_passing_thread(work: Callable[[], T], name: str = "gemma-serve-compute") 
 
 
 class LingeringThread:
-    """Runs work items one at a time on one thread, started by the first item and ended once
-    no item has come for `linger` seconds (a later item starts a new one)."""
+    """Runs work items one at a time on one thread, started by the first item; a later item
+    starts a new one once it has ended. Between items it waits as long as no other thread
+    computes, and `linger` seconds at most beside one that does (the next batch of a run comes
+    within that); another thread that starts computing meanwhile ends it (`TEAMS`)."""
 
     def __init__(self, name: str, linger: float = 2.0) -> None:
         self._name = name
@@ -56,6 +109,7 @@ class LingeringThread:
         self._arrived = threading.Condition(self._lock)
         self._queue: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._running = False
+        self._dismissed = False
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -74,17 +128,36 @@ class LingeringThread:
         return await asyncio.wrap_future(self.submit(work))
 
     def _serve(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._arrived.wait(self._linger)
-                if not self._queue:
-                    self._running = False
-                    return
-                work, future = self._queue.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(work())
-            except BaseException as exc:  # the waiting side re-raises it
-                future.set_exception(exc)
+        TEAMS.work()
+        try:
+            while True:
+                with self._lock:
+                    lingered = not self._queue and self._wait_for_work()
+                    if not self._queue:  # nothing came: dismissed, or beside a busy thread
+                        self._running = False
+                        return
+                    work, future = self._queue.popleft()
+                if lingered:
+                    TEAMS.work()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(work())
+                except BaseException as exc:  # the waiting side re-raises it
+                    future.set_exception(exc)
+        finally:
+            TEAMS.leave()
+
+    def _wait_for_work(self) -> bool:
+        """Holding the lock, with no item queued: wait for one while this thread may linger.
+        True (it lingered: it must say that it works again)."""
+        self._dismissed = False
+        alone = TEAMS.linger(self._dismiss)
+        limit = None if alone else self._linger
+        self._arrived.wait_for(lambda: bool(self._queue) or self._dismissed, limit)
+        return True
+
+    def _dismiss(self) -> None:
+        with self._lock:
+            self._dismissed = True
+            self._arrived.notify()

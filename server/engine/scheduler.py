@@ -20,6 +20,7 @@ from typing import Any
 import llama_cpp
 
 from server.engine.admission import admit
+from server.engine.compute_threads import TEAMS
 from server.engine.contract import EngineUnavailable, TokenLogprob, TopLogprob
 from server.engine.generation import (
     DONE,
@@ -45,11 +46,6 @@ _PREFILL = (State.PREFILLING, State.AWAITING_IMAGE)
 # the others announced with it, so that their prompts share the first step instead of waiting a
 # whole prefill behind it; a request that comes alone waits for nothing.
 ARRIVAL_WINDOW = 0.025
-# The engine thread ends after this long without work and the next request starts a new one:
-# llama.cpp's OpenMP keeps a worker team per thread that decoded, and an idle model's team
-# beside a busy one's makes the busy one's every step sleep at its barriers
-# (engine/compute_threads.py). A new thread costs a few milliseconds once.
-IDLE_EXIT = 2.0
 
 
 class Scheduler:
@@ -78,6 +74,7 @@ class Scheduler:
         self._announced = 0  # generations being prepared, not yet submitted
         self._wake = threading.Condition()
         self._closing = False
+        self._dismissed = False  # told to end while idle: another thread computes
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.prompt_cache = PromptCache(budget=cache_bytes, n_swa=self._n_swa)
         self._thread: threading.Thread | None = None  # started by the first submit
@@ -130,21 +127,24 @@ class Scheduler:
     def _run(self) -> None:
         batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         idle = False
+        TEAMS.work()
         try:
             while True:
+                lingered = False
                 with self._wake:
-                    while not self._closing and not self._queue and not self.active:
-                        if not self._wake.wait(IDLE_EXIT) and not self._queue:
-                            idle = not self._closing
-                            if idle:  # the next submit starts a new thread
-                                self._thread = None
-                                return
+                    if not self._closing and not self._queue and not self.active:
+                        idle = self._linger()
+                        if idle:  # the next submit starts a new thread
+                            return
+                        lingered = True
                     if self._closing:
                         return
                     if not self.active:
                         self._await_announced()
                     free = sum(not sequence.busy for sequence in self._sequences)
                     arrivals = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+                if lingered:
+                    TEAMS.work()  # NOTE: outside `_wake`: it takes other threads' locks
                 for generation in arrivals:
                     self._admit(generation)
                 self._drop_cancelled()
@@ -155,9 +155,31 @@ class Scheduler:
             log.exception("the engine thread failed")
             self._end_all(exc)
         finally:
+            TEAMS.leave()
             if not idle:
                 self._end_all(EngineUnavailable("the server is shutting down"))
             llama_cpp.llama_batch_free(batch)
+
+    def _linger(self) -> bool:
+        """Called holding `_wake`, with no work: wait for some, keeping this thread (and its
+        OpenMP team, so that the next request's first step starts at once) while no other
+        thread computes. True when the thread ends instead: another thread computes, now or
+        later (engine/compute_threads.py); the next submit starts a new one."""
+        self._dismissed = False
+        if not TEAMS.linger(self._dismiss):
+            self._thread = None
+            return True
+        while not self._closing and not self._queue:
+            if self._dismissed:
+                self._thread = None
+                return True
+            self._wake.wait()
+        return False
+
+    def _dismiss(self) -> None:
+        with self._wake:
+            self._dismissed = True
+            self._wake.notify()
 
     def _await_announced(self) -> None:
         """Called idle, holding `_wake`, with a generation queued: wait up to ARRIVAL_WINDOW

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.engine.compute_threads import on_passing_thread
 from server.engine.contract import EngineBusy
 from server.engine.embedding_contract import EmbeddingRejected, shorten
 from server.engine.embedding_engine import LlamaEmbeddingEngine
@@ -53,20 +54,24 @@ def native_threads() -> int:
 
 
 def test_embedding_batches_leave_no_compute_threads_behind(engine: LlamaEmbeddingEngine) -> None:
-    """Each batch decodes on a thread that ends with it: a thread of asyncio's pool would keep
-    its OpenMP team for the life of the server, one more than the chat engine's, and every chat
-    decode step would then sleep at its barriers (server/engine/compute_threads.py)."""
+    """Batches decode on a thread of their own, which waits for the next batch while nothing else
+    computes and ends once another thread does: a thread of asyncio's pool would keep its OpenMP
+    team for the life of the server, one more than the chat engine's, and every chat decode step
+    would then sleep at its barriers (server/engine/compute_threads.py)."""
 
-    async def embed_and_count() -> tuple[int, int]:
+    async def embed_and_count() -> tuple[int, int, int]:
         before = native_threads()
         for _ in range(3):
             await engine.embed([engine.tokenize(t) for t in TEXTS])
+        lingering = native_threads()  # the embedding thread's team waits for the next batch
+        await asyncio.to_thread(on_passing_thread, lambda: None)  # another thread computes
         deadline = time.monotonic() + 30  # a team's workers end shortly after its thread
         while native_threads() != before and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return before, native_threads()  # the loop, and so asyncio's worker threads, still live
+        return before, lingering, native_threads()  # the loop's worker threads still live
 
-    before, after = asyncio.run(embed_and_count())
+    before, lingering, after = asyncio.run(embed_and_count())
+    assert lingering > before
     assert after == before
 
 

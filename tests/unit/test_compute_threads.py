@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
-from server.engine.compute_threads import LingeringThread, on_passing_thread
+from server.engine.compute_threads import TEAMS, LingeringThread, Teams, on_passing_thread
 
 
 def test_the_work_runs_on_a_new_thread_that_has_ended_when_it_returns() -> None:
@@ -43,13 +44,72 @@ def test_a_run_of_work_shares_one_thread() -> None:
     assert threads[0] is not threading.current_thread()
 
 
-def test_the_thread_ends_once_idle_and_a_later_item_starts_a_new_one() -> None:
-    worker = LingeringThread("embedding", linger=0.05)
+def test_alone_the_thread_waits_for_the_next_item_past_its_linger() -> None:
+    """No other thread computes: keeping the thread (and its OpenMP team) costs nothing."""
+    worker = LingeringThread("embedding", linger=0.01)
     first = worker.submit(threading.current_thread).result(30)
-    first.join(30)  # ends by itself: no item came for `linger`
+    time.sleep(0.3)  # thirty times the linger
+    assert first.is_alive()
+    assert worker.submit(threading.current_thread).result(30) is first
+    on_passing_thread(lambda: None)  # ends it (below), for the tests after this one
+
+
+def test_a_thread_that_starts_computing_ends_the_waiting_one() -> None:
+    worker = LingeringThread("embedding", linger=60)
+    first = worker.submit(threading.current_thread).result(30)
+    on_passing_thread(lambda: None)  # another thread's compute
+    first.join(30)
     assert not first.is_alive()
     later = worker.submit(threading.current_thread).result(30)  # a new item, a new thread
     assert later is not first and later.name == "embedding"
+    on_passing_thread(lambda: None)
+
+
+def test_beside_a_busy_thread_it_waits_only_its_linger() -> None:
+    busy, release = threading.Event(), threading.Event()
+
+    def computing() -> None:
+        TEAMS.work()
+        busy.set()
+        release.wait(60)
+        TEAMS.leave()
+
+    other = threading.Thread(target=computing)
+    other.start()
+    try:
+        assert busy.wait(30)
+        worker = LingeringThread("embedding", linger=0.05)
+        first = worker.submit(threading.current_thread).result(30)
+        first.join(30)  # ends by itself: no item came for `linger`
+        assert not first.is_alive()
+        assert worker.submit(lambda: 7).result(30) == 7  # a later item, a new thread
+    finally:
+        release.set()
+        other.join(30)
+    on_passing_thread(lambda: None)
+
+
+def test_teams_say_whether_a_thread_may_linger_and_dismiss_the_idle_ones() -> None:
+    teams = Teams()
+    dismissed: list[str] = []
+    assert teams.linger(lambda: dismissed.append("a")) is True  # nobody computes
+    ready, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        teams.work()  # dismisses the lingering one
+        ready.set()
+        release.wait(60)
+        teams.leave()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert ready.wait(30)
+    assert dismissed == ["a"]
+    assert teams.linger(lambda: dismissed.append("b")) is False  # the other computes
+    release.set()
+    thread.join(30)
+    teams.work()  # this thread computes: the other lingering callback is its own, not called
+    assert dismissed == ["a"]
 
 
 def test_an_items_exception_reaches_its_waiter_and_the_thread_goes_on() -> None:
