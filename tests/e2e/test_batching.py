@@ -120,8 +120,9 @@ def wait_idle(client: httpx.Client, within: float) -> float:
 
 def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
     with httpx.Client(base_url=small_server.base_url, timeout=60) as client:
-        body = {**chat("Write a long story.", 1500), "stream": True}
-        with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+        body = {**chat("Write a long story.", 1500, logit_bias=NEVER_END), "stream": True}
+        agent = {"user-agent": "hangs-up"}
+        with client.stream("POST", "/v1/chat/completions", json=body, headers=agent) as reply:
             lines = first_tokens(reply, 2)
             assert client.get("/health").json()["active"] == 1
             del lines
@@ -130,6 +131,21 @@ def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
         wait_idle(client, within=BUSY_MACHINE)
         text, _ = stream_text(client, chat("Hi", 2))
         assert text
+    # It stopped there, far from the 1500 tokens it could not end before (EOS is banned): the
+    # access log's line for it, written once its response ended, counts what it generated.
+    line = wait_for_line(small_server, 'agent="hangs-up"')
+    generated = int(line.split("completion_tokens=")[1].split()[0])
+    assert 2 <= generated < 1500, line
+
+
+def wait_for_line(server: RunningServer, marker: str) -> str:
+    deadline = time.monotonic() + BUSY_MACHINE
+    while time.monotonic() < deadline:
+        found = [line for line in server.log().splitlines() if marker in line]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {marker}")
 
 
 def first_tokens(reply: httpx.Response, n: int) -> Iterator[str]:
