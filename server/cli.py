@@ -16,14 +16,12 @@ import os
 import signal
 import socket
 import sys
-import typing
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from pydantic import BeforeValidator, ValidationError
+from pydantic import ValidationError
 
 from server import __version__
 from server.api.security import SecurityConfigError, is_loopback
@@ -37,71 +35,12 @@ from server.planner import Plan, plan
 from server.progress import Progress
 from server.registry import RegistryError, load_registry
 from server.report import as_json, describe, no_gpu_line, plan_options
-from server.setting_values import parse_size
 from server.settings import Settings, unknown_variable
+from server.settings_flags import add_settings_flags
 
 log = logging.getLogger("gemma_serve")
 
 COMMANDS = ("serve", "plan", "pull", "doctor")
-
-
-def _flag_type(annotation: Any, metadata: list[Any]) -> dict[str, Any]:
-    """argparse keywords for a settings field's type (values are validated by Settings)."""
-    if any(isinstance(item, BeforeValidator) for item in metadata):
-        return {"type": str}  # parsed by the field's own validator, e.g. "1GiB"
-    if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": list(typing.get_args(annotation))}
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    base = args[0] if args else annotation
-    if base is bool:  # `--require-gpu` alone means true; `--log-prompts false` still parses
-        return {"type": str, "nargs": "?", "const": "true"}
-    if base is int:
-        return {"type": int}
-    if base is float:
-        return {"type": float}
-    if base is Path:
-        return {"type": Path}
-    return {"type": str}
-
-
-def _default_text(field: Any) -> str:
-    """' [default: 1GiB]' for a field with a plain default its description does not already
-    give ("Default: ..."); nothing for a default computed at start (threads, cache directory)."""
-    value = field.default
-    if value is None or field.default_factory is not None or "Default" in field.description:
-        return ""
-    if value == () or value == "":
-        return " [default: none]"
-    if isinstance(value, bool):
-        return f" [default: {str(value).lower()}]"
-    if isinstance(value, int) and any(
-        getattr(item, "func", None) is parse_size for item in field.metadata
-    ):
-        unit, scale = ("GiB", 1 << 30) if value % (1 << 30) == 0 else ("MiB", 1 << 20)
-        return f" [default: {value // scale}{unit}]"
-    return f" [default: {value}]"
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    for name, field in Settings.model_fields.items():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=argparse.SUPPRESS,  # only flags given on the command line override
-            metavar=None if typing.get_origin(field.annotation) is typing.Literal else name.upper(),
-            help=f"{field.description}{_default_text(field)} [env: GEMMA_SERVE_{name.upper()}]",
-            **_flag_type(field.annotation, field.metadata),
-        )
-        if field.annotation is bool and field.default is True:
-            # A feature on by default gets a plain off switch: `--no-ui` for `--ui false`.
-            parser.add_argument(
-                f"--no-{name.replace('_', '-')}",
-                dest=name,
-                action="store_const",
-                const=False,
-                default=argparse.SUPPRESS,
-                help=f"Same as --{name.replace('_', '-')} false.",
-            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gemma-serve {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="Serve the OpenAI API (the default command).")
-    _add_settings_flags(serve)
+    add_settings_flags(serve)
     planner = commands.add_parser(
         "plan", help="Show which model and context this machine would serve, and why."
     )
-    _add_settings_flags(planner)
+    add_settings_flags(planner)
     planner.add_argument(
         "--gpu-memory",
         action="append",
@@ -130,13 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull = commands.add_parser("pull", help="Download and verify a model ahead of time.")
     pull.add_argument("pull_model", metavar="MODEL", help="Registry id, e.g. gemma-3-27b-it-qat.")
-    _add_settings_flags(pull)
+    add_settings_flags(pull)
     doctor = commands.add_parser(
         "doctor",
         help="Print versions, GPUs, the llama.cpp build, the model cache and the plan: one "
         "screen to paste into a bug report.",
     )
-    _add_settings_flags(doctor)
+    add_settings_flags(doctor)
     return parser
 
 

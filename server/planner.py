@@ -26,15 +26,10 @@ MIN_GPU_PARALLEL = 4
 MAX_GPU_PARALLEL = 32
 # On the CPU, decoding is bound by the cores, not by memory. At least this many sequences are
 # decoded together; when the model loads, the engine measures whether twice as many (and twice
-# that, up to MAX_CPU_PARALLEL) still pay (`doubling_pays`): here, on 2 cores, the raw loop made
-# 112 tok/s with 4 sequences and 151 with 8, and a desktop with more cores gains further.
+# that, up to MAX_CPU_PARALLEL) still pay (`engine/calibration.py`): here, on 2 cores, the raw
+# loop made 112 tok/s with 4 sequences and 151 with 8, and a desktop with more cores gains more.
 CPU_PARALLEL = 4
 MAX_CPU_PARALLEL = 16
-# Doubling the sequences pays when the total decode rate grows by at least this factor...
-CPU_BATCH_GAIN = 1.25
-# ...and each stream still comes well faster than anyone reads (people read 4-8 tokens a second;
-# the measurement, at a short context, is a little kinder than a long conversation).
-MIN_STREAM_RATE = 12.0
 # The KV cache the extra sequences may add on the CPU, whatever the measured gain: system memory
 # also holds the weights, the prompt cache and everything else the machine runs.
 CPU_KV_LIMIT = 2 * GiB
@@ -405,16 +400,3 @@ def cpu_parallel_trials(spec: ModelSpec, n_ctx: int, options: PlanOptions) -> tu
         trials.append(n)
         n *= 2
     return tuple(trials)
-
-
-def doubling_pays(rate: float, doubled_rate: float, doubled: int) -> bool:
-    """Whether `doubled` sequences, decoding `doubled_rate` tokens/s in total against `rate` for
-    half as many, are worth it: CPU_BATCH_GAIN more in total, MIN_STREAM_RATE for each."""
-    return doubled_rate >= rate * CPU_BATCH_GAIN and doubled_rate / doubled >= MIN_STREAM_RATE
-
-
-def doubling_can_pay(rate: float, doubled: int) -> bool:
-    """Whether `doubled` sequences could pay at all, given `rate` tokens/s for half as many: at
-    best batching doubles the total, and that must still give each stream MIN_STREAM_RATE. (A
-    big model on a slow CPU is not timed at twice the sequences for nothing.)"""
-    return rate * 2 >= MIN_STREAM_RATE * doubled

@@ -3,8 +3,8 @@
 On a GPU, more sequences cost little until memory runs out; on a CPU each one costs compute, and
 what batching gains depends on the cores, their caches and the model. A throwaway context (short
 sequences, the real thread count) times decode steps with CPU_PARALLEL sequences against twice as
-many, and keeps doubling through the plan's `parallel_trials` while `planner.doubling_pays`
-(a count that could not pay even with perfect batching, `planner.doubling_can_pay`, is not
+many, and keeps doubling through the plan's `parallel_trials` while `doubling_pays`
+(a count that could not pay even with perfect batching, `doubling_can_pay`, is not
 timed: a big model on a slow CPU starts as quickly as before).
 The two counts of a pair are timed in turns, a few times each, and each keeps its best time:
 anything else running on the machine only ever slows a step down, so the best is the closest to
@@ -27,13 +27,31 @@ from typing import Any
 import llama_cpp
 from llama_cpp import _internals
 
-from server.planner import CPU_PARALLEL, doubling_can_pay, doubling_pays
+from server.planner import CPU_PARALLEL
 
 log = logging.getLogger("gemma_serve.engine")
 
 TRIAL_CTX = 256  # per sequence, the smallest context llama.cpp pads to
 ROUNDS = 3  # timings per count, taken in turns with the other count of the pair
 STEPS = 2  # decode steps per timing
+# Doubling the sequences pays when the total decode rate grows by at least this factor...
+CPU_BATCH_GAIN = 1.25
+# ...and each stream still comes well faster than anyone reads (people read 4-8 tokens a second;
+# the measurement, at a short context, is a little kinder than a long conversation).
+MIN_STREAM_RATE = 12.0
+
+
+def doubling_pays(rate: float, doubled_rate: float, doubled: int) -> bool:
+    """Whether `doubled` sequences, decoding `doubled_rate` tokens/s in total against `rate` for
+    half as many, are worth it: CPU_BATCH_GAIN more in total, MIN_STREAM_RATE for each."""
+    return doubled_rate >= rate * CPU_BATCH_GAIN and doubled_rate / doubled >= MIN_STREAM_RATE
+
+
+def doubling_can_pay(rate: float, doubled: int) -> bool:
+    """Whether `doubled` sequences could pay at all, given `rate` tokens/s for half as many: at
+    best batching doubles the total, and that must still give each stream MIN_STREAM_RATE. (A
+    big model on a slow CPU is not timed at twice the sequences for nothing.)"""
+    return rate * 2 >= MIN_STREAM_RATE * doubled
 
 
 # Seconds for `steps` decode steps of `count` sequences: (count, steps) -> seconds.
@@ -75,8 +93,8 @@ def measure_parallel(
 
 def calibrate(trials: Sequence[int], time_steps: StepTimer) -> Calibration:
     """The decisions, given only a way to time decode steps: starting at CPU_PARALLEL, each
-    doubling in `trials` is timed only while the last one paid (`planner.doubling_pays`) and
-    only if it could pay at all (`planner.doubling_can_pay`, after a quick look). Nothing here
+    doubling in `trials` is timed only while the last one paid (`doubling_pays`) and
+    only if it could pay at all (`doubling_can_pay`, after a quick look). Nothing here
     touches llama.cpp, so tests/unit/test_cpu_parallel.py drives it with tables of timings:
     a CPU where doubling pays, one where it cannot, and timings spoilt by other work."""
     pairs: list[tuple[int, float, int, float]] = []

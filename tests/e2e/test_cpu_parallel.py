@@ -1,5 +1,5 @@
 """The CPU's parallel count, measured as the real model loads: the engine times decode steps
-with 4 sequences and more, keeps doubling while `planner.doubling_pays` says the measured rates
+with 4 sequences and more, keeps doubling while `calibration.doubling_pays` says the measured rates
 pay, says so in its log, and then serves that many requests at once. Which count this machine
 picks is its own speed's business (a slow or busy CPU rightly picks 4): these tests check that
 the measurement runs and that the engine serves what it picked; the rules are tested with
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from llama_cpp import _internals
 
-from server import planner
-from server.engine.calibration import TRIAL_CTX, measure_parallel
+from server.engine import calibration
+from server.engine.calibration import TRIAL_CTX, doubling_pays, measure_parallel
 from server.engine.contract import ChatMessage, Finished, GenerationRequest, SamplingParams
 from server.engine.llama_engine import LlamaEngine
 from server.engine.loading import LoadParams, model_params, trial_context_params
-from server.planner import CPU_PARALLEL, doubling_pays
+from server.planner import CPU_PARALLEL
 from tests.conftest import NEVER_END_BIAS
 
 
@@ -127,7 +127,7 @@ def test_a_count_that_cannot_pay_is_not_timed(
 ) -> None:
     # As if every stream had to make a million tokens a second: no doubling could pay, so after
     # one look at 4 sequences nothing more is timed.
-    monkeypatch.setattr(planner, "MIN_STREAM_RATE", 1e6)
+    monkeypatch.setattr(calibration, "MIN_STREAM_RATE", 1e6)
     with caplog.at_level(logging.INFO, logger="gemma_serve.engine"):
         chosen, pairs = measure(model_path, (8, 16))
     assert (chosen, pairs) == (CPU_PARALLEL, [])

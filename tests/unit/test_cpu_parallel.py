@@ -12,15 +12,13 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from server.capability import LlamaBuild
-from server.engine.calibration import ROUNDS, STEPS, calibrate
+from server.engine.calibration import ROUNDS, STEPS, calibrate, doubling_can_pay, doubling_pays
 from server.memory import GiB, kv_cache
 from server.planner import (
     CPU_KV_LIMIT,
     CPU_PARALLEL,
     PlanOptions,
     cpu_parallel_trials,
-    doubling_can_pay,
-    doubling_pays,
     plan,
 )
 from server.registry import load_registry
