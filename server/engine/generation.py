@@ -67,36 +67,34 @@ def _put_all(items: list[tuple[LlamaGeneration, object]]) -> None:
         generation._queue.put_nowait(item)
 
 
-class Reservation:
+class _Once:
+    """A callback run at most once, by whichever thread gets there first."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+        self._lock = threading.Lock()
+
+    def _run_once(self) -> None:
+        with self._lock:
+            callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+class Reservation(_Once):
     """One place in the engine's capacity; `release()` is idempotent and thread-safe."""
 
-    def __init__(self, on_release: Callable[[], None]) -> None:
-        self._on_release = on_release
-        self._lock = threading.Lock()
-        self._held = True
-
     def release(self) -> None:
-        with self._lock:
-            if not self._held:
-                return
-            self._held = False
-        self._on_release()
+        self._run_once()
 
 
-class Announcement:
+class Announcement(_Once):
     """A generation on its way to the engine: announced when its preparation starts, settled
     (once; any thread) when it is submitted, refused or dropped. An idle engine gives the
     generations announced with the first one a moment to arrive (`Scheduler._await_announced`)."""
 
-    def __init__(self, on_settle: Callable[[], None]) -> None:
-        self._on_settle: Callable[[], None] | None = on_settle
-        self._lock = threading.Lock()
-
     def settle(self) -> None:
-        with self._lock:
-            on_settle, self._on_settle = self._on_settle, None
-        if on_settle is not None:
-            on_settle()
+        self._run_once()
 
 
 class LlamaGeneration:
