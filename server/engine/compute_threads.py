@@ -132,7 +132,9 @@ class LingeringThread:
         try:
             while True:
                 with self._lock:
-                    lingered = not self._queue and self._wait_for_work()
+                    lingered = not self._queue
+                    if lingered:  # it must say that it works again before the next item
+                        self._wait_for_work()
                     if not self._queue:  # nothing came: dismissed, or beside a busy thread
                         self._running = False
                         return
@@ -148,14 +150,12 @@ class LingeringThread:
         finally:
             TEAMS.leave()
 
-    def _wait_for_work(self) -> bool:
-        """Holding the lock, with no item queued: wait for one while this thread may linger.
-        True (it lingered: it must say that it works again)."""
+    def _wait_for_work(self) -> None:
+        """Holding the lock, with no item queued: wait for one while this thread may linger."""
         self._dismissed = False
         alone = TEAMS.linger(self._dismiss)
         limit = None if alone else self._linger
         self._arrived.wait_for(lambda: bool(self._queue) or self._dismissed, limit)
-        return True
 
     def _dismiss(self) -> None:
         with self._lock:
