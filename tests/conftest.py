@@ -95,6 +95,17 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_line(self, marker: str, within: float = 30.0) -> str:
+        """The first log line holding `marker`, waited for (an access log line is written once
+        its response has ended)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            found = [line for line in self.log().splitlines() if marker in line]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no log line with {marker!r} after {within} s")
+
 
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
     port = free_port()

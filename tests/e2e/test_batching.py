@@ -133,19 +133,9 @@ def test_a_disconnect_frees_the_sequence(small_server: RunningServer) -> None:
         assert text
     # It stopped there, far from the 1500 tokens it could not end before (EOS is banned): the
     # access log's line for it, written once its response ended, counts what it generated.
-    line = wait_for_line(small_server, 'agent="hangs-up"')
+    line = small_server.log_line('agent="hangs-up"', within=BUSY_MACHINE)
     generated = int(line.split("completion_tokens=")[1].split()[0])
     assert 2 <= generated < 1500, line
-
-
-def wait_for_line(server: RunningServer, marker: str) -> str:
-    deadline = time.monotonic() + BUSY_MACHINE
-    while time.monotonic() < deadline:
-        found = [line for line in server.log().splitlines() if marker in line]
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no log line with {marker}")
 
 
 def first_tokens(reply: httpx.Response, n: int) -> Iterator[str]:

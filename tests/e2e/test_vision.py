@@ -14,7 +14,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import (
+    MODEL_ID,
+    NEVER_END,
+    RunningServer,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 from tests.images import data_url, encode, picture_url
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 
@@ -185,10 +192,17 @@ def test_leaving_during_an_image_step_frees_the_slot(
     client: httpx.Client, vision_server: RunningServer
 ) -> None:
     urls = [picture_url(seed) for seed in range(40, 48)]
-    body = {"model": MODEL_ID, "stream": True, "max_tokens": 50, "messages": [image_message(*urls)]}
+    body = {
+        "model": MODEL_ID,
+        "stream": True,
+        "max_tokens": 2000,
+        "logit_bias": NEVER_END,  # it cannot end before 2000 tokens unless cancelled
+        "messages": [image_message(*urls)],
+    }
+    agent = {"user-agent": "leaves-during-images"}
     with (
         httpx.Client(base_url=vision_server.base_url, timeout=60) as other,
-        other.stream("POST", "/v1/chat/completions", json=body) as response,
+        other.stream("POST", "/v1/chat/completions", json=body, headers=agent) as response,
     ):
         assert response.status_code == 200
         lines = response.iter_lines()
@@ -199,6 +213,8 @@ def test_leaving_during_an_image_step_frees_the_slot(
         time.sleep(0.05)
     assert client.get("/health").json()["active"] == 0
     assert chat(client, [image_message(picture_url(1))]).status_code == 200
+    line = vision_server.log_line('agent="leaves-during-images"')
+    assert int(line.split("completion_tokens=")[1].split()[0]) < 2000, line
 
 
 def test_a_file_that_is_not_a_projector_stops_the_server(tmp_path: Path) -> None:
