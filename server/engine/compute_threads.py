@@ -26,9 +26,20 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass
+class Lingering:
+    """A thread waiting for work on `condition` (whose lock it holds while it checks): `alone`
+    if no other thread computed when it began; `dismissed` once another thread starts to."""
+
+    condition: threading.Condition
+    alone: bool
+    dismissed: bool = False
 
 
 class Teams:
@@ -37,12 +48,13 @@ class Teams:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._working: set[int] = set()
-        self._lingering: dict[int, Callable[[], None]] = {}
+        self._lingering: dict[int, Lingering] = {}
 
     def work(self) -> None:
-        """The calling thread is about to compute: every other lingering thread is told to end.
+        """The calling thread is about to compute: every other lingering thread is dismissed
+        (marked, and its condition notified).
 
-        NOTE: call it holding none of the caller's own locks: the `dismiss` callbacks take theirs.
+        NOTE: call it holding none of the caller's own locks: dismissing takes the others'.
         """
         me = threading.get_ident()
         with self._lock:
@@ -50,18 +62,21 @@ class Teams:
             self._lingering.pop(me, None)
             dismissed = list(self._lingering.values())
             self._lingering.clear()
-        for dismiss in dismissed:
-            dismiss()
+        for lingering in dismissed:
+            with lingering.condition:
+                lingering.dismissed = True
+                lingering.condition.notify_all()
 
-    def linger(self, dismiss: Callable[[], None]) -> bool:
-        """The calling thread has no work and waits for some, keeping its team until it works
-        again or ends; `dismiss()` is called (from that thread) when another thread starts
-        computing. True: no other thread computes now, so lingering costs nothing."""
+    def linger(self, condition: threading.Condition) -> Lingering:
+        """The calling thread has no work and waits for some on `condition`, keeping its team
+        until it works again or ends. Alone (no other thread computes now), lingering costs
+        nothing; once another thread starts computing it is dismissed and should end."""
         me = threading.get_ident()
         with self._lock:
             self._working.discard(me)
-            self._lingering[me] = dismiss
-            return not self._working
+            lingering = Lingering(condition, alone=not self._working)
+            self._lingering[me] = lingering
+            return lingering
 
     def leave(self) -> None:
         """The calling thread ends, and its team with it."""
@@ -109,7 +124,6 @@ class LingeringThread:
         self._arrived = threading.Condition(self._lock)
         self._queue: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._running = False
-        self._dismissed = False
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -152,12 +166,6 @@ class LingeringThread:
 
     def _wait_for_work(self) -> None:
         """Holding the lock, with no item queued: wait for one while this thread may linger."""
-        self._dismissed = False
-        alone = TEAMS.linger(self._dismiss)
-        limit = None if alone else self._linger
-        self._arrived.wait_for(lambda: bool(self._queue) or self._dismissed, limit)
-
-    def _dismiss(self) -> None:
-        with self._lock:
-            self._dismissed = True
-            self._arrived.notify()
+        lingering = TEAMS.linger(self._arrived)
+        limit = None if lingering.alone else self._linger
+        self._arrived.wait_for(lambda: bool(self._queue) or lingering.dismissed, limit)

@@ -74,7 +74,6 @@ class Scheduler:
         self._announced = 0  # generations being prepared, not yet submitted
         self._wake = threading.Condition()
         self._closing = False
-        self._dismissed = False  # told to end while idle: another thread computes
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.prompt_cache = PromptCache(budget=cache_bytes, n_swa=self._n_swa)
         self._thread: threading.Thread | None = None  # started by the first submit
@@ -165,21 +164,16 @@ class Scheduler:
         OpenMP team, so that the next request's first step starts at once) while no other
         thread computes. True when the thread ends instead: another thread computes, now or
         later (engine/compute_threads.py); the next submit starts a new one."""
-        self._dismissed = False
-        if not TEAMS.linger(self._dismiss):
+        lingering = TEAMS.linger(self._wake)
+        if not lingering.alone:
             self._thread = None
             return True
         while not self._closing and not self._queue:
-            if self._dismissed:
+            if lingering.dismissed:
                 self._thread = None
                 return True
             self._wake.wait()
         return False
-
-    def _dismiss(self) -> None:
-        with self._wake:
-            self._dismissed = True
-            self._wake.notify()
 
     def _await_announced(self) -> None:
         """Called idle, holding `_wake`, with a generation queued: wait up to ARRIVAL_WINDOW

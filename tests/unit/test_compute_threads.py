@@ -91,8 +91,8 @@ def test_beside_a_busy_thread_it_waits_only_its_linger() -> None:
 
 def test_teams_say_whether_a_thread_may_linger_and_dismiss_the_idle_ones() -> None:
     teams = Teams()
-    dismissed: list[str] = []
-    assert teams.linger(lambda: dismissed.append("a")) is True  # nobody computes
+    first = teams.linger(threading.Condition())
+    assert first.alone is True  # nobody computes
     ready, release = threading.Event(), threading.Event()
 
     def other() -> None:
@@ -104,12 +104,13 @@ def test_teams_say_whether_a_thread_may_linger_and_dismiss_the_idle_ones() -> No
     thread = threading.Thread(target=other)
     thread.start()
     assert ready.wait(30)
-    assert dismissed == ["a"]
-    assert teams.linger(lambda: dismissed.append("b")) is False  # the other computes
+    assert first.dismissed is True
+    second = teams.linger(threading.Condition())
+    assert second.alone is False  # the other computes
     release.set()
     thread.join(30)
-    teams.work()  # this thread computes: the other lingering callback is its own, not called
-    assert dismissed == ["a"]
+    teams.work()  # this thread computes: the lingering entry is its own, not dismissed
+    assert second.dismissed is False
 
 
 def test_an_items_exception_reaches_its_waiter_and_the_thread_goes_on() -> None:
