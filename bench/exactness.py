@@ -15,6 +15,7 @@ pick). tests/e2e/test_prompt_cache.py takes its logprob tolerance and near-tie m
 figures; bench/RESULTS.md records the runs. Usage (about 4 s a length on 2 cores):
 
     .venv/bin/python bench/exactness.py --lengths 540:3500:97
+    .venv/bin/python bench/exactness.py --no-flash-attn --lengths 540:3500:97
     .venv/bin/python bench/exactness.py --synthetic --ubatch 256 --lengths 830,900,2100
     .venv/bin/python bench/exactness.py --gpu-layers -1      # on a GPU (CUDA's kernels)
 """
@@ -53,8 +54,12 @@ def parse_lengths(text: str) -> list[int]:
 class Probe:
     """One context of three sequences, each `n_ctx` long, loaded as gemma-serve loads."""
 
-    def __init__(self, model: Any, n_ctx: int, n_ubatch: int | None, gpu_layers: int = 0) -> None:
-        load = LoadParams(n_ctx=n_ctx, n_threads=2, n_seq=3, n_gpu_layers=gpu_layers)
+    def __init__(
+        self, model: Any, n_ctx: int, n_ubatch: int | None, gpu_layers: int, flash_attn: bool
+    ) -> None:
+        load = LoadParams(
+            n_ctx=n_ctx, n_threads=2, n_seq=3, n_gpu_layers=gpu_layers, flash_attn=flash_attn
+        )
         params = context_params(load)
         if n_ubatch:
             params.n_ubatch = n_ubatch
@@ -145,6 +150,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--gpu-layers", type=int, default=0, help="-1: all on the GPU, with flash attention"
     )
+    parser.add_argument(
+        "--no-flash-attn", action="store_true", help="as gemma-serve --no-flash-attn (CPU only)"
+    )
     args = parser.parse_args(argv)
     lengths = parse_lengths(args.lengths)
 
@@ -162,7 +170,9 @@ def main(argv: list[str]) -> int:
         source = model.tokenize(text.encode(), add_bos=True, special=False)
     if len(source) <= max(lengths):
         parser.error(f"the text has {len(source)} tokens, fewer than {max(lengths)}")
-    probe = Probe(model, max(lengths) + 16, args.ubatch or None, args.gpu_layers)
+    probe = Probe(
+        model, max(lengths) + 16, args.ubatch or None, args.gpu_layers, not args.no_flash_attn
+    )
     kind = "synthetic" if args.synthetic else "docs/*.md and README.md as"
     print(f"n_ubatch {probe.n_ubatch}, {kind} prompts")
     differ = {"cold": 0, "restored": 0, "top token": 0}

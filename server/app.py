@@ -101,7 +101,11 @@ async def _load(
     if fallback is not None and engine.info.model_id == fallback.id:
         runtime.spec = fallback  # the plan's model could not be fetched: describe what runs
     runtime.ready = True
-    loaded = f"{engine.info.model_id} is loaded{{took}} (context {engine.info.n_ctx} tokens); ready"
+    attention = "" if engine.info.flash_attn else ", without flash attention"
+    loaded = (
+        f"{engine.info.model_id} is loaded{{took}} (context {engine.info.n_ctx} tokens"
+        f"{attention}); ready"
+    )
     if runtime.progress is not None:
         runtime.progress.end(loaded)
         runtime.progress.close()

@@ -242,6 +242,24 @@ def pull(settings: Settings, model_id: str) -> int:
     return 0
 
 
+def flash_attn_refusal(settings: Settings, chosen: Plan) -> str | None:
+    """Why --no-flash-attn cannot be honoured for this plan (None if it can, or is not set):
+    llama.cpp's quantised V cache needs flash attention, and the GPU memory plan counts on it."""
+    if settings.flash_attn:
+        return None
+    if settings.kv_cache_type != "f16":
+        return (
+            f"--no-flash-attn needs --kv-cache-type f16: llama.cpp's {settings.kv_cache_type} "
+            "KV cache needs flash attention; drop one of the two"
+        )
+    if chosen.on_gpu:
+        return (
+            "--no-flash-attn is for serving on the CPU (on a GPU the memory plan counts on flash "
+            "attention); drop it, or add --gpu-layers 0 to serve on the CPU"
+        )
+    return None
+
+
 def serve(settings: Settings) -> int:
     _configure_logging(settings.log_level, "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if (unwritable := unwritable_cache(settings.cache_dir)) is not None:
@@ -253,6 +271,8 @@ def serve(settings: Settings) -> int:
         return _fail(str(exc))
     if settings.require_gpu and not chosen.on_gpu:
         return _fail(f"--require-gpu is set: {no_gpu_line(machine, chosen)}", 1)
+    if (refusal := flash_attn_refusal(settings, chosen)) is not None:
+        return _fail(refusal)
     spec = chosen.model
     try:
         sock = _bind(settings.host, settings.port)

@@ -55,6 +55,9 @@ class ModelCard(BaseModel):
     trained_context_length: int | None = None
     device: Literal["gpu", "cpu"] | None = Field(None, description="Where it runs, once loaded.")
     capabilities: Capabilities | None = Field(None, description="What it takes, once loaded.")
+    flash_attn: bool | None = Field(
+        None, description="Whether attention runs with llama.cpp's flash attention, once loaded."
+    )
     state: Literal["loaded", "loading", "unloading", "unloaded"] = Field(
         "unloaded", description="Whether it is in memory now; a request loads it."
     )

@@ -142,6 +142,7 @@ class EngineInfo:
     capacity: int
     device: Literal["gpu", "cpu"] = "cpu"
     vision: bool = False  # a projector is loaded: the model takes images
+    flash_attn: bool = True  # attention computed with llama.cpp's flash attention
 
 
 class Refused(Enum):

@@ -63,6 +63,7 @@ class LlamaEngine:
         n_gpu_layers: int = 0,
         tensor_split: Sequence[float] | None = None,
         kv_cache_type: str = "f16",
+        flash_attn: bool = True,
         template_choice: str = "pinned",
         parallel: int = 4,
         parallel_trials: Sequence[int] = (),
@@ -79,6 +80,7 @@ class LlamaEngine:
             n_gpu_layers=n_gpu_layers,
             tensor_split=tuple(tensor_split) if tensor_split else None,
             kv_cache_type=kv_cache_type,
+            flash_attn=flash_attn,
         )
         self._loaded = load(model_path, params, cancel=cancel, parallel_trials=parallel_trials)
         parallel = self._loaded.n_seq  # `parallel` or more, as measured on the CPU
@@ -113,6 +115,7 @@ class LlamaEngine:
             capacity=self._capacity,
             device="gpu" if on_gpu else "cpu",
             vision=self._projector is not None,
+            flash_attn=params.uses_flash_attn,
         )
         self._reserved = 0
         self._lock = threading.Lock()

@@ -55,18 +55,21 @@ class LoadParams:
     # estimates, and up to ~10x less KV cache at long contexts.
     swa_full: bool = False
 
+    # Off only where asked (settings.flash_attn) and possible: a GPU's memory plan and a
+    # quantised V cache need it.
+    flash_attn: bool = True
+
     @property
-    def flash_attn(self) -> bool:
-        # On a GPU, flash attention keeps the attention scores out of the compute buffer; a
-        # quantised V cache needs it on any device. Not otherwise on the CPU, though it decodes a
-        # few percent faster there: the CPU kernel splits a lone sequence's cells across threads
-        # and tiles a prompt's, so its result depends on where the cells lie and on what else is
-        # in the batch. Every state the prompt cache restores (its sliding-window cells packed at
-        # the start) then answers differently from the same state kept in place (logits up to
-        # 1.6 apart after an 830-token prompt), and a sequence decoded alone differently from one
-        # beside another (2.7 at 700 tokens). Without it, restored and kept states agreed bit for
-        # bit at all but one or two of 31 lengths of real text (bench/exactness.py, RESULTS.md).
-        return self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
+    def uses_flash_attn(self) -> bool:
+        # Flash attention is faster on every device llama.cpp runs Gemma 3 on, and on a GPU it
+        # keeps the attention scores out of the compute buffer (the memory plan counts on it).
+        # Its CPU kernel's result depends on the batch, though: a lone sequence's cells are split
+        # across threads, a prompt's are tiled, and several sequences go row by row, so a seeded
+        # request decoded beside others (a list, `n`) may answer otherwise than alone, and a
+        # state the prompt cache restores (its sliding-window cells packed at the start) moves
+        # its logits more than without (bench/exactness.py, RESULTS.md). Without it, the CPU
+        # gives the same text alone or in a batch: --no-flash-attn.
+        return self.flash_attn or self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
 
 
 @dataclass
@@ -115,7 +118,7 @@ def context_params(params: LoadParams) -> llama_cpp.llama_context_params:
     context.n_threads_batch = params.n_threads
     context.flash_attn_type = (
         llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        if params.flash_attn
+        if params.uses_flash_attn
         else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     )
     kv_type = _GGML_TYPES[params.kv_cache_type]

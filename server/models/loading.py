@@ -127,6 +127,7 @@ def default_engine_loader(
                 n_gpu_layers=plan.n_gpu_layers,
                 tensor_split=plan.tensor_split,
                 kv_cache_type=settings.kv_cache_type,
+                flash_attn=settings.flash_attn,
                 template_choice=settings.chat_template,
                 parallel=plan.parallel,
                 parallel_trials=plan.parallel_trials,

@@ -148,9 +148,11 @@ def test_same_seed_gives_the_same_text(openai_client) -> None:  # type: ignore[n
 
 
 def test_top_p_is_honoured(openai_client) -> None:  # type: ignore[no-untyped-def]
-    # top_p close to 0 keeps only the most likely token: sampling becomes greedy.
+    # top_p close to 0 keeps only the most likely token: sampling becomes greedy. Both seeded, so
+    # both decode the prompt's last token alone (llama.cpp's flash attention computes a prompt's
+    # logits otherwise than a lone token's, which a near tie in this text can tell apart).
     args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 24}
-    greedy = openai_client.chat.completions.create(**args, temperature=0)
+    greedy = openai_client.chat.completions.create(**args, temperature=0, seed=5)
     nucleus = openai_client.chat.completions.create(**args, temperature=1.5, top_p=0.0001, seed=5)
     assert nucleus.choices[0].message.content == greedy.choices[0].message.content
 
@@ -271,6 +273,7 @@ def test_a_model_card_says_what_runs_and_where(http: httpx.Client) -> None:
     assert card["context_length"] == SERVER_CTX  # the loaded context, not the trained one
     assert card["trained_context_length"] == 32768
     assert card["device"] == "cpu"  # this llama.cpp build has no GPU offload
+    assert card["flash_attn"] is True  # the default, on the CPU too (--no-flash-attn: off)
 
 
 def test_health_is_ok_when_ready(http: httpx.Client) -> None:
@@ -284,7 +287,9 @@ def test_health_is_ok_when_ready(http: httpx.Client) -> None:
 
 
 def test_n_choices_non_streaming(openai_client) -> None:  # type: ignore[no-untyped-def]
+    # <eos> and <end_of_turn> banned: every choice runs its 12 tokens, whatever it samples
     args = {"model": MODEL_ID, "messages": LONG, "max_tokens": 12, "temperature": 1.0, "seed": 7}
+    args["logit_bias"] = NEVER_END
     completion = openai_client.chat.completions.create(**args, n=3)
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     texts = [choice.message.content for choice in completion.choices]

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import parse_settings
+from server.capability import ASSUMED_CUDA_BUILD
+from server.cli import flash_attn_refusal, parse_settings
+from server.hardware import Device
+from server.planner import Plan, PlanOptions, plan
+from server.registry import load_registry
 from tests.conftest import free_port
 
 
@@ -169,3 +173,55 @@ def test_cuda_device_order_is_set_before_llama_cpp_is_imported(
     assert result.returncode == 0, result.stderr
     # The preview (--gpu-memory) does not load llama.cpp at all: it stays fast.
     assert result.stderr.split() == [expected, "False"]
+
+
+GPU_PLAN = plan(
+    [Device("GPU 0", 24 << 30, 24 << 30)], load_registry(), PlanOptions(), ASSUMED_CUDA_BUILD
+)
+CPU_PLAN = plan([], load_registry(), PlanOptions(), ASSUMED_CUDA_BUILD)
+
+
+@pytest.mark.parametrize(
+    ("args", "chosen", "refused"),
+    [
+        ((), CPU_PLAN, None),
+        ((), GPU_PLAN, None),
+        (("--kv-cache-type", "q8_0"), CPU_PLAN, None),
+        (("--no-flash-attn",), CPU_PLAN, None),  # the CPU's exact mode
+        (("--flash-attn", "false"), GPU_PLAN, "is for serving on the CPU"),
+        (("--no-flash-attn", "--kv-cache-type", "q8_0"), CPU_PLAN, "needs --kv-cache-type f16"),
+    ],
+)
+def test_flash_attention_is_turned_off_only_where_it_can_be(
+    args: tuple[str, ...], chosen: Plan, refused: str | None
+) -> None:
+    assert CPU_PLAN.on_gpu is False and GPU_PLAN.on_gpu is True
+    refusal = flash_attn_refusal(parse_settings(list(args)), chosen)
+    if refused is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refused in refusal
+
+
+@pytest.mark.process
+def test_no_flash_attn_with_a_quantised_cache_exits_with_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "--no-flash-attn",
+        "--kv-cache-type",
+        "q8_0",
+        "--port",
+        str(free_port()),
+        "--cache-dir",
+        str(tmp_path),
+        "--log-level",
+        "error",
+    )
+    assert_one_line_error(result, 2, "--no-flash-attn needs --kv-cache-type f16")
+    assert not list(tmp_path.iterdir())  # nothing fetched, nothing loaded
+
+
+def test_no_flash_attn_is_a_setting_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_settings([]).flash_attn is True
+    assert parse_settings(["--no-flash-attn"]).flash_attn is False
+    monkeypatch.setenv("GEMMA_SERVE_FLASH_ATTN", "false")
+    assert parse_settings([]).flash_attn is False
