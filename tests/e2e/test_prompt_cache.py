@@ -113,11 +113,17 @@ def conversations(engine: LlamaEngine) -> list[Answer]:
 
 
 def engine_with(model_path: Path, *, parallel: int, cache_ram: int) -> LlamaEngine:
+    # Without flash attention (--no-flash-attn, the CPU's exact mode): with it, a restored state's
+    # next logits move at every length, not at a few (bench/exactness.py: the top logprob by up
+    # to 0.11 here, against 0.085 without), which would leave the answers' comparison to the
+    # CPU's arithmetic. What the cache saves, restores and reuses does not depend on the kernel;
+    # the server below (the default, flash attention on) serves the same cache over HTTP.
     return LlamaEngine(
         model_path=model_path,
         model_id="gemma-3-270m",
         n_ctx=2048,
         n_threads=2,
+        flash_attn=False,
         parallel=parallel,
         cache_ram=cache_ram,
     )
