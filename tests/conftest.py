@@ -14,6 +14,7 @@ model), else `model` if it uses a fixture that loads the model, else its folder'
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -105,6 +106,14 @@ class RunningServer:
                 return found[0]
             time.sleep(0.05)
         raise AssertionError(f"no log line with {marker!r} after {within} s")
+
+    def completion_tokens(self, marker: str, within: float = 30.0) -> int:
+        """The tokens the access log counts for the request whose line holds `marker` (what it
+        generated, also when its client hung up)."""
+        line = self.log_line(marker, within)
+        found = re.search(r"completion_tokens=(\d+)", line)
+        assert found is not None, line
+        return int(found.group(1))
 
 
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
