@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,18 +162,25 @@ def stop_server(server: RunningServer) -> None:
         server.process.wait()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    # Kept loaded all session: an idle gap between tests longer than the default keep-alive would
-    # otherwise unload the model, and tests reading its loaded card would see it unloaded.
-    running = start_server(
-        tmp_path_factory.mktemp("server"), "--ctx", str(SERVER_CTX), "--keep-alive", "forever"
-    )
+@contextmanager
+def serving(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    """A server started with `args` and healthy; stopped at the end, also when a test fails."""
+    running = start_server(tmp, *args, env=env)
     try:
         wait_healthy(running)
         yield running
     finally:
         stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # Kept loaded all session: an idle gap between tests longer than the default keep-alive would
+    # otherwise unload the model, and tests reading its loaded card would see it unloaded.
+    with serving(
+        tmp_path_factory.mktemp("server"), "--ctx", str(SERVER_CTX), "--keep-alive", "forever"
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

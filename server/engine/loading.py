@@ -67,8 +67,9 @@ class LoadParams:
         # across threads, a prompt's are tiled, and several sequences go row by row, so a seeded
         # request decoded beside others (a list, `n`) may answer otherwise than alone, and a
         # state the prompt cache restores (its sliding-window cells packed at the start) moves
-        # its logits more than without (bench/exactness.py, RESULTS.md). Without it, the CPU
-        # gives the same text alone or in a batch: --no-flash-attn.
+        # its logits more than without (bench/exactness.py, RESULTS.md). Without it
+        # (--no-flash-attn), a seeded prompt gives the same text alone, in a list or as choice 0
+        # of n (tests/e2e/test_exact_mode.py).
         return self.flash_attn or self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import RunningServer, serving
 
 from .conftest import (
     CannedChat,
@@ -94,14 +94,10 @@ def test_the_pages_csp_blocks_inline_script_even_if_markup_slipped_through(
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("keyed"), "--ctx", "2048", "--api-keys", "page-test-key"
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 def test_the_api_key_field_makes_a_keyed_server_work(

@@ -21,9 +21,7 @@ from tests.conftest import (
     MODEL_ID,
     NEVER_END,
     RunningServer,
-    start_server,
-    stop_server,
-    wait_healthy,
+    serving,
 )
 
 # A decode step takes ~20 ms on an idle 2-core machine, seconds when it is shared by many
@@ -97,15 +95,11 @@ def test_multibyte_characters_stream_intact(http: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("small"),
         *("--ctx", "2048", "--parallel", "1", "--queue-size", "1"),
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 def wait_idle(client: httpx.Client, within: float) -> float:

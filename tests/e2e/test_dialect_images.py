@@ -14,7 +14,7 @@ import ollama
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import MODEL_ID, RunningServer, serving
 from tests.images import encode, picture
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
 
@@ -25,12 +25,8 @@ QUESTION = "What is in this picture?"
 def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("dialect-vision")
     projector = write_tiny_projector(tmp / "mmproj-tiny.gguf")
-    running = start_server(tmp, "--ctx", "2048", "--parallel", "1", "--mmproj", str(projector))
-    try:
-        wait_healthy(running)
+    with serving(tmp, "--ctx", "2048", "--parallel", "1", "--mmproj", str(projector)) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 def png(seed: int) -> str:

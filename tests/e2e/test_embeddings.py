@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import (
     MODEL_ID,
     RunningServer,
+    serving,
     start_server,
     stop_server,
     wait_healthy,
@@ -31,7 +32,7 @@ NOISE = 1e-4
 def embedding_server(
     tmp_path_factory: pytest.TempPathFactory, embedding_model_path: Path
 ) -> Iterator[RunningServer]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("embeddings"),
         "--ctx",
         "1024",
@@ -39,12 +40,8 @@ def embedding_server(
         EMBEDDER,
         "--embedding-model-file",
         str(embedding_model_path),
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

@@ -17,23 +17,17 @@ from tests.conftest import (
     MODEL_ID,
     SERVER_CTX,
     RunningServer,
-    start_server,
-    stop_server,
-    wait_healthy,
+    serving,
 )
 from tests.e2e.test_completions import seeded_texts
 
 
 @pytest.fixture(scope="module")
 def exact_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("exact"), "--ctx", str(SERVER_CTX), "--no-flash-attn"
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import MODEL_ID, RunningServer, serving, start_server, stop_server, wait_healthy
 
 SECOND = "second-270m"
 
@@ -56,16 +56,12 @@ def wait_state(http: httpx.Client, model: str, state: str, within: float = 60) -
 
 def serve_two_models(tmp_path: Path, model_path: Path, keep_alive: str) -> Iterator[RunningServer]:
     """A server with the bundled model and `user_registry`'s second, until the caller is done."""
-    running = start_server(
+    with serving(
         tmp_path,
         "--ctx", "1024", "--parallel", "2", "--keep-alive", keep_alive,
         "--models-file", str(user_registry(tmp_path, model_path)),
-    )  # fmt: skip
-    try:
-        wait_healthy(running)
+    ) as running:  # fmt: skip
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from server.engine.contract import (
 )
 from server.engine.llama_engine import LlamaEngine
 from server.engine.sequence import Sequence, Snapshot
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import MODEL_ID, RunningServer, serving
 
 SLOTS = 2
 CONVERSATIONS = 3  # more than the slots: someone's history must leave its slot
@@ -352,12 +352,10 @@ def test_a_small_budget_evicts_the_least_recently_used(model_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def one_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("one-slot"), "--parallel", "1", "--ctx", "2048")
-    try:
-        wait_healthy(running)
+    with serving(
+        tmp_path_factory.mktemp("one-slot"), "--parallel", "1", "--ctx", "2048"
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 def test_metrics_count_saves_restores_and_reused_tokens(one_slot_server: RunningServer) -> None:

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import MODEL_ID, RunningServer, serving, start_server
 
 from .test_errors import assert_error
 
@@ -31,18 +31,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
     tmp = tmp_path_factory.mktemp("secured")
     keys_file = tmp / "keys"
     keys_file.write_text(f"# the second client\n{KEYS[1]}\n")
-    running = start_server(
+    with serving(
         tmp,
         *("--ctx", "1024", "--api-keys-file", str(keys_file)),
         *("--cors-origins", ALLOWED_ORIGIN, "--allowed-hosts", "gemma.lan"),
         *("--log-prompts", "true"),
         env={"GEMMA_SERVE_API_KEYS": KEYS[0]},
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 def bearer(key: str) -> dict[str, str]:

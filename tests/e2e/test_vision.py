@@ -18,9 +18,9 @@ from tests.conftest import (
     MODEL_ID,
     NEVER_END,
     RunningServer,
+    serving,
     start_server,
     stop_server,
-    wait_healthy,
 )
 from tests.images import data_url, encode, picture_url
 from tests.projector import IMAGE_TOKENS, write_tiny_projector
@@ -30,12 +30,8 @@ from tests.projector import IMAGE_TOKENS, write_tiny_projector
 def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("vision")
     projector = write_tiny_projector(tmp / "mmproj-tiny.gguf")
-    running = start_server(tmp, "--ctx", "4096", "--parallel", "2", "--mmproj", str(projector))
-    try:
-        wait_healthy(running)
+    with serving(tmp, "--ctx", "4096", "--parallel", "2", "--mmproj", str(projector)) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.conftest import MODEL_ID, RunningServer, start_server, stop_server, wait_healthy
+from tests.conftest import MODEL_ID, RunningServer, serving
 from tests.images import animated_gif, data_url, encode, mutations, picture, png_header_only
 from tests.projector import write_tiny_projector
 
@@ -85,7 +85,7 @@ def image_host() -> Iterator[ImageHost]:
 def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("untrusted")
     projector = write_tiny_projector(tmp / "mmproj-tiny.gguf")
-    running = start_server(
+    with serving(
         tmp,
         *("--ctx", "2048", "--mmproj", str(projector), "--max-body-size", "32MiB"),
         # No saved prompt states: memory they hold (by design, up to --cache-ram) would hide
@@ -93,12 +93,8 @@ def vision_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         *("--cache-ram", "0"),
         *("--image-urls", "--image-url-timeout", "2"),
         *("--image-url-allowed-networks", "127.0.0.1"),  # the test's own image host only
-    )
-    try:
-        wait_healthy(running)
+    ) as running:
         yield running
-    finally:
-        stop_server(running)
 
 
 class Connection:

@@ -57,6 +57,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def serve_cli(
+    cache: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`gemma-serve serve` on a free port with its own cache folder, expected to stop early."""
+    return run_cli(*args, "--port", str(free_port()), "--cache-dir", str(cache), env=env)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, text: str) -> None:
     assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -96,13 +103,9 @@ def test_broken_registry_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.process
 def test_a_model_that_cannot_be_fetched_stops_the_server_with_one_line(tmp_path: Path) -> None:
     # Asked for by name, offline and not cached: no fallback; the server exits, it does not hang.
-    result = run_cli(
-        "--model",
-        "gemma-3-1b-it-qat",
-        "--port",
-        str(free_port()),
-        "--cache-dir",
-        str(tmp_path),
+    result = serve_cli(
+        tmp_path,
+        *("--model", "gemma-3-1b-it-qat"),
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 1, result.stderr
@@ -122,16 +125,7 @@ NO_GPU_HERE = not os.path.exists("/proc/driver/nvidia")
 def test_require_gpu_without_a_gpu_exits_with_one_line(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
 ) -> None:
-    result = run_cli(
-        *args,
-        "--port",
-        str(free_port()),
-        "--cache-dir",
-        str(tmp_path),
-        "--log-level",
-        "error",
-        env=env,
-    )
+    result = serve_cli(tmp_path, *args, "--log-level", "error", env=env)
     assert_one_line_error(result, 1, "--require-gpu is set: no NVIDIA GPU found (no NVIDIA driver")
     assert "set GEMMA_SERVE_REQUIRE_GPU=0 to serve on the CPU" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing fetched, nothing loaded
@@ -205,16 +199,8 @@ def test_flash_attention_is_turned_off_only_where_it_can_be(
 
 @pytest.mark.process
 def test_no_flash_attn_with_a_quantised_cache_exits_with_one_line(tmp_path: Path) -> None:
-    result = run_cli(
-        "--no-flash-attn",
-        "--kv-cache-type",
-        "q8_0",
-        "--port",
-        str(free_port()),
-        "--cache-dir",
-        str(tmp_path),
-        "--log-level",
-        "error",
+    result = serve_cli(
+        tmp_path, "--no-flash-attn", *("--kv-cache-type", "q8_0"), "--log-level", "error"
     )
     assert_one_line_error(result, 2, "--no-flash-attn needs --kv-cache-type f16")
     assert not list(tmp_path.iterdir())  # nothing fetched, nothing loaded
