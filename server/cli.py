@@ -31,6 +31,7 @@ from server.build_record import missing_instructions
 from server.capability import ASSUMED_CUDA_BUILD, LlamaBuild
 from server.fetch import FetchError, ensure_model_file, ensure_projector_file, unwritable_cache
 from server.hardware import GpuProbe, Hardware, as_cuda_sees_them, hide_from_cuda, simulated
+from server.memory import flash_attn_needed_for
 from server.planner import Plan, plan
 from server.progress import Progress
 from server.registry import RegistryError, load_registry
@@ -243,21 +244,20 @@ def pull(settings: Settings, model_id: str) -> int:
 
 
 def flash_attn_refusal(settings: Settings, chosen: Plan) -> str | None:
-    """Why --no-flash-attn cannot be honoured for this plan (None if it can, or is not set):
-    llama.cpp's quantised V cache needs flash attention, and the GPU memory plan counts on it."""
-    if settings.flash_attn:
+    """Why --no-flash-attn cannot be honoured for this plan (None if it can, or is not set), in
+    the loader's own terms (`memory.flash_attn_needed_for`)."""
+    needed = flash_attn_needed_for(settings.kv_cache_type, chosen.on_gpu)
+    if settings.flash_attn or needed is None:
         return None
-    if settings.kv_cache_type != "f16":
+    if needed == "kv_cache":
         return (
             f"--no-flash-attn needs --kv-cache-type f16: llama.cpp's {settings.kv_cache_type} "
             "KV cache needs flash attention; drop one of the two"
         )
-    if chosen.on_gpu:
-        return (
-            "--no-flash-attn is for serving on the CPU (on a GPU the memory plan counts on flash "
-            "attention); drop it, or add --gpu-layers 0 to serve on the CPU"
-        )
-    return None
+    return (
+        "--no-flash-attn is for serving on the CPU (on a GPU the memory plan counts on flash "
+        "attention); drop it, or add --gpu-layers 0 to serve on the CPU"
+    )
 
 
 def serve(settings: Settings) -> int:

@@ -46,6 +46,18 @@ CELL_PADDING = 256
 ACTIVATIONS_ALLOWANCE = 64 * MiB
 
 
+def flash_attn_needed_for(kv_type: str, on_gpu: bool) -> Literal["kv_cache", "gpu"] | None:
+    """Why attention cannot run without flash attention here (None: it can, on the CPU with an
+    f16 cache): llama.cpp's quantised V cache needs it, and on a GPU these estimates count on it
+    (it keeps the attention scores out of the compute buffer). The loader and the start-up check
+    of --no-flash-attn both follow this."""
+    if kv_type != "f16":
+        return "kv_cache"
+    if on_gpu:
+        return "gpu"
+    return None
+
+
 def pad(value: int, to: int = CELL_PADDING) -> int:
     return -(-value // to) * to
 

@@ -24,7 +24,7 @@ from llama_cpp import _internals, _logger
 from server.cancellation import Cancelled
 from server.engine.calibration import TRIAL_CTX, measure_parallel
 from server.engine.compute_threads import on_passing_thread
-from server.memory import N_BATCH
+from server.memory import N_BATCH, flash_attn_needed_for
 
 _log = logging.getLogger("gemma_serve.engine")
 
@@ -70,7 +70,8 @@ class LoadParams:
         # its logits more than without (bench/exactness.py, RESULTS.md). Without it
         # (--no-flash-attn), a seeded prompt gives the same text alone, in a list or as choice 0
         # of n (tests/e2e/test_exact_mode.py).
-        return self.flash_attn or self.n_gpu_layers != 0 or self.kv_cache_type != "f16"
+        needed = flash_attn_needed_for(self.kv_cache_type, on_gpu=self.n_gpu_layers != 0)
+        return self.flash_attn or needed is not None
 
 
 @dataclass
