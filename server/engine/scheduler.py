@@ -165,11 +165,8 @@ class Scheduler:
         thread computes. True when the thread ends instead: another thread computes, now or
         later (engine/compute_threads.py); the next submit starts a new one."""
         lingering = TEAMS.linger(self._wake)
-        if not lingering.alone:
-            self._thread = None
-            return True
         while not self._closing and not self._queue:
-            if lingering.dismissed:
+            if not lingering.alone or lingering.dismissed:
                 self._thread = None
                 return True
             self._wake.wait()
